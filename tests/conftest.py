@@ -1,0 +1,34 @@
+"""Shared test fixtures: float64 by default for solver tests, and the reference fixtures' location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixtures_root() -> Path:
+    """shared/fixtures beside the checkout, or $SCOREBENCH_FIXTURES."""
+    env = os.environ.get("SCOREBENCH_FIXTURES")
+    return Path(env) if env else ROOT.parent / "shared" / "fixtures"
+
+
+def require_fixture(relpath: str) -> Path:
+    """Path of a reference fixture; skip with a reason where absent, fail under CI's strict mode."""
+    path = fixtures_root() / relpath
+    if not path.exists():
+        msg = f"reference fixture {path} not found (set SCOREBENCH_FIXTURES to shared/fixtures)"
+        if os.environ.get("SCOREBENCH_REQUIRE_FIXTURES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
