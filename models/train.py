@@ -160,6 +160,10 @@ def ncsnv2_ratio(dim: int, c: float = 0.5) -> float:
     lo, hi = 1.0, 2.0
     while excess(hi) > 0:
         hi *= 2
+        if hi > 1e6:  # for √(2D) ≤ 3 the difference tends to ≥ Φ(3) as γ → ∞: no root for C < Φ(3)
+            raise ValueError(
+                f"Technique 2 has no ratio for dim={dim}, C={c}; give the noise scales explicitly"
+            )
     for _ in range(100):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
@@ -263,6 +267,8 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, command: str | None = None) -> Path:
     """Train (or resume) and write the checkpoint to ``out``; returns ``out``.
 
+    Runs with ``cfg.threads`` torch threads and restores the previous thread count afterwards.
+
     Args:
         cfg: the run.
         out: checkpoint path (also read by ``resume``).
@@ -271,9 +277,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, command: str 
 
     Raises:
         ValueError: a resumed config that differs in a non-resumable field.
+        FloatingPointError: a non-finite loss (the checkpoint is written first).
     """
-    out = Path(out)
+    previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, Path(out), resume, command)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, command: str | None) -> Path:
     command = command or shlex.join([sys.executable, *sys.argv])
 
     dataset = load_dataset(cfg.data, "train", root=cfg.data_root)
