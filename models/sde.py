@@ -71,12 +71,8 @@ class _Base:
         """Discrete index i = floor(t (N−1) / T) of score_sde's tables, [B] long."""
         return (t * (N - 1) / self.T).long().clamp(0, N - 1)
 
-    def prior_sample(self, shape: tuple[int, ...], noise, dtype=torch.float32, device="cpu") -> Tensor:
-        """Draw from the Gaussian prior N(0, prior_std² I) at T; ``noise`` is a solvers NoiseSource."""
-        return noise.normal(shape, dtype=dtype, device=device) * self.prior_std()
-
     def prior_logp(self, z: Tensor) -> Tensor:
-        """log N(z; 0, prior_std² I) summed over all but the batch dimension, [B]."""
+        """log N(z; 0, prior_std² I) summed over all but the batch dimension, [B] (score_sde's prior_logp)."""
         s = self.prior_std()
         d = z[0].numel()
         return -0.5 * d * math.log(2 * math.pi * s * s) - z.flatten(1).pow(2).sum(1) / (2 * s * s)

@@ -1,0 +1,126 @@
+"""Reverse-SDE predictors of Song et al. 2021: Euler–Maruyama, reverse diffusion, ancestral sampling.
+
+All integrate the reverse SDE dx = [f(x, t) − g(t)² s(x, t)] dt + g(t) dW̄ from T to eps with one
+score call per step; noise is additive, so Euler–Maruyama has strong order 1 with the exact score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from models.sde import expand_like
+from solvers.base import Problem, Step, check_choice
+from solvers.fixed import FixedGridSampler
+
+__all__ = ["EulerMaruyama", "ReverseDiffusion", "AncestralSampling"]
+
+DISCRETIZATIONS = ("table", "transition")
+
+
+def _check_discretization(sampler) -> None:
+    name = type(sampler).__name__
+    check_choice(name, "discretization", sampler.discretization, DISCRETIZATIONS)
+    if sampler.discretization == "table" and sampler.schedule != "uniform":
+        raise ValueError(f"{name}: discretization 'table' needs schedule 'uniform'; "
+                         f"use discretization='transition' for schedule={sampler.schedule!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EulerMaruyama(FixedGridSampler):
+    """Euler–Maruyama on the reverse SDE.
+
+    Integrates: the reverse SDE. Order: strong 1.0 (additive noise; 0.5 in general). NFE per step: 1.
+    SDEs: VE, VP, sub-VP. Step: x_mean = x − [f − g² s]·dt, x = x_mean + g √dt z, with dt = t − t_next
+    from the grid (convention 'grid'), or score_sde's dt = T/N (convention 'score_sde', Song et al.
+    2021 code, ``EulerMaruyamaPredictor``). z is drawn before the score call, as score_sde does.
+    """
+
+    order: ClassVar[float] = 1.0
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+        sde = problem.sde
+        dt = t - t_next if self.convention == "grid" else t.new_full(t.shape, sde.T / self.n_steps)
+        z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
+        g = sde.diffusion(t)
+        drift = sde.drift(x, t) - expand_like(g**2, x) * problem.score(x, t)
+        x_mean = x - drift * expand_like(dt, x)
+        return Step(x_mean + expand_like(g * dt.sqrt(), x) * z, x_mean)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReverseDiffusion(FixedGridSampler):
+    """Reverse diffusion: the reverse of the forward process' own discretisation.
+
+    Integrates: the reverse SDE, or with ``probability_flow=True`` the probability-flow ODE (the
+    paper's "probability flow" predictor, no noise). Order: strong 1.0 / ODE 1. NFE per step: 1.
+    SDEs: VE, VP, sub-VP. Update (Song et al. 2021, Eq. 46–47; score_sde ``ReverseDiffusionPredictor``):
+    with the forward step x_{i+1} = x_i + c_i x_i + G_i z,
+    x_mean = x − c_i x + G_i² s (½ G_i² s for the probability flow), x = x_mean + G_i z.
+    ``discretization='table'`` takes (c_i, G_i) from score_sde's discrete tables with N = n_steps
+    (VP: DDPM β_i; VE: SMLD σ_i; sub-VP: Euler with dt = T/N); ``'transition'`` from the exact forward
+    transition between the grid points (any schedule): c = a − 1, G² = v.
+    """
+
+    probability_flow: bool = False
+    discretization: str = "table"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_discretization(self)
+
+    def _coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+        if self.discretization == "table":
+            c, G = problem.sde.discretize(t, self.n_steps)
+            return c, G**2
+        a, v = problem.sde.transition(t, t_next)
+        return a - 1, v
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+        c, G2 = self._coefficients(problem, t, t_next)
+        s = problem.score(x, t)
+        scale = 0.5 if self.probability_flow else 1.0
+        x_mean = x - expand_like(c, x) * x + expand_like(scale * G2, x) * s
+        if self.probability_flow:
+            return Step(x_mean, x_mean)
+        z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
+        return Step(x_mean + expand_like(G2.sqrt(), x) * z, x_mean)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AncestralSampling(FixedGridSampler):
+    """Ancestral sampling (DDPM for VP, SMLD for VE).
+
+    Integrates: the reverse Markov chain of the discretised forward process. Order: strong 1.0.
+    NFE per step: 1. SDEs: VP and VE; sub-VP is refused (no ancestral step is defined for it, as in
+    score_sde). Update (Song et al. 2021, Eq. 47 and App. F; score_sde ``AncestralSamplingPredictor``):
+    VP x_mean = (x + β_i s)/√(1 − β_i), noise √β_i; VE x_mean = x + (σ_i² − σ_{i−1}²) s, noise
+    √(σ_{i−1}²(σ_i² − σ_{i−1}²)/σ_i²). ``discretization='transition'`` uses the exact transition
+    between grid points (x + v s)/a with the posterior std σ_next √v / σ_t (any schedule).
+    """
+
+    discretization: str = "table"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_discretization(self)
+
+    def check(self, problem: Problem) -> None:
+        if getattr(problem.sde, "ancestral", None) is None:
+            raise ValueError(f"AncestralSampling needs an SDE with `ancestral()` (VP or VE); "
+                             f"{type(problem.sde).__name__} has none")
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+        sde = problem.sde
+        if self.discretization == "table":
+            cx, cs, std = sde.ancestral(t, self.n_steps)
+        else:
+            a, v = sde.transition(t, t_next)
+            sigma_t, sigma_next = sde.marginal(t)[1], sde.marginal(t_next)[1]
+            cx, cs, std = 1 / a, v / a, sigma_next * v.sqrt() / sigma_t
+        x_mean = expand_like(cx, x) * x + expand_like(cs, x) * problem.score(x, t)
+        z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
+        return Step(x_mean + expand_like(std, x) * z, x_mean)
+
