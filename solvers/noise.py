@@ -3,8 +3,8 @@
 * :class:`SeededNoise` — one generator per sample (EDM's per-sample seeding): sample i is identical
   at any batch size, and every solver of a sweep sees the same seeds.
 * :class:`RecordedNoise` — replays a recorded sequence of draws (the official fixtures).
-* :class:`BrownianNoise` — increments of one Brownian path (torchsde's BrownianInterval), so the same
-  path can be integrated at several step counts (strong-order tests).
+* :class:`BrownianNoise` — increments of one Brownian path on a fine grid, so the same path can be
+  integrated at several step counts (strong-order tests).
 
 API: ``normal(shape, dtype=, device=, index=None)`` returns standard normals of ``shape`` ([B, ...]);
 ``increment(t, t_next, shape, ...)`` returns the standard normal tied to the interval [t_next, t]
@@ -87,19 +87,20 @@ class RecordedNoise:
 
 
 class BrownianNoise:
-    """A Brownian path W on [t_min, t_max] (torchsde.BrownianInterval); ``increment`` returns
-    (W(t) − W(t_next)) / √(t − t_next), the same path whatever the step count.
+    """One Brownian path W on a fine uniform grid of ``n_fine`` intervals over [t_min, t_max]
+    (DESIGN's BrownianGrid): ``increment(t, t_next)`` returns (W(t) − W(t_next)) / √(t − t_next), so the
+    same path is integrated at every step count whose grid points lie on the fine grid.
 
-    ``normal`` (used by non-SDE draws such as the prior) comes from a separate seeded generator.
+    ``normal`` (draws not tied to an interval, e.g. Langevin noise) comes from a separate generator.
     """
 
-    def __init__(self, shape, seed: int = 0, t_min: float = 0.0, t_max: float = 1.0,
+    def __init__(self, shape, seed: int = 0, t_min: float = 0.0, t_max: float = 1.0, n_fine: int = 4096,
                  dtype=torch.float64, device="cpu") -> None:
-        import torchsde
-
-        self.shape = tuple(shape)
-        self.bm = torchsde.BrownianInterval(t0=t_min, t1=t_max, size=self.shape, dtype=dtype,
-                                            device=device, entropy=seed, tol=1e-9)
+        gen = torch.Generator(device).manual_seed(seed)
+        self.shape, self.t_min, self.n_fine = tuple(shape), t_min, n_fine
+        self.dt = (t_max - t_min) / n_fine
+        dw = torch.randn((n_fine, *self.shape), generator=gen, dtype=dtype, device=device) * self.dt**0.5
+        self.W = torch.cat([torch.zeros((1, *self.shape), dtype=dtype, device=device), dw.cumsum(0)])
         self.gen = torch.Generator(device).manual_seed(seed + 1)
         self.device = device
 
@@ -108,10 +109,17 @@ class BrownianNoise:
         z = torch.randn(tuple(shape), generator=self.gen, dtype=dtype, device=self.device)
         return z if device is None else z.to(device)
 
+    def _index(self, t: float) -> int:
+        u = (t - self.t_min) / self.dt
+        k = round(u)
+        if abs(u - k) > 1e-6 or not 0 <= k <= self.n_fine:
+            raise ValueError(f"BrownianNoise: t={t} is not a point of the fine grid ({self.n_fine} intervals)")
+        return k
+
     def increment(self, t: Tensor, t_next: Tensor, shape, dtype=torch.float64, device=None, index=None) -> Tensor:
         del index
         if tuple(shape) != self.shape:
             raise ValueError(f"BrownianNoise: path has shape {self.shape}, asked {tuple(shape)}")
-        t0, t1 = float(t_next[0]), float(t[0])
-        dw = self.bm(t0, t1)
+        t1, t0 = float(t[0]), float(t_next[0])
+        dw = self.W[self._index(t1)] - self.W[self._index(t0)]
         return (dw / (t1 - t0) ** 0.5).to(dtype=dtype, device=device or self.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from models.sde import expand_like
@@ -18,6 +19,18 @@ from solvers.fixed import FixedGridSampler
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "AncestralSampling"]
 
 DISCRETIZATIONS = ("table", "transition")
+
+
+def _check_table(sampler, problem: Problem) -> None:
+    """score_sde's tables need β_i < 1 (VP: n_steps > β_max·T); refuse before any score call."""
+    if sampler.discretization != "table":
+        return
+    sde = problem.sde
+    c, G = sde.discretize(torch.tensor([sde.T], dtype=torch.float64), sampler.n_steps)
+    if not (torch.isfinite(c).all() and torch.isfinite(G).all()):
+        raise ValueError(f"{type(sampler).__name__}: score_sde's discrete table is invalid for n_steps="
+                         f"{sampler.n_steps} on this SDE (β_i ≥ 1); use more steps or "
+                         f"discretization='transition'")
 
 
 def _check_discretization(sampler) -> None:
@@ -71,6 +84,9 @@ class ReverseDiffusion(FixedGridSampler):
         super().__post_init__()
         _check_discretization(self)
 
+    def check(self, problem: Problem) -> None:
+        _check_table(self, problem)
+
     def _coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
         if self.discretization == "table":
             c, G = problem.sde.discretize(t, self.n_steps)
@@ -111,6 +127,7 @@ class AncestralSampling(FixedGridSampler):
         if getattr(problem.sde, "ancestral", None) is None:
             raise ValueError(f"AncestralSampling needs an SDE with `ancestral()` (VP or VE); "
                              f"{type(problem.sde).__name__} has none")
+        _check_table(self, problem)
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
         sde = problem.sde

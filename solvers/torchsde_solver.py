@@ -98,8 +98,10 @@ class TorchSDE(FixedGridSampler):
         T, eps = problem.sde.T, problem.sde.eps
         seed = self.seed if self.seed is not None else int(getattr(noise, "seeds", [0])[0])
         y0 = x_init.flatten(1)
-        bm = torchsde.BrownianInterval(t0=0.0, t1=T - eps, size=y0.shape, dtype=y0.dtype, device=y0.device,
-                                       entropy=seed, levy_area_approximation=levy)
+        # halfway_tree: the path does not depend on the query points, so it is shared across step counts.
+        bm = torchsde.BrownianInterval(t0=0.0, t1=(T - eps) * (1 + 1e-6), size=y0.shape, dtype=y0.dtype,
+                                       device=y0.device, entropy=seed, levy_area_approximation=levy,
+                                       halfway_tree=True)
         ts = torch.tensor([0.0, T - eps], dtype=y0.dtype, device=y0.device)
         rsde = _ReversedSDE(problem, tuple(x_init.shape), sde_type)
         with torch.no_grad():
