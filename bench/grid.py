@@ -1,0 +1,441 @@
+"""Grid files: load a YAML grid, validate it, and expand its sweeps into runs.
+
+A grid (see ``docs/grids.md``) names one or more models, an evaluation protocol and a list of
+sweeps. Each sweep entry expands to the cartesian product of its list-valued keys; every cell is one
+:class:`RunSpec` whose ``run_id`` is the sha1 of its canonical JSON (first 10 hex digits), so the
+same cell always has the same id and a re-run can skip it.
+
+Everything is checked here, before anything runs or is written: unknown keys, wrong types, solver
+options (against :func:`solvers.sampler_options` and by building the sampler), non-positive step
+counts and tolerances, ``T`` outside (eps, 1]. Errors are :class:`GridError` with one line naming the
+file, the entry, the field and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from solvers import SAMPLERS, make_sampler, sampler_options
+from solvers.noise import parse_seeds
+
+__all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES"]
+
+TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics", "sweeps")
+EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
+             "threads")
+MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
+DATA_KEYS = ("dataset", "root", "split", "res", "mode", "ref_path", "inception", "bpd_samples", "bpd_batch_size")
+RUN_KEYS = ("solver", "model", "T", "eps", "prior", "metrics")  # any other sweep key is a solver option
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+PRIOR_KEYS = ("kind", "std", "mean")
+PRIOR_KINDS = ("gaussian",)
+POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
+                    "max_steps", "h_init", "h_min")
+DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
+                "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None}
+
+
+def _metric_names() -> tuple[str, ...]:
+    from bench.metrics import METRICS
+
+    return (*METRICS, "bpd")
+
+
+METRIC_NAMES = _metric_names()
+
+
+class GridError(ValueError):
+    """A grid file that cannot be loaded; the message is one line naming file, entry and field."""
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces, floats as repr (the basis of ``run_id``)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How every run of a grid is evaluated (defaults for all runs; CLI overrides replace fields)."""
+
+    num_samples: int
+    batch_size: int
+    seeds: str  # e.g. '0-999'; one seed per sample
+    device: str  # 'auto', 'cpu', 'cuda', 'cuda:1'
+    dtype: str
+    metrics: tuple[str, ...]
+    timeout_s: float | None
+    save_samples: int  # samples kept beside each record for the sample-grid PNG
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of a sweep: everything that determines its result (device excluded).
+
+    ``identity()`` is the canonical dict hashed into ``run_id``; ``device`` and ``timeout_s`` are
+    carried but do not change a run's identity.
+    """
+
+    grid: str
+    entry: int  # index of the sweep entry it came from
+    model_name: str
+    model: dict  # the model section (kind and its keys)
+    data: dict
+    solver: str
+    options: dict  # solver options, validated
+    T: float | None  # None: the SDE's own T
+    eps: float | None
+    prior: dict
+    num_samples: int
+    batch_size: int
+    seeds: str
+    dtype: str
+    metrics: tuple[str, ...]
+    device: str = "auto"
+    timeout_s: float | None = None
+    save_samples: int = 64
+    threads: int | None = None
+
+    def identity(self) -> dict:
+        return {"model": self.model, "data": self.data, "solver": self.solver, "options": self.options,
+                "T": self.T, "eps": self.eps, "prior": self.prior, "num_samples": self.num_samples,
+                "batch_size": self.batch_size, "seeds": self.seeds, "dtype": self.dtype,
+                "metrics": list(self.metrics)}
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha1(canonical(self.identity()).encode()).hexdigest()[:10]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["metrics"] = list(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        return cls(**{**d, "metrics": tuple(d["metrics"])})
+
+    def replace(self, **changes) -> RunSpec:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A validated grid: its name, models, evaluation defaults and the expanded runs."""
+
+    name: str
+    path: str
+    models: dict  # name -> model section
+    data: dict
+    eval: EvalSpec
+    sweeps: tuple[dict, ...]
+    runs: tuple[RunSpec, ...] = field(default_factory=tuple)
+
+
+# --- small checkers --------------------------------------------------------------------------
+class _Where:
+    """Builds error messages prefixed with the file and the entry."""
+
+    def __init__(self, path: str, entry: str = "") -> None:
+        self.path, self.entry = path, entry
+
+    def at(self, entry: str) -> _Where:
+        return _Where(self.path, entry)
+
+    def error(self, msg: str) -> GridError:
+        return GridError(f"{self.path}{' ' + self.entry if self.entry else ''}: {msg}")
+
+    def keys(self, d: Any, valid: tuple[str, ...], what: str) -> dict:
+        if not isinstance(d, dict):
+            raise self.error(f"{what} must be a mapping, got {type(d).__name__} {d!r}")
+        unknown = sorted(set(map(str, d)) - set(valid))
+        if unknown:
+            raise self.error(f"unknown key {unknown[0]!r} in {what}; expected one of: {', '.join(valid)}")
+        return d
+
+    def positive_int(self, name: str, v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise self.error(f"field {name!r} must be a positive integer, got {v!r}")
+        return v
+
+    def positive(self, name: str, v: Any) -> float:
+        if not _is_number(v) or not v > 0 or not math.isfinite(v):
+            raise self.error(f"field {name!r} must be a positive number, got {v!r}")
+        return v
+
+    def choice(self, name: str, v: Any, choices) -> Any:
+        if not isinstance(v, str) or v not in choices:
+            raise self.error(f"invalid {name} {v!r}; expected one of: {', '.join(choices)}")
+        return v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _metrics(where: _Where, v: Any, what: str = "metrics") -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list | tuple) or not all(isinstance(m, str) for m in v):
+        raise where.error(f"field {what!r} must be a list of metric names, got {v!r}")
+    for m in v:
+        where.choice("metric", m, METRIC_NAMES)
+    return tuple(v)
+
+
+def _seeds(where: _Where, v: Any, n: int) -> str:
+    if v is None:
+        return f"0-{n - 1}"
+    try:
+        seeds = parse_seeds(v)
+    except (TypeError, ValueError) as e:
+        raise where.error(f"field 'seeds' must be like '0-999', an int or a list of ints, got {v!r} ({e})") from e
+    if len(seeds) < n:
+        raise where.error(f"field 'seeds' gives {len(seeds)} seeds but num_samples is {n}")
+    return seed_string(seeds[:n])
+
+
+def seed_string(seeds: list[int]) -> str:
+    """Compact form of a seed list: '0-99' when contiguous, else comma-separated."""
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def _device(where: _Where, v: Any) -> str:
+    ok = isinstance(v, str) and (v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()))
+    if not ok:
+        raise where.error(f"invalid device {v!r}; expected one of: auto, cpu, cuda, cuda:N")
+    return v
+
+
+def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalSpec:
+    """Validate the eval section, applying CLI ``overrides`` (num_samples, batch_size, device)."""
+    where = where.at("eval")
+    raw = dict(where.keys(raw or {}, EVAL_KEYS, "eval"))
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            raw[k] = v
+    d = {**DEFAULT_EVAL, **raw}
+    n = where.positive_int("num_samples", d["num_samples"])
+    bs = where.positive_int("batch_size", d["batch_size"])
+    seeds = _seeds(where, d["seeds"], n)
+    timeout = d["timeout_s"]
+    if timeout is not None:
+        where.positive("timeout_s", timeout)
+    save = d["save_samples"]
+    if not isinstance(save, int) or isinstance(save, bool) or save < 0:
+        raise where.error(f"field 'save_samples' must be an integer >= 0, got {save!r}")
+    threads = d["threads"]
+    if threads is not None:
+        where.positive_int("threads", threads)
+    return EvalSpec(num_samples=n, batch_size=bs, seeds=seeds, device=_device(where, d["device"]),
+                    dtype=where.choice("dtype", d["dtype"], DTYPES), metrics=_metrics(where, d["metrics"]),
+                    timeout_s=timeout, save_samples=save, threads=threads)
+
+
+def _parse_data(where: _Where, raw: Any) -> dict:
+    d = dict(where.keys(raw or {}, DATA_KEYS, "data"))
+    for k in ("bpd_samples", "bpd_batch_size", "res"):
+        if k in d:
+            where.positive_int(k, d[k])
+    for k in ("dataset", "root", "split", "mode", "ref_path", "inception"):
+        if k in d and not isinstance(d[k], str):
+            raise where.error(f"field {k!r} must be a string, got {d[k]!r}")
+    if "dataset" in d:
+        from models.datasets import DATASETS
+
+        where.choice("dataset", d["dataset"], tuple(DATASETS))
+    return d
+
+
+def _parse_models(where: _Where, raw: dict, top_data: dict) -> dict:
+    from bench.models import MODEL_KINDS, check_model_section
+
+    if ("model" in raw) == ("models" in raw):
+        raise where.error("give exactly one of 'model' (one model) or 'models' (name -> model)")
+    if "model" in raw:
+        section = raw["model"]
+        if not isinstance(section, dict):
+            raise where.at("model").error(f"must be a mapping, got {section!r}")
+        sections = {str(section.get("name") or "model"): section}
+    else:
+        sections = raw["models"]
+        if not isinstance(sections, dict) or not sections:
+            raise where.at("models").error("must be a non-empty mapping of name -> model section")
+    out = {}
+    for name, section in sections.items():
+        w = where.at(f"models.{name}" if "models" in raw else "model")
+        if not isinstance(section, dict):
+            raise w.error(f"must be a mapping, got {section!r}")
+        kind = w.choice("model kind", section.get("kind"), tuple(MODEL_KINDS))
+        own = MODEL_KINDS[kind].keys
+        w.keys(section, (*MODEL_KEYS, *own), f"model section (kind {kind!r})")
+        section = dict(section)
+        section.pop("name", None)
+        if "metrics" in section:
+            section["metrics"] = list(_metrics(w, section["metrics"]))
+        section["data"] = {**top_data, **_parse_data(w, section.get("data"))}
+        try:
+            check_model_section(section)
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise w.error(str(e)) from e
+        out[str(name)] = section
+    return out
+
+
+def _parse_prior(where: _Where, v: Any) -> dict:
+    if v is None or v == "gaussian":
+        return {"kind": "gaussian"}
+    if isinstance(v, str):
+        where.choice("prior", v, PRIOR_KINDS)
+    d = dict(where.keys(v, PRIOR_KEYS, "prior"))
+    d.setdefault("kind", "gaussian")
+    where.choice("prior kind", d["kind"], PRIOR_KINDS)
+    if "std" in d:
+        where.positive("prior.std", d["std"])
+    if "mean" in d and not _is_number(d["mean"]):
+        raise where.error(f"field 'prior.mean' must be a number, got {d['mean']!r}")
+    return d
+
+
+def _check_time(where: _Where, T: Any, eps: Any) -> None:
+    if eps is not None:
+        where.positive("eps", eps)
+    if T is not None:
+        if not _is_number(T):
+            raise where.error(f"field 'T' must be a number in (eps, 1], got {T!r}")
+        lo = eps if eps is not None else 0.0
+        if not (lo < T <= 1.0):
+            raise where.error(f"field 'T' must be in (eps={lo:g}, 1], got {T!r}")
+
+
+def expand_entry(where: _Where, entry: dict) -> list[dict]:
+    """The cartesian product of an entry's list-valued keys (``metrics`` and ``prior`` are not axes)."""
+    axes = {k: v for k, v in entry.items() if isinstance(v, list) and k != "metrics"}
+    for k, v in axes.items():
+        if not v:
+            raise where.error(f"field {k!r} is an empty list")
+    fixed = {k: v for k, v in entry.items() if k not in axes}
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        cells.append({**fixed, **dict(zip(axes, combo))})
+    return cells
+
+
+def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, ev: EvalSpec) -> list[RunSpec]:
+    solver = cell.get("solver")
+    if solver is None:
+        raise where.error(f"missing field 'solver'; expected one of: {', '.join(SAMPLERS)}")
+    where.choice("solver", solver, tuple(SAMPLERS))
+    options = {k: v for k, v in cell.items() if k not in RUN_KEYS}
+    valid = sampler_options(solver)
+    for k, v in options.items():
+        if k not in valid:
+            raise where.error(f"unknown option {k!r} for solver {solver!r}; expected one of: {', '.join(valid)}")
+        if k in POSITIVE_OPTIONS and v is not None:
+            if k in ("n_steps", "steps_per_level", "corrector_steps", "max_steps"):
+                where.positive_int(k, v)
+            else:
+                where.positive(k, v)
+    try:
+        make_sampler(solver, **options)
+    except (TypeError, ValueError) as e:
+        raise where.error(f"solver {solver!r}: {e}") from e
+    T, eps = cell.get("T"), cell.get("eps")
+    _check_time(where, T, eps)
+    prior = _parse_prior(where, cell.get("prior"))
+    names = cell.get("model", list(models))
+    names = [names] if isinstance(names, str) else names
+    runs = []
+    for name in names:
+        if name not in models:
+            raise where.error(f"unknown model {name!r}; expected one of: {', '.join(models)}")
+        section = models[name]
+        if "metrics" in cell:
+            metrics = _metrics(where, cell["metrics"])
+        elif "metrics" in section:
+            metrics = tuple(section["metrics"])
+        else:
+            metrics = ev.metrics
+        model = {k: v for k, v in section.items() if k not in ("metrics", "data")}
+        runs.append(RunSpec(grid=grid, entry=i, model_name=name, model=model, data=section["data"], solver=solver,
+                            options=options, T=None if T is None else float(T),
+                            eps=None if eps is None else float(eps), prior=prior, num_samples=ev.num_samples,
+                            batch_size=ev.batch_size, seeds=ev.seeds, dtype=ev.dtype, metrics=metrics,
+                            device=ev.device, timeout_s=ev.timeout_s, save_samples=ev.save_samples,
+                            threads=ev.threads))
+    return runs
+
+
+def expand(spec: GridSpec) -> tuple[RunSpec, ...]:
+    """All runs of a grid, in sweep order, duplicates (same run_id) dropped."""
+    where = _Where(spec.path)
+    runs, seen = [], set()
+    for i, entry in enumerate(spec.sweeps):
+        w = where.at(f"sweeps[{i}]")
+        for cell in expand_entry(w, entry):
+            for run in _run_from_cell(w, spec.name, i, cell, spec.models, spec.eval):
+                if run.run_id not in seen:
+                    seen.add(run.run_id)
+                    runs.append(run)
+    return tuple(runs)
+
+
+def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None) -> GridSpec:
+    """Validate a grid already read from YAML and expand it.
+
+    Args:
+        raw: the YAML document.
+        path: the file name used in error messages.
+        overrides: CLI overrides of the eval section (num_samples, batch_size, device).
+
+    Raises:
+        GridError: anything invalid, with file, entry, field and the valid choices.
+    """
+    where = _Where(path)
+    where.keys(raw, TOP_KEYS, "the grid")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise where.error(f"field 'name' must be a non-empty string without '/', got {name!r}")
+    eval_raw = dict(raw.get("eval") or {})
+    if "metrics" in raw:
+        eval_raw.setdefault("metrics", raw["metrics"])
+    ev = parse_eval(where, eval_raw, overrides)
+    data = _parse_data(where.at("data"), raw.get("data"))
+    models = _parse_models(where, raw, data)
+    sweeps = raw.get("sweeps")
+    if not isinstance(sweeps, list) or not sweeps:
+        raise where.at("sweeps").error("must be a non-empty list of sweep entries")
+    for i, entry in enumerate(sweeps):
+        if not isinstance(entry, dict):
+            raise where.at(f"sweeps[{i}]").error(f"must be a mapping, got {entry!r}")
+    spec = GridSpec(name=name, path=path, models=models, data=data, eval=ev, sweeps=tuple(sweeps))
+    return dataclasses.replace(spec, runs=expand(spec))
+
+
+def load_grid(path: str | Path, overrides: dict | None = None) -> GridSpec:
+    """Read, validate and expand a grid file (see :func:`parse_grid`)."""
+    path = Path(path)
+    shown = str(path)
+    if not path.is_file():
+        raise GridError(f"{shown}: grid file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise GridError(f"{shown}: malformed YAML{at}: {problem}") from e
+    if not isinstance(raw, dict):
+        raise GridError(f"{shown}: the grid must be a YAML mapping, got {type(raw).__name__}")
+    return parse_grid(raw, shown, overrides)

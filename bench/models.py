@@ -1,0 +1,205 @@
+"""Models named by a grid's model section: a plain registry of kinds, each with its keys, a
+pre-flight check (files exist, before anything runs) and a loader returning a score model.
+
+Kinds (``MODEL_KINDS``):
+
+* ``mixture`` — an exact-score :class:`~models.gaussian.GaussianMixture`: explicit ``means``/
+  ``stds``/``weights``, or ``components`` means drawn from N(0, ``scale``²) with seed ``seed`` on
+  ``shape``, all with std ``std``; ``sde`` is a ``make_sde`` mapping.
+* ``checkpoint`` — the project's own checkpoint (``models.checkpoint_io.load_model``): ``path``,
+  ``weights`` ('ema' or 'raw').
+* ``official`` — an official score_sde checkpoint (``models.checkpoints.load_official``):
+  ``checkpoint`` (a path; relative paths are also looked up under ``$SCOREBENCH_CKPT_DIR``),
+  ``config`` (e.g. 'vp/cifar10_ddpmpp_continuous'), ``ema``, ``overrides`` (network arguments).
+* ``callable`` — ``target: 'package.module:function'`` called with ``options``; it returns any score
+  model (an extension point for user models, and how the tests inject failing models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.sde import make_sde
+
+__all__ = ["MODEL_KINDS", "ModelKind", "check_model_section", "load_score_model", "RunScore", "resolve_path",
+           "CKPT_ENV"]
+
+CKPT_ENV = "SCOREBENCH_CKPT_DIR"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(path: str, env: str | None = None) -> Path | None:
+    """An existing file for ``path``: as given, else under the folder in ``$env``; None if neither."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if env and os.environ.get(env) and not p.is_absolute():
+        q = Path(os.environ[env]).expanduser() / p
+        if q.is_file():
+            return q
+    return None
+
+
+# --- mixture ---------------------------------------------------------------------------------
+def _mixture(section: dict, device: str, dtype: torch.dtype):
+    from models.gaussian import GaussianMixture
+
+    sde = make_sde(**section.get("sde", {"kind": "vp"}))
+    if "means" in section:
+        means = torch.as_tensor(section["means"], dtype=torch.float64)
+        stds = torch.as_tensor(section.get("stds", section.get("std", 0.1)), dtype=torch.float64)
+    else:
+        shape = tuple(section.get("shape", (2,)))
+        k = int(section.get("components", 4))
+        g = torch.Generator().manual_seed(int(section.get("seed", 0)))
+        means = float(section.get("scale", 1.0)) * torch.randn(k, *shape, generator=g, dtype=torch.float64)
+        stds = torch.as_tensor(float(section.get("std", 0.1)), dtype=torch.float64)
+    weights = section.get("weights")
+    data_range = tuple(section.get("data_range", (-1.0, 1.0)))
+    return GaussianMixture(means, stds, sde, weights=None if weights is None else torch.as_tensor(weights),
+                           data_range=data_range)
+
+
+def _check_mixture(section: dict) -> None:
+    sde = section.get("sde", {"kind": "vp"})
+    if not isinstance(sde, dict):
+        raise ValueError(f"field 'sde' must be a mapping like {{kind: vp}}, got {sde!r}")
+    make_sde(**sde)
+    _mixture(section, "cpu", torch.float64)  # shapes, stds, weights
+
+
+# --- the project's own checkpoints ------------------------------------------------------------
+def _checkpoint(section: dict, device: str, dtype: torch.dtype):
+    from models.checkpoint_io import load_model
+
+    path = resolve_path(section["path"], CKPT_ENV)
+    return load_model(path, weights=section.get("weights", "ema"), dtype=dtype, device=device)
+
+
+def _check_checkpoint(section: dict) -> None:
+    if not isinstance(section.get("path"), str):
+        raise ValueError(f"field 'path' (the checkpoint file) must be a string, got {section.get('path')!r}")
+    if resolve_path(section["path"], CKPT_ENV) is None:
+        raise FileNotFoundError(
+            f"checkpoint {section['path']!r} not found (also looked under ${CKPT_ENV}); train one with "
+            f"`python -m models.train --data digits --sde vp --out {section['path']}` or fix the path")
+
+
+# --- official score_sde checkpoints ---------------------------------------------------------
+def _official(section: dict, device: str, dtype: torch.dtype):
+    from models.checkpoints import load_official
+
+    path = resolve_path(section["checkpoint"], CKPT_ENV)
+    model = load_official(path, section["config"], ema=section.get("ema", True), device=device,
+                          **section.get("overrides", {}))
+    model.net.to(dtype=dtype)
+    return model
+
+
+def _check_official(section: dict) -> None:
+    from models.checkpoints import OFFICIAL_CHECKPOINTS_URL
+    from models.configs import get_config
+
+    if not isinstance(section.get("config"), str):
+        raise ValueError("field 'config' (the score_sde config name, e.g. 'vp/cifar10_ddpmpp_continuous') is required")
+    get_config(section["config"])
+    ckpt = section.get("checkpoint")
+    if not isinstance(ckpt, str):
+        raise ValueError(f"field 'checkpoint' (path of the official .pth file) must be a string, got {ckpt!r}")
+    if resolve_path(ckpt, CKPT_ENV) is None:
+        where = f" or under ${CKPT_ENV}={os.environ[CKPT_ENV]}" if os.environ.get(CKPT_ENV) else \
+            f" (set ${CKPT_ENV} to the folder holding it)"
+        raise FileNotFoundError(
+            f"official checkpoint {ckpt!r} not found{where}; download {section['config']}/checkpoint_<n>.pth "
+            f"from the score_sde_pytorch Google Drive folder ({OFFICIAL_CHECKPOINTS_URL})")
+
+
+# --- user callables -------------------------------------------------------------------------
+def _import_target(target: str) -> Callable:
+    if not isinstance(target, str) or ":" not in target:
+        raise ValueError(f"field 'target' must be 'package.module:function', got {target!r}")
+    module, _, name = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import model target {target!r}: {e}") from e
+    return fn
+
+
+def _callable(section: dict, device: str, dtype: torch.dtype):
+    return _import_target(section["target"])(**section.get("options", {}))
+
+
+def _check_callable(section: dict) -> None:
+    _import_target(section.get("target"))
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    keys: tuple[str, ...]  # the kind's own keys in a model section
+    check: Callable[[dict], None]  # pre-flight: raises ValueError/FileNotFoundError
+    load: Callable[[dict, str, torch.dtype], object]
+
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    "mixture": ModelKind(("sde", "means", "stds", "std", "weights", "shape", "components", "scale", "seed",
+                          "data_range"), _check_mixture, _mixture),
+    "checkpoint": ModelKind(("path", "weights"), _check_checkpoint, _checkpoint),
+    "official": ModelKind(("checkpoint", "config", "ema", "overrides"), _check_official, _official),
+    "callable": ModelKind(("target", "options"), _check_callable, _callable),
+}
+
+
+def check_model_section(section: dict) -> None:
+    """Pre-flight check of a model section (files exist, names are valid); loads nothing heavy."""
+    MODEL_KINDS[section["kind"]].check(section)
+
+
+class RunScore:
+    """The score model as one run sees it: the same network, with the run's SDE (T, eps overridden).
+
+    The wrapped model keeps its own SDE for its time labels, so truncating T changes only where
+    samplers start, not what the network is fed.
+    """
+
+    def __init__(self, model, sde) -> None:
+        self.model = model
+        self.sde = sde
+        self.shape = tuple(model.shape)
+        self.data_range = tuple(model.data_range)
+
+    def __call__(self, x, t):
+        return self.model(x, t)
+
+    def __getattr__(self, name: str):
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+
+def run_sde(model, T: float | None, eps: float | None):
+    """The model's SDE with ``T``/``eps`` replaced where given (validated by the SDE)."""
+    changes = {k: v for k, v in (("T", T), ("eps", eps)) if v is not None}
+    return dataclasses.replace(model.sde, **changes) if changes else model.sde
+
+
+_CACHE: dict[tuple, object] = {}
+
+
+def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32"):
+    """Load (once per process) the model of a section, on ``device`` in ``dtype``."""
+    from bench.grid import canonical
+
+    key = (canonical(section), str(device), dtype)
+    if key not in _CACHE:
+        if len(_CACHE) >= 2:  # a worker keeps at most two models in memory
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = MODEL_KINDS[section["kind"]].load(section, str(device), DTYPES[dtype])
+    return _CACHE[key]
