@@ -148,8 +148,8 @@ def load_official(
     except Exception as err:  # torch raises several types for corrupted or non-torch files
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
     net = config.build(**overrides)
-    where = f"checkpoint {path} (config {config.name!r}{', ' if overrides else ''}" + \
-        ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")"  # fmt: skip
+    settings = ", ".join([repr(config.name), *(f"{k}={v}" for k, v in overrides.items())])
+    where = f"checkpoint {path} (config {settings})"
     apply_official_state(net, ckpt, ema=ema, where=where)
     net.to(device)
     return NetworkScore(

@@ -6,9 +6,11 @@ range, and the EMA rate, sampling and training settings of the official config. 
 values were taken from score_sde_pytorch's ``configs/`` (commit cb1f359) and are checked against
 shared/fixtures/score_sde/arch/*.json by tests/test_networks.py.
 
-Names are the official config paths. ``vp/ddpm/cifar10_continuous`` (the official path) and
-``vp/ddpm_cifar10_continuous`` (the name of its architecture file) are the same config; the
-other ``a/b/c`` spellings likewise.
+Names are the official config paths. ``vp/ddpm/cifar10_continuous`` (the official path),
+``vp/cifar10_ddpm_continuous`` (its checkpoint folder) and ``vp/ddpm_cifar10_continuous`` (the name
+of its architecture file) are the same config; see ``ALIASES``. Configs not covered by an
+architecture file (the discrete ones, sub-VP DDPM, NCSNv2) follow the official config files but are
+checked only by parameter counts and forward runs.
 
 Usage::
 
@@ -160,6 +162,7 @@ _ALL = [
     _official("subvp/cifar10_ddpmpp_deep_continuous", "ncsnpp", dict(_DDPMPP, num_res_blocks=8), _SUBVP,
               ema_rate=0.9999, reduce_mean=True, n_iters=950001),  # fmt: skip
     _official("vp/ddpm_cifar10_continuous", "ddpm", _DDPM, _VP, ema_rate=0.9999, reduce_mean=True),
+    _official("subvp/cifar10_ddpm_continuous", "ddpm", _DDPM, _SUBVP, ema_rate=0.9999, reduce_mean=True),
     # Discrete-time models (labels are indices; NCSN++ with positional embedding outputs float64).
     _official("ve/cifar10_ncsnpp", "ncsnpp", dict(_NCSNPP, embedding_type="positional"), _VE, ema_rate=0.999,
               sampling=_VE_SAMPLING, time_label="smld", continuous=False),  # fmt: skip
@@ -183,10 +186,13 @@ _ALL = [
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in _ALL}
 
-# Other spellings of the same configs (official folder paths).
+# Other spellings of the same configs: official config paths and the checkpoint folder names of the
+# score_sde_pytorch Google Drive.
 ALIASES = {
     "vp/ddpm/cifar10_continuous": "vp/ddpm_cifar10_continuous",
+    "vp/cifar10_ddpm_continuous": "vp/ddpm_cifar10_continuous",
     "vp/ddpm/cifar10": "vp/ddpm_cifar10",
+    "vp/cifar10_ddpm": "vp/ddpm_cifar10",
     "ve/ncsnv2/cifar10": "ve/ncsnv2_cifar10",
 }
 

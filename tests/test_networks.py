@@ -98,6 +98,30 @@ def test_config_values_match_official(file):
     assert config.time_label == "continuous"  # every arch file is a continuous-time config
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_builds_as_a_score_model(name):
+    config = get_config(name)
+    net = _meta_network(name)
+    score = NetworkScore(net, config.make_sde(), config.shape, config.data_range, config.time_label, config.num_scales)
+    assert score.shape == config.shape and config.sampling_eps == config.make_sde().eps
+    assert net.sigmas.shape == (config.num_scales,) and net.sigmas.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "name, twin",
+    [
+        ("vp/cifar10_ddpmpp", "vp/cifar10_ddpmpp_continuous"),
+        ("subvp/cifar10_ddpmpp_deep_continuous", "vp/cifar10_ddpmpp_deep_continuous"),
+        ("vp/ddpm/cifar10", "vp/ddpm/cifar10_continuous"),
+        ("subvp/cifar10_ddpm_continuous", "vp/ddpm/cifar10_continuous"),
+        ("ve/ncsnv2_cifar10_continuous", "ve/ncsnv2/cifar10"),
+    ],
+)
+def test_configs_without_arch_file_share_their_twins_layout(name, twin):
+    a, b = _meta_network(name).state_dict(), _meta_network(twin).state_dict()
+    assert [(k, v.shape) for k, v in a.items()] == [(k, v.shape) for k, v in b.items()]
+
+
 def test_discrete_ncsnpp_parameter_count():
     # shared/REFERENCE.md §1.9: positional NCSN++ drops the Fourier W and shrinks the first Linear.
     net = _meta_network("ve/cifar10_ncsnpp")
