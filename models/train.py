@@ -161,9 +161,7 @@ def ncsnv2_ratio(dim: int, c: float = 0.5) -> float:
     while excess(hi) > 0:
         hi *= 2
         if hi > 1e6:  # for √(2D) ≤ 3 the difference tends to ≥ Φ(3) as γ → ∞: no root for C < Φ(3)
-            raise ValueError(
-                f"Technique 2 has no ratio for dim={dim}, C={c}; give the noise scales explicitly"
-            )
+            raise ValueError(f"Technique 2 has no ratio for dim={dim}, C={c}; give the noise scales explicitly")
     for _ in range(100):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
@@ -203,7 +201,8 @@ def make_spec(cfg: TrainConfig, dataset: Dataset, train_x: Tensor) -> ModelSpec:
     elif cfg.sde == "ve":
         sde = VESDE(sigma_min=cfg.sigma_min, sigma_max=sigma_max)
         data_range = (0.0, 1.0)
-        net.update(embedding="fourier", sigma_scaling="label", center_input=True)
+        # Fourier features of log σ; scale 1 (not NCSN++'s 16) since this network has only ch/2 of them.
+        net.update(embedding="fourier", fourier_scale=1.0, sigma_scaling="label", center_input=True)
     else:
         num_scales = ncsnv2_num_scales(sigma_max, cfg.sigma_min, train_x[0].numel(), cfg.ncsnv2_c)
         sde = VESDE(sigma_min=cfg.sigma_min, sigma_max=sigma_max)
@@ -294,11 +293,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, command: str | None) -> Pa
     ckpt = read_checkpoint(out) if resume else None
     if ckpt is not None:
         old = ckpt["provenance"]["config"]
-        diff = {
-            k: (old.get(k), v)
-            for k, v in cfg.to_dict().items()
-            if k not in RESUMABLE_FIELDS and old.get(k) != v
-        }
+        diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if k not in RESUMABLE_FIELDS and old.get(k) != v}
         if diff:
             raise ValueError(f"--resume: config differs from {out} in {diff} (stored, given)")
         if ckpt["train_state"] is None:
@@ -398,9 +393,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, command: str | None) -> Pa
             bar.update(1)
         if not math.isfinite(loss.item()):
             checkpoint()
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at step {step}; checkpoint written to {out}"
-            )
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; checkpoint written to {out}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
         if time.perf_counter() > deadline:
@@ -443,7 +436,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     cfg = replace(TrainConfig(), **values)
-    out = train(cfg, args.out, resume=args.resume)
+    argv = sys.argv[1:] if argv is None else argv
+    out = train(cfg, args.out, resume=args.resume, command=shlex.join(["python", "-m", "models.train", *argv]))
     ckpt = read_checkpoint(out)
     prov = ckpt["provenance"]
     print(f"wrote {out}: {prov['steps']} steps, final loss {prov['final_loss']}, {prov['wall_time_s']:.0f} s")

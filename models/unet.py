@@ -45,6 +45,8 @@ class UNetConfig:
         dropout: dropout inside residual blocks.
         embedding: 'positional' (sinusoidal of the label) or 'fourier' (random Fourier features of
             log label; for σ labels).
+        fourier_scale: std of the random frequencies of the 'fourier' embedding (NCSN++ uses 16 with
+            128 features; with few features a small scale keeps the embedding smooth in log σ).
         sigma_scaling: 'none', 'label' (divide the output by the label) or 'table' (divide by
             σ[label] of the discrete table); see the module docstring.
         sigma_min: smallest σ of the table ('table' scaling only).
@@ -62,6 +64,7 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
     embedding: str = "positional"
+    fourier_scale: float = 16.0
     sigma_scaling: str = "none"
     sigma_min: float = 0.01
     sigma_max: float = 1.0
@@ -177,7 +180,7 @@ class SmallUNet(nn.Module):
         self.config = cfg = config
         emb_dim = 4 * cfg.ch
         if cfg.embedding == "fourier":
-            self.embed = FourierEmbedding(cfg.ch)
+            self.embed = FourierEmbedding(cfg.ch, cfg.fourier_scale)
         self.emb_mlp = nn.Sequential(nn.Linear(cfg.ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if cfg.sigma_scaling == "table":
             sigmas = torch.exp(
