@@ -255,8 +255,9 @@ def load_cifar10(split: str = "train", root: str | Path | None = None, download:
     _check_split("cifar10", split)
     base = Path(root) if root is not None else default_cache_dir()
     if base.is_file() and base.name.endswith(".tar.gz"):
-        with tarfile.open(base) as tar:
-            tar.extractall(base.parent, filter="data")
+        if not (base.parent / CIFAR10_DIRNAME / "test_batch").exists():
+            with tarfile.open(base) as tar:
+                tar.extractall(base.parent, filter="data")
         base = base.parent
     folder = base if (base / "data_batch_1").exists() else base / CIFAR10_DIRNAME
     if not (folder / "test_batch").exists() and download:
