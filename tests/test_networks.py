@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def test_config_values_match_official(file):
     config = get_config(arch["config_name"])
     official = arch["config"]
     model = official["model"]
-    accepted = set(NETWORKS[config.network].__init__.__code__.co_varnames)
+    accepted = set(inspect.signature(NETWORKS[config.network]).parameters)
     for key, value in model.items():
         if key in accepted and key in config.arch:  # DDPM ignores embedding_type etc. (unused_config_fields)
             expected = tuple(value) if isinstance(value, list) else value
@@ -126,6 +127,17 @@ def test_discrete_ncsnpp_parameter_count():
     # shared/REFERENCE.md §1.9: positional NCSN++ drops the Fourier W and shrinks the first Linear.
     net = _meta_network("ve/cifar10_ncsnpp")
     assert sum(p.numel() for p in net.parameters()) == 62_693_251
+
+
+def test_discrete_ve_ncsnpp_outputs_float64_like_the_official_code():
+    # shared/REFERENCE.md §1.7: positional NCSN++ divides by the float64 sigmas[label] table.
+    config = get_config("ve/cifar10_ncsnpp")
+    net = config.build(nf=8, ch_mult=(1, 2), num_res_blocks=1, image_size=16).eval()
+    score = NetworkScore(net, config.make_sde(), (3, 16, 16), config.data_range, config.time_label, 1000)
+    with torch.no_grad():
+        out = score(torch.rand(2, 3, 16, 16), torch.tensor([1.0, 0.5]))
+        body = net(torch.rand(1, 3, 16, 16), torch.tensor([0]))
+    assert out.dtype == torch.float64 and body.dtype == torch.float64
 
 
 def test_config_names_and_errors():
