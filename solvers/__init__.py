@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from solvers.adaptive import AdaptiveEM, AdaptiveImprovedEuler, PIController
 from solvers.base import Problem, Solution, SolveStats, Status, Step
 from solvers.fixed import FixedGridSampler, tweedie
 from solvers.grids import SCHEDULES, TimeGrid
 from solvers.langevin import AnnealedLangevin, LangevinCorrector, PredictorCorrector
+from solvers.likelihood import LikelihoodResult, ProbabilityFlowLikelihood, bits_per_dim_offset, dequantize
 from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds
 from solvers.ode import ProbabilityFlowEuler, ProbabilityFlowHeun
+from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
+from solvers.torchdiffeq_ode import TorchdiffeqProbabilityFlow
 from solvers.torchsde_solver import TorchSDE
 
 SAMPLERS: dict[str, type] = {
@@ -27,6 +31,10 @@ SAMPLERS: dict[str, type] = {
     "pf_euler": ProbabilityFlowEuler,
     "pf_heun": ProbabilityFlowHeun,
     "torchsde": TorchSDE,
+    "scipy_ode": ScipyProbabilityFlow,
+    "torchdiffeq_ode": TorchdiffeqProbabilityFlow,
+    "adaptive_improved_euler": AdaptiveImprovedEuler,
+    "adaptive_em": AdaptiveEM,
 }
 
 
@@ -52,4 +60,6 @@ __all__ = [
     "FixedGridSampler", "tweedie", "TimeGrid", "SCHEDULES", "SeededNoise", "RecordedNoise", "BrownianNoise",
     "parse_seeds", "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "PredictorCorrector",
     "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler", "ProbabilityFlowHeun", "TorchSDE",
+    "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler", "AdaptiveEM", "PIController",
+    "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize",
 ]

@@ -1,0 +1,197 @@
+"""The probability-flow ODE with torchdiffeq's solvers: on-device, no numpy round trip.
+
+:func:`integrate_torchdiffeq` wraps ``torchdiffeq.odeint`` for a flat torch right-hand side and
+records the solver's steps through torchdiffeq's public callbacks (``callback_step``,
+``callback_accept_step``, ``callback_reject_step``); the likelihood (``solvers/likelihood.py``) uses
+it as its on-device backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+
+from solvers.base import Problem, Solution, SolveStats, Status, check_choice, check_positive, finite_status
+from solvers.ode_common import ODE_DENOISE, check_tolerances, flat_drift, ode_denoise
+
+__all__ = ["TorchdiffeqProbabilityFlow", "TorchdiffeqResult", "integrate_torchdiffeq", "TORCHDIFFEQ_METHODS"]
+
+# method → (order, adaptive, right-hand-side evaluations per step, start-up evaluations).
+# Adaptive Runge–Kutta methods evaluate f(t0, y0) and once more to select the initial step (2 start-up
+# calls), then (stages − 1) calls per attempted step (first-same-as-last). Fixed-grid methods have no
+# start-up call. Measured by counting (tests/test_ode.py). The Adams methods are left out: torchdiffeq
+# runs them with a variable number of calls per step.
+TORCHDIFFEQ_METHODS: dict[str, tuple[int, bool, int, int]] = {
+    "dopri8": (8, True, 13, 2),
+    "dopri5": (5, True, 6, 2),
+    "bosh3": (3, True, 3, 2),
+    "fehlberg2": (2, True, 2, 2),
+    "adaptive_heun": (2, True, 1, 2),
+    "euler": (1, False, 1, 0),
+    "midpoint": (2, False, 2, 0),
+    "heun2": (2, False, 2, 0),
+    "heun3": (3, False, 3, 0),
+    "rk4": (4, False, 4, 0),
+}
+
+
+class _StepRecorder:
+    """The ODE function handed to odeint, with torchdiffeq's step callbacks counting steps."""
+
+    def __init__(self, fun: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.fun = fun
+        self.n_steps = 0
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.fun(t, y)
+
+    def callback_step(self, t0, y0, dt) -> None:
+        del t0, y0, dt
+        self.n_steps += 1
+
+
+class _AdaptiveStepRecorder(_StepRecorder):
+    def __init__(self, fun: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__(fun)
+        self.n_accepted = 0
+        self.n_rejected = 0
+
+    def callback_accept_step(self, t0, y0, dt) -> None:
+        del t0, y0, dt
+        self.n_accepted += 1
+
+    def callback_reject_step(self, t0, y0, dt) -> None:
+        del t0, y0, dt
+        self.n_rejected += 1
+
+
+@dataclass
+class TorchdiffeqResult:
+    y: Tensor  # [n] state at t1, in y0's dtype
+    n_steps: int  # attempted steps (torchdiffeq's callback_step)
+    n_accepted: int
+    n_rejected: int
+    status: int  # 0 ok, -1 failed (torchdiffeq raised)
+    message: str
+
+
+def integrate_torchdiffeq(fun: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, *,
+                          method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, n_steps: int | None = None,
+                          max_steps: int = 100_000) -> TorchdiffeqResult:
+    """Integrate dy/dt = fun(t, y) from t0 to t1 with ``torchdiffeq.odeint`` (state stays in y0's dtype).
+
+    Args:
+        fun: ``(t [0-d tensor], y [n]) -> dy/dt [n]``.
+        y0: [n] initial state; its dtype is the integration dtype.
+        t0, t1: start and end (t1 < t0 integrates backwards).
+        method: one of ``TORCHDIFFEQ_METHODS``.
+        rtol, atol: tolerances of the adaptive methods.
+        n_steps: number of uniform steps of a fixed-grid method (required there, refused otherwise).
+        max_steps: attempted-step limit of the adaptive methods (failure beyond it).
+    """
+    check_choice("integrate_torchdiffeq", "method", method, tuple(TORCHDIFFEQ_METHODS))
+    adaptive = TORCHDIFFEQ_METHODS[method][1]
+    t = torch.tensor([t0, t1], dtype=torch.float64, device=y0.device)
+    if adaptive:
+        recorder: _StepRecorder = _AdaptiveStepRecorder(fun)
+        # step_t makes the solver land on t1 instead of stepping past it and interpolating back: past
+        # eps the SDE coefficients are undefined (VP at t < 0 has no σ_t).
+        options = {"max_num_steps": max_steps, "step_t": t[1:].clone()}
+    else:
+        recorder = _StepRecorder(fun)
+        grid = torch.linspace(t0, t1, n_steps + 1, dtype=torch.float64, device=y0.device)
+        options = {"grid_constructor": lambda func, y, tt: grid.to(tt.dtype)}
+    try:
+        with torch.no_grad():
+            ys = odeint(recorder, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+        status, message, y = 0, "", ys[-1]
+    except AssertionError as err:  # torchdiffeq signals failures (max_num_steps, dt underflow) by assert
+        status, message, y = -1, f"torchdiffeq {method}: {err}", y0
+    n_acc = getattr(recorder, "n_accepted", recorder.n_steps)
+    n_rej = getattr(recorder, "n_rejected", 0)
+    return TorchdiffeqResult(y=y, n_steps=recorder.n_steps, n_accepted=n_acc, n_rejected=n_rej, status=status,
+                             message=message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchdiffeqProbabilityFlow:
+    """Probability-flow ODE from T to eps with a torchdiffeq solver, on the state's device.
+
+    Integrates: the probability-flow ODE dx/dt = f(x, t) − ½ g(t)² s(x, t) (Song et al. 2021, Eq. 13).
+    Order: the method's (``TORCHDIFFEQ_METHODS``: dopri5 5, bosh3 3, fehlberg2 2, adaptive_heun 2,
+    rk4 4, midpoint 2, euler 1, …). NFE per step: the method's stages less one for the adaptive
+    first-same-as-last methods (dopri5 6, bosh3 3, fehlberg2 2, adaptive_heun 1 — rejected steps
+    included), plus 2 start-up calls (f(T, x_T) and the initial-step selection); fixed-grid methods:
+    the stages (euler 1, midpoint 2, rk4 4) and no start-up call. The counted NFE includes every call.
+    SDEs: VE, VP, sub-VP. Reference: torchdiffeq ``odeint`` (Chen et al. 2018); the drift and the
+    flattened-batch layout follow score_sde's ODE sampler, so the whole batch shares one step size.
+
+    Args:
+        method: a key of ``TORCHDIFFEQ_METHODS`` (default 'dopri5').
+        rtol, atol: tolerances (adaptive methods only).
+        n_steps: uniform steps for the fixed-grid methods (required there, refused for adaptive ones).
+        dtype: integration dtype, 'float32' or 'float64'; default (None) the dtype of ``x_init``. The
+            drift is always evaluated in ``x_init``'s dtype (the model's).
+        denoise, num_scales: as :class:`~solvers.scipy_ode.ScipyProbabilityFlow`.
+        max_steps: attempted-step limit of the adaptive methods (Status.SOLVER_FAILED beyond it).
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    n_steps: int | None = None
+    dtype: str | None = None
+    denoise: str = "none"
+    num_scales: int = 1000
+    max_steps: int = 100_000
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check_choice(name, "method", self.method, tuple(TORCHDIFFEQ_METHODS))
+        check_tolerances(name, self.rtol, self.atol)
+        check_choice(name, "dtype", self.dtype, (None, "float32", "float64"))
+        check_choice(name, "denoise", self.denoise, ODE_DENOISE)
+        check_positive(name, "num_scales", self.num_scales, integer=True)
+        check_positive(name, "max_steps", self.max_steps, integer=True)
+        if self.adaptive and self.n_steps is not None:
+            raise ValueError(f"{name}: n_steps is for the fixed-grid methods; {self.method!r} is adaptive "
+                             f"(set rtol/atol instead)")
+        if not self.adaptive:
+            if self.n_steps is None:
+                raise ValueError(f"{name}: fixed-grid method {self.method!r} needs n_steps")
+            check_positive(name, "n_steps", self.n_steps, integer=True)
+
+    @property
+    def adaptive(self) -> bool:
+        return TORCHDIFFEQ_METHODS[self.method][1]
+
+    @property
+    def order(self) -> float:
+        return float(TORCHDIFFEQ_METHODS[self.method][0])
+
+    def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
+        del noise  # deterministic
+        counter, sde = problem.counter, problem.sde
+        nfe0, B = counter.nfe, x_init.shape[0]
+        dtype = getattr(torch, self.dtype) if self.dtype else x_init.dtype
+        rhs = flat_drift(problem, tuple(x_init.shape), x_init.dtype)
+        res = integrate_torchdiffeq(rhs, x_init.reshape(-1).to(dtype), sde.T, sde.eps, method=self.method,
+                                    rtol=self.rtol, atol=self.atol, n_steps=self.n_steps, max_steps=self.max_steps)
+        x = res.y.reshape(x_init.shape).to(x_init.dtype)
+        failed = res.status != 0
+        with torch.no_grad():
+            x = ode_denoise(problem, x, "none" if failed else self.denoise, self.num_scales)
+        denoise_nfe = int(self.denoise != "none" and not failed)
+        nfe = counter.nfe - nfe0
+        extra = {"batch_size": B, "method": self.method, "denoise_nfe": denoise_nfe,
+                 "startup_nfe": TORCHDIFFEQ_METHODS[self.method][3]}
+        stats = SolveStats(nfe=nfe, n_steps=res.n_steps, n_accepted=res.n_accepted, n_rejected=res.n_rejected,
+                           nfe_per_sample=torch.full((B,), nfe, dtype=torch.long), extra=extra)
+        if failed:
+            return Solution(x, stats, Status.SOLVER_FAILED, res.message)
+        status, message = finite_status(x)
+        return Solution(x, stats, status, message)
