@@ -1,0 +1,69 @@
+"""Sample-quality metrics, each returning its value and a protocol dict for the run record.
+
+Every metric is an accumulator built by name from :data:`METRICS`::
+
+    metric = make_metric("fid", dataset="cifar10", res=32, split="train", data_range=(-1, 1))
+    for batch in batches:          # [B, C, H, W] samples, any number of batches
+        metric.update(batch)
+    value, protocol = metric.compute()
+
+or in one call, ``compute_metric(name, samples, **options)`` with an iterable of batches (or one
+tensor). Building a metric looks up every file it needs, so a missing Inception file or reference
+statistics fail at once, before any sampling. ``docs/metrics.md`` says what each one computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Protocol
+
+from torch import Tensor
+
+from bench.metrics.assets import MissingAssetError
+from bench.metrics.classifier_fd import make_classifier_fd
+from bench.metrics.exact import MeanLogLikelihood, SlicedW2, make_exact_fd
+from bench.metrics.fid import make_fid
+from bench.metrics.kid import KID
+
+__all__ = ["METRICS", "Metric", "MissingAssetError", "compute_metric", "make_metric"]
+
+
+class Metric(Protocol):
+    name: str
+
+    def update(self, samples: Tensor) -> None: ...
+
+    def compute(self) -> tuple[float, dict]: ...
+
+
+# name → factory(**options) -> Metric. Image metrics take data_range=; exact ones take model=.
+METRICS: dict[str, Callable[..., Metric]] = {
+    "fid": make_fid,
+    "kid": KID,
+    "fd_digits": partial(make_classifier_fd, "digits"),
+    "fd_fashion": partial(make_classifier_fd, "fashion"),
+    "fd_exact": make_exact_fd,
+    "sw2_exact": SlicedW2,
+    "loglik_exact": MeanLogLikelihood,
+}
+
+
+def make_metric(name: str, **options: object) -> Metric:
+    """Build the accumulator of metric ``name`` (a key of :data:`METRICS`).
+
+    Raises:
+        ValueError: unknown name.
+        MissingAssetError: a file the metric needs is not on this machine.
+    """
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; expected one of: {', '.join(METRICS)}")
+    return METRICS[name](**options)
+
+
+def compute_metric(name: str, samples: Iterable[Tensor] | Tensor, **options: object) -> tuple[float, dict]:
+    """Value and protocol of metric ``name`` over ``samples`` (a tensor or an iterable of batches)."""
+    metric = make_metric(name, **options)
+    for batch in [samples] if isinstance(samples, Tensor) else samples:
+        metric.update(batch)
+    return metric.compute()
