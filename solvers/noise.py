@@ -40,21 +40,51 @@ def parse_seeds(spec: str | int | Iterable[int]) -> list[int]:
 
 
 class SeededNoise:
-    """One torch.Generator per sample, seeded with that sample's seed."""
+    """One torch.Generator per sample, seeded with that sample's seed (EDM's per-sample seeding).
 
-    def __init__(self, seeds: str | int | Iterable[int], device: str | torch.device = "cpu") -> None:
+    Each sample's generator fills ``chunk`` draws of a given shape at a time (one ``randn`` call per
+    sample every ``chunk`` draws instead of every draw): sample i's stream depends only on its seed and
+    on the sequence of shapes asked for, never on the batch it is in. ``chunk`` defaults to
+    max(1, min(16, 65536 // numel)) of the sample shape, a function of the shape only.
+    """
+
+    def __init__(self, seeds: str | int | Iterable[int], device: str | torch.device = "cpu",
+                 chunk: int | None = None) -> None:
         self.seeds = parse_seeds(seeds)
         self.device = torch.device(device)
         self.generators = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
+        self.chunk = chunk
+        self._buffers: dict[tuple, tuple[Tensor, list[int]]] = {}
 
     def __len__(self) -> int:
         return len(self.seeds)
 
+    def _chunk(self, numel: int) -> int:
+        return self.chunk or max(1, min(16, 65536 // max(numel, 1)))
+
     def normal(self, shape, dtype=torch.float32, device=None, index: Tensor | None = None) -> Tensor:
-        gens = self.generators if index is None else [self.generators[i] for i in index.tolist()]
-        if shape[0] != len(gens):
-            raise ValueError(f"SeededNoise: asked for {shape[0]} samples but has {len(gens)} seeds")
-        z = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=self.device) for g in gens])
+        rows = list(range(len(self.seeds))) if index is None else index.tolist()
+        if shape[0] != len(rows):
+            raise ValueError(f"SeededNoise: asked for {shape[0]} samples but has {len(rows)} seeds")
+        sample_shape = tuple(shape[1:])
+        key = (sample_shape, dtype)
+        if key not in self._buffers:
+            k = self._chunk(int(torch.Size(sample_shape).numel()))
+            buf = torch.empty((len(self.seeds), k, *sample_shape), dtype=dtype, device=self.device)
+            self._buffers[key] = (buf, [k] * len(self.seeds))
+        buf, pos = self._buffers[key]
+        k = buf.shape[1]
+        for b in rows:  # refill the samples whose chunk is used up
+            if pos[b] >= k:
+                buf[b] = torch.randn((k, *sample_shape), generator=self.generators[b], dtype=dtype,
+                                     device=self.device)
+                pos[b] = 0
+        if index is None and len(set(pos)) == 1:
+            z = buf[:, pos[0]].clone()
+        else:
+            z = buf[torch.tensor(rows), torch.tensor([pos[b] for b in rows])]
+        for b in rows:
+            pos[b] += 1
         return z if device is None else z.to(device)
 
     def increment(self, t: Tensor, t_next: Tensor, shape, dtype=torch.float32, device=None,

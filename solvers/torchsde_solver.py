@@ -101,7 +101,7 @@ class TorchSDE(FixedGridSampler):
         # halfway_tree: the path does not depend on the query points, so it is shared across step counts.
         bm = torchsde.BrownianInterval(t0=0.0, t1=(T - eps) * (1 + 1e-6), size=y0.shape, dtype=y0.dtype,
                                        device=y0.device, entropy=seed, levy_area_approximation=levy,
-                                       halfway_tree=True)
+                                       halfway_tree=True, tol=1e-7)
         ts = torch.tensor([0.0, T - eps], dtype=y0.dtype, device=y0.device)
         rsde = _ReversedSDE(problem, tuple(x_init.shape), sde_type)
         with torch.no_grad():
