@@ -18,14 +18,18 @@ CHEAP = {
     # score_sde's VP tables need n_steps > β_max = 20 (β_i < 1).
     "reverse_diffusion": {"n_steps": 25},
     "ancestral_sampling": {"n_steps": 25},
+    "scipy_ode": {"rtol": 1e-3, "atol": 1e-3},
+    "torchdiffeq_ode": {"rtol": 1e-3, "atol": 1e-3},
+    "adaptive_improved_euler": {"rtol": 0.05},
+    "adaptive_em": {"rtol": 0.05},
 }
 # Samplers whose samples depend on the batch by design (documented): one shared step size or noise path.
-BATCH_COUPLED = {"torchsde"}
+BATCH_COUPLED = {"torchsde", "scipy_ode", "torchdiffeq_ode"}
 
 
 def options(name):
     opts = dict(CHEAP.get(name, {}))
-    if not opts and "n_steps" in sampler_options(name):
+    if name not in CHEAP and "n_steps" in sampler_options(name):
         opts["n_steps"] = 6
     return opts
 
