@@ -11,6 +11,10 @@ import dataclasses
 
 from solvers.adaptive import AdaptiveEM, AdaptiveImprovedEuler, PIController
 from solvers.base import Problem, Solution, SolveStats, Status, Step
+from solvers.ddim import DDIM
+from solvers.denoiser import Denoiser
+from solvers.dpm_solver import DPMSolver, DPMSolverAdaptive, DPMSolverPP, DPMSolverPPSDE
+from solvers.edm import EDMHeun, EDMStochastic
 from solvers.fixed import FixedGridSampler, tweedie
 from solvers.grids import SCHEDULES, TimeGrid
 from solvers.langevin import AnnealedLangevin, LangevinCorrector, PredictorCorrector
@@ -21,6 +25,7 @@ from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
 from solvers.torchdiffeq_ode import TorchdiffeqProbabilityFlow
 from solvers.torchsde_solver import TorchSDE
+from solvers.unipc import UniPC
 
 SAMPLERS: dict[str, type] = {
     "euler_maruyama": EulerMaruyama,
@@ -35,6 +40,14 @@ SAMPLERS: dict[str, type] = {
     "torchdiffeq_ode": TorchdiffeqProbabilityFlow,
     "adaptive_improved_euler": AdaptiveImprovedEuler,
     "adaptive_em": AdaptiveEM,
+    "ddim": DDIM,
+    "edm_heun": EDMHeun,
+    "edm_stochastic": EDMStochastic,
+    "dpm_solver": DPMSolver,
+    "dpm_solver_pp": DPMSolverPP,
+    "dpm_solver_pp_sde": DPMSolverPPSDE,
+    "dpm_solver_adaptive": DPMSolverAdaptive,
+    "unipc": UniPC,
 }
 
 
@@ -62,4 +75,6 @@ __all__ = [
     "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler", "ProbabilityFlowHeun", "TorchSDE",
     "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler", "AdaptiveEM", "PIController",
     "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize",
+    "DDIM", "Denoiser", "EDMHeun", "EDMStochastic", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
+    "DPMSolverAdaptive", "UniPC",
 ]

@@ -96,7 +96,7 @@ class FixedGridSampler:
 
     def grid(self, problem: Problem) -> Tensor:
         sde = problem.sde
-        return SCHEDULES[self.schedule](self.n_steps, sde.T, sde.eps)
+        return SCHEDULES[self.schedule](self.n_steps, sde.T, sde.eps, sde=sde)
 
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
         self.check(problem)

@@ -1,24 +1,86 @@
-"""Time grids as values: float64 tensors running from T down to eps (both included)."""
+"""Time grids as values: float64 tensors running from T down to eps (both included).
+
+Every schedule has the signature ``(n, T, eps, sde=None) -> Tensor[n]``. Schedules defined in t
+ignore ``sde``; schedules defined in the noise level σ_ve = σ_t/α_t or the half log-SNR λ = −log σ_ve
+(Karras, log-SNR, EDM's VP) need it to map their end points and to convert back to t (through
+:func:`solvers.denoiser.time_of_sigma`); the end points are then exactly T and eps.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from solvers.denoiser import time_of_sigma, ve_sigma
 
 __all__ = ["TimeGrid", "SCHEDULES"]
 
 
 class TimeGrid:
     @staticmethod
-    def uniform(n: int, T: float, eps: float) -> Tensor:
+    def uniform(n: int, T: float, eps: float, sde=None) -> Tensor:
         """n points, uniform in t (score_sde's ``linspace(T, eps, N)``)."""
+        del sde
         return torch.linspace(T, eps, n, dtype=torch.float64)
 
     @staticmethod
-    def quadratic(n: int, T: float, eps: float) -> Tensor:
+    def quadratic(n: int, T: float, eps: float, sde=None) -> Tensor:
         """n points, uniform in √(t − eps): denser near eps (DDIM's 'quad' spacing)."""
+        del sde
         u = torch.linspace(1.0, 0.0, n, dtype=torch.float64)
         return eps + (T - eps) * u**2
 
+    @staticmethod
+    def _sigma_ends(name: str, T: float, eps: float, sde) -> tuple[float, float]:
+        if sde is None:
+            raise ValueError(f"schedule {name!r} is defined in σ and needs the SDE (sde=...)")
+        sig = ve_sigma(sde, torch.tensor([T, eps], dtype=torch.float64))
+        return float(sig[0]), float(sig[1])
 
-SCHEDULES = {"uniform": TimeGrid.uniform, "quadratic": TimeGrid.quadratic}
+    @staticmethod
+    def _to_time(sigmas: Tensor, T: float, eps: float, sde) -> Tensor:
+        ts = time_of_sigma(sde, sigmas)
+        ts[0], ts[-1] = T, eps  # exact end points (the bisection is exact to ~1e-16 anyway)
+        return ts
+
+    @staticmethod
+    def karras(n: int, T: float, eps: float, sde=None, rho: float = 7.0) -> Tensor:
+        """n points with σ_ve^{1/ρ} uniform from σ_ve(T) to σ_ve(eps), ρ = 7 (Karras et al. 2022, Eq. 5)."""
+        s_max, s_min = TimeGrid._sigma_ends("karras", T, eps, sde)
+        u = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+        sigmas = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        return TimeGrid._to_time(sigmas, T, eps, sde)
+
+    @staticmethod
+    def log_snr(n: int, T: float, eps: float, sde=None) -> Tensor:
+        """n points uniform in λ = log(α_t/σ_t) (DPM-Solver's 'logSNR' spacing, Lu et al. 2022, §3.3)."""
+        s_max, s_min = TimeGrid._sigma_ends("log_snr", T, eps, sde)
+        log_sigmas = torch.linspace(math.log(s_max), math.log(s_min), n, dtype=torch.float64)
+        return TimeGrid._to_time(log_sigmas.exp(), T, eps, sde)
+
+    @staticmethod
+    def edm_vp(n: int, T: float, eps: float, sde=None, beta_d: float = 19.9, beta_min: float = 0.1) -> Tensor:
+        """EDM's VP discretisation (Karras et al. 2022, Table 1): σ_i = σ_vp(τ_i) with τ uniform and
+        σ_vp(τ) = √(exp(½ β_d τ² + β_min τ) − 1), τ's end points chosen so that σ_vp matches the model's
+        σ_ve(T) and σ_ve(eps). On score_sde's VP SDE (β_max − β_min = 19.9) this is the uniform grid.
+        """
+        s_max, s_min = TimeGrid._sigma_ends("edm_vp", T, eps, sde)
+
+        def tau(sigma: float) -> float:  # inverse of σ_vp: ½ β_d τ² + β_min τ = log(1 + σ²)
+            c = torch.log1p(torch.tensor(sigma, dtype=torch.float64) ** 2)
+            return float((-beta_min + (beta_min**2 + 2 * beta_d * c).sqrt()) / beta_d)
+
+        taus = torch.linspace(tau(s_max), tau(s_min), n, dtype=torch.float64)
+        sigmas = torch.expm1(0.5 * beta_d * taus**2 + beta_min * taus).sqrt()
+        return TimeGrid._to_time(sigmas, T, eps, sde)
+
+
+SCHEDULES = {
+    "uniform": TimeGrid.uniform,
+    "quadratic": TimeGrid.quadratic,
+    "log_snr": TimeGrid.log_snr,
+    "karras": TimeGrid.karras,
+    "edm_vp": TimeGrid.edm_vp,
+}

@@ -1,0 +1,135 @@
+"""The denoiser view of every score model, and the time changes that samplers in σ or λ space need.
+
+Any SDE with marginal x_t | x_0 ~ N(α_t x_0, σ_t² I) is, after the change of variables
+x_ve = x / α_t, a variance-exploding diffusion with noise level σ_ve = σ_t / α_t (Karras et al. 2022,
+Eq. 4 with s(t) = α_t). Its ideal denoiser (Karras et al. 2022, Eq. 3) is
+
+    D(x_ve; σ_ve) = x_ve + σ_ve² ∇_{x_ve} log p(x_ve; σ_ve) = (x + σ_t² s(x, t)) / α_t,   x = α_t x_ve,
+
+so one call of D is one counted score call. The same quantity, seen in the original coordinates, is
+the *data prediction* x̂₀(x, t) of DPM-Solver++ and UniPC; the *noise prediction* of DDIM and
+DPM-Solver is ε̂(x, t) = −σ_t s(x, t). The half log-SNR is λ_t = log(α_t / σ_t) = −log σ_ve.
+
+Going back from σ_ve (or λ) to t needs the inverse of t ↦ σ_t / α_t, which is increasing for VE, VP
+and sub-VP. :func:`time_of_sigma` inverts it numerically by bisection in float64 (any SDE with
+``marginal``); closed forms exist (VP: −lmc = ½ log(1 + σ_ve²); sub-VP: −lmc = asinh(σ_ve / 2); VE:
+``inverse_sigma``) and belong on the SDE classes if models/sde.py grows an ``inverse_ve_sigma``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from models.sde import expand_like
+from solvers.base import Problem
+
+__all__ = ["ve_sigma", "time_of_sigma", "log_snr", "time_of_log_snr", "data_prediction", "noise_prediction",
+           "Denoiser", "phi"]
+
+_BISECTION_STEPS = 64  # halves [0, t_hi] to below float64 resolution
+
+
+def ve_sigma(sde, t: Tensor) -> Tensor:
+    """σ_ve(t) = σ_t / α_t, [B] float64."""
+    alpha, sigma = sde.marginal(t.to(torch.float64))
+    return sigma / alpha
+
+
+def log_snr(sde, t: Tensor) -> Tensor:
+    """Half log-SNR λ_t = log(α_t / σ_t) = −log σ_ve(t), [B] float64."""
+    return -torch.log(ve_sigma(sde, t))
+
+
+def time_of_sigma(sde, sigma: Tensor) -> Tensor:
+    """t such that σ_t / α_t = ``sigma`` [B], by bisection in float64.
+
+    Values below σ_ve(0) give t = 0. Values above σ_ve(T) give t > T (the bracket grows until it
+    holds them, as EDM's churn can ask for σ̂ > σ_max); the score is then evaluated beyond T.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    lo = torch.zeros_like(sigma)
+    hi = torch.full_like(sigma, float(sde.T))
+    for _ in range(60):  # grow the bracket (t ↦ σ_ve(t) is increasing and unbounded)
+        short = ve_sigma(sde, hi) < sigma
+        if not bool(short.any()):
+            break
+        hi = torch.where(short, 2 * hi, hi)
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        below = ve_sigma(sde, mid) < sigma
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def time_of_log_snr(sde, lam: Tensor) -> Tensor:
+    """t such that λ_t = ``lam`` [B] (inverse of :func:`log_snr`)."""
+    return time_of_sigma(sde, torch.exp(-torch.as_tensor(lam, dtype=torch.float64)))
+
+
+def data_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
+    """x̂₀(x, t) = (x + σ_t² s(x, t)) / α_t, [B, ...] in x's dtype (one score call)."""
+    alpha, sigma = problem.sde.marginal(t)
+    return (x + expand_like(sigma**2, x) * problem.score(x, t)) / expand_like(alpha, x)
+
+
+def noise_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
+    """ε̂(x, t) = −σ_t s(x, t), [B, ...] (one score call)."""
+    sigma = problem.sde.marginal(t)[1]
+    return -expand_like(sigma, x) * problem.score(x, t)
+
+
+class Denoiser:
+    """D(x_ve; σ) of any score model, in the variance-exploding parameterisation of Karras et al. 2022.
+
+    Args:
+        problem: the problem whose (counted) score is wrapped; one call of D is one score call.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.sde = problem.sde
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """σ_ve(t), [B]."""
+        return ve_sigma(self.sde, t)
+
+    def time(self, sigma: Tensor) -> Tensor:
+        """t(σ_ve), [B]."""
+        return time_of_sigma(self.sde, sigma)
+
+    def scale(self, t: Tensor) -> Tensor:
+        """α_t [B]: x = α_t x_ve."""
+        return self.sde.marginal(t.to(torch.float64))[0]
+
+    def to_ve(self, x: Tensor, t: Tensor) -> Tensor:
+        """x_ve = x / α_t."""
+        return x / expand_like(self.scale(t), x)
+
+    def from_ve(self, x_ve: Tensor, t: Tensor) -> Tensor:
+        """x = α_t x_ve."""
+        return x_ve * expand_like(self.scale(t), x_ve)
+
+    def __call__(self, x_ve: Tensor, sigma: Tensor, t: Tensor | None = None) -> Tensor:
+        """D(x_ve; σ) [B, ...]. Pass ``t`` (= t(σ)) when it is known, to skip the inversion."""
+        t = self.time(sigma) if t is None else t
+        return data_prediction(self.problem, self.from_ve(x_ve, t), t)
+
+
+def phi(k: int, z: Tensor) -> Tensor:
+    """φ_k(z) = ∫₀¹ e^{(1−θ) z} θ^{k−1} / (k−1)! dθ, for k ≥ 1 (float64; series near z = 0).
+
+    φ₁(z) = (e^z − 1)/z and φ_{k+1}(z) = (φ_k(z) − 1/k!)/z: the weights of the exponential integrators
+    (DPM-Solver, DPM-Solver++, UniPC): ∫₀^h e^{(h−u)·c} u^k/k! du = h^{k+1} φ_{k+1}(c h).
+    """
+    z = z.to(torch.float64)
+    small = z.abs() < 1e-2
+    zs = torch.where(small, torch.ones_like(z), z)  # avoid 0/0 on the branch that is not used
+    out = torch.expm1(zs) / zs
+    for j in range(1, k):
+        out = (out - 1.0 / math.factorial(j)) / zs
+    # Taylor series φ_k(z) = Σ_n z^n / (n + k)! for |z| < 1e-2 (10 terms: error < 1e-25).
+    series = sum(z**n / math.factorial(n + k) for n in range(10))
+    return torch.where(small, series, out)
