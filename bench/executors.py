@@ -4,7 +4,7 @@ Every executor has ``run(runs, on_result)`` and calls ``on_result(record, sample
 process as each run finishes, so records are written by one process only, as soon as a run ends.
 
 * ``local`` — in this process, one run after another, with ``torch.set_num_threads`` set to the
-  run's ``threads`` or every core this process may use. With several visible GPUs, one worker
+  run's ``threads`` or the idle cores this process may use (:func:`cpu_threads`). With several visible GPUs, one worker
   process per GPU (spawned, ``CUDA_VISIBLE_DEVICES`` pinned) takes runs from a shared queue.
 * ``ray`` — one Ray task per run, requesting ``threads`` (default 1) CPUs and one GPU where the run
   is on CUDA; connects to ``address`` or to an already initialised Ray, else starts a local one.
@@ -22,7 +22,8 @@ import torch
 
 from bench.grid import RunSpec
 
-__all__ = ["EXECUTORS", "make_executor", "LocalExecutor", "RayExecutor", "ray_available", "available_cores"]
+__all__ = ["EXECUTORS", "make_executor", "LocalExecutor", "RayExecutor", "ray_available", "available_cores",
+           "cpu_threads"]
 
 OnResult = Callable[[dict, "torch.Tensor | None"], None]
 
@@ -32,6 +33,22 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Threads for a CPU run: ``requested``, else the cores not already busy (at least 1).
+
+    Two torch processes with 2 threads each on 2 cores run ~10x slower than with 1 thread each, so
+    on a loaded machine a run takes only the idle cores (from the 1-minute load average).
+    """
+    if requested:
+        return requested
+    cores = available_cores()
+    try:
+        busy = int(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
 def ray_available() -> bool:
@@ -74,7 +91,7 @@ class LocalExecutor:
         from bench.run import execute_run
 
         for run in runs:
-            threads = run.threads or available_cores()
+            threads = cpu_threads(run.threads)
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             record, samples = execute_run(run, progress=self.progress)

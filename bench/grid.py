@@ -33,13 +33,14 @@ TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics",
 EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
              "threads")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
-DATA_KEYS = ("dataset", "root", "split", "res", "mode", "ref_path", "inception", "bpd_samples", "bpd_batch_size")
-RUN_KEYS = ("solver", "model", "T", "eps", "prior", "metrics")  # any other sweep key is a solver option
+DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
+             "bpd_batch_size")
+RUN_KEYS = ("solver", "model", "T", "eps", "prior", "metrics", "likelihood")  # any other sweep key is a solver option
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 PRIOR_KEYS = ("kind", "std", "mean")
 PRIOR_KINDS = ("gaussian",)
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
-                    "max_steps", "h_init", "h_min")
+                    "max_steps", "h_init")
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
                 "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None}
 
@@ -100,6 +101,7 @@ class RunSpec:
     seeds: str
     dtype: str
     metrics: tuple[str, ...]
+    likelihood: dict = field(default_factory=dict)  # ProbabilityFlowLikelihood options for 'bpd'
     device: str = "auto"
     timeout_s: float | None = None
     save_samples: int = 64
@@ -109,7 +111,7 @@ class RunSpec:
         return {"model": self.model, "data": self.data, "solver": self.solver, "options": self.options,
                 "T": self.T, "eps": self.eps, "prior": self.prior, "num_samples": self.num_samples,
                 "batch_size": self.batch_size, "seeds": self.seeds, "dtype": self.dtype,
-                "metrics": list(self.metrics)}
+                "metrics": list(self.metrics), "likelihood": self.likelihood}
 
     @property
     def run_id(self) -> str:
@@ -169,7 +171,8 @@ class _Where:
 
     def positive(self, name: str, v: Any) -> float:
         if not _is_number(v) or not v > 0 or not math.isfinite(v):
-            raise self.error(f"field {name!r} must be a positive number, got {v!r}")
+            hint = " (YAML reads 1e-5 as a string: write 1.0e-5)" if isinstance(v, str) else ""
+            raise self.error(f"field {name!r} must be a positive number, got {v!r}{hint}")
         return v
 
     def choice(self, name: str, v: Any, choices) -> Any:
@@ -248,7 +251,7 @@ def _parse_data(where: _Where, raw: Any) -> dict:
     for k in ("bpd_samples", "bpd_batch_size", "res"):
         if k in d:
             where.positive_int(k, d[k])
-    for k in ("dataset", "root", "split", "mode", "ref_path", "inception"):
+    for k in ("dataset", "root", "split", "fid_split", "mode", "ref_path", "inception"):
         if k in d and not isinstance(d[k], str):
             raise where.error(f"field {k!r} must be a string, got {d[k]!r}")
     if "dataset" in d:
@@ -258,7 +261,7 @@ def _parse_data(where: _Where, raw: Any) -> dict:
     return d
 
 
-def _parse_models(where: _Where, raw: dict, top_data: dict) -> dict:
+def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) -> dict:
     from bench.models import MODEL_KINDS, check_model_section
 
     if ("model" in raw) == ("models" in raw):
@@ -286,7 +289,7 @@ def _parse_models(where: _Where, raw: dict, top_data: dict) -> dict:
             section["metrics"] = list(_metrics(w, section["metrics"]))
         section["data"] = {**top_data, **_parse_data(w, section.get("data"))}
         try:
-            check_model_section(section)
+            check_model_section(section, files)
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise w.error(str(e)) from e
         out[str(name)] = section
@@ -308,6 +311,26 @@ def _parse_prior(where: _Where, v: Any) -> dict:
     return d
 
 
+def _parse_likelihood(where: _Where, v: Any) -> dict:
+    """Options of :class:`solvers.ProbabilityFlowLikelihood` for the 'bpd' metric (validated)."""
+    if v is None:
+        return {}
+    import dataclasses as dc
+
+    from solvers.likelihood import ProbabilityFlowLikelihood
+
+    valid = tuple(sorted(f.name for f in dc.fields(ProbabilityFlowLikelihood)))
+    d = dict(where.keys(v, valid, "likelihood"))
+    for k in ("rtol", "atol", "eps"):
+        if k in d:
+            where.positive(f"likelihood.{k}", d[k])
+    try:
+        ProbabilityFlowLikelihood(**d)
+    except (TypeError, ValueError) as e:
+        raise where.error(f"likelihood: {e}") from e
+    return d
+
+
 def _check_time(where: _Where, T: Any, eps: Any) -> None:
     if eps is not None:
         where.positive("eps", eps)
@@ -320,7 +343,7 @@ def _check_time(where: _Where, T: Any, eps: Any) -> None:
 
 
 def expand_entry(where: _Where, entry: dict) -> list[dict]:
-    """The cartesian product of an entry's list-valued keys (``metrics`` and ``prior`` are not axes)."""
+    """The cartesian product of an entry's list-valued keys (``metrics`` is not an axis)."""
     axes = {k: v for k, v in entry.items() if isinstance(v, list) and k != "metrics"}
     for k, v in axes.items():
         if not v:
@@ -354,6 +377,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
     T, eps = cell.get("T"), cell.get("eps")
     _check_time(where, T, eps)
     prior = _parse_prior(where, cell.get("prior"))
+    likelihood = _parse_likelihood(where, cell.get("likelihood"))
     names = cell.get("model", list(models))
     names = [names] if isinstance(names, str) else names
     runs = []
@@ -372,7 +396,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             options=options, T=None if T is None else float(T),
                             eps=None if eps is None else float(eps), prior=prior, num_samples=ev.num_samples,
                             batch_size=ev.batch_size, seeds=ev.seeds, dtype=ev.dtype, metrics=metrics,
-                            device=ev.device, timeout_s=ev.timeout_s, save_samples=ev.save_samples,
+                            likelihood=likelihood if "bpd" in metrics else {}, device=ev.device, timeout_s=ev.timeout_s, save_samples=ev.save_samples,
                             threads=ev.threads))
     return runs
 
@@ -391,13 +415,14 @@ def expand(spec: GridSpec) -> tuple[RunSpec, ...]:
     return tuple(runs)
 
 
-def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None) -> GridSpec:
+def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None, files: bool = True) -> GridSpec:
     """Validate a grid already read from YAML and expand it.
 
     Args:
         raw: the YAML document.
         path: the file name used in error messages.
         overrides: CLI overrides of the eval section (num_samples, batch_size, device).
+        files: check that model files exist (off for ``--dry-run``).
 
     Raises:
         GridError: anything invalid, with file, entry, field and the valid choices.
@@ -412,7 +437,7 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None) ->
         eval_raw.setdefault("metrics", raw["metrics"])
     ev = parse_eval(where, eval_raw, overrides)
     data = _parse_data(where.at("data"), raw.get("data"))
-    models = _parse_models(where, raw, data)
+    models = _parse_models(where, raw, data, files)
     sweeps = raw.get("sweeps")
     if not isinstance(sweeps, list) or not sweeps:
         raise where.at("sweeps").error("must be a non-empty list of sweep entries")
@@ -423,7 +448,7 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None) ->
     return dataclasses.replace(spec, runs=expand(spec))
 
 
-def load_grid(path: str | Path, overrides: dict | None = None) -> GridSpec:
+def load_grid(path: str | Path, overrides: dict | None = None, files: bool = True) -> GridSpec:
     """Read, validate and expand a grid file (see :func:`parse_grid`)."""
     path = Path(path)
     shown = str(path)
@@ -438,4 +463,4 @@ def load_grid(path: str | Path, overrides: dict | None = None) -> GridSpec:
         raise GridError(f"{shown}: malformed YAML{at}: {problem}") from e
     if not isinstance(raw, dict):
         raise GridError(f"{shown}: the grid must be a YAML mapping, got {type(raw).__name__}")
-    return parse_grid(raw, shown, overrides)
+    return parse_grid(raw, shown, overrides, files)

@@ -67,7 +67,8 @@ def _mixture(section: dict, device: str, dtype: torch.dtype):
                            data_range=data_range)
 
 
-def _check_mixture(section: dict) -> None:
+def _check_mixture(section: dict, files: bool = True) -> None:
+    del files
     sde = section.get("sde", {"kind": "vp"})
     if not isinstance(sde, dict):
         raise ValueError(f"field 'sde' must be a mapping like {{kind: vp}}, got {sde!r}")
@@ -83,13 +84,14 @@ def _checkpoint(section: dict, device: str, dtype: torch.dtype):
     return load_model(path, weights=section.get("weights", "ema"), dtype=dtype, device=device)
 
 
-def _check_checkpoint(section: dict) -> None:
+def _check_checkpoint(section: dict, files: bool = True) -> None:
     if not isinstance(section.get("path"), str):
         raise ValueError(f"field 'path' (the checkpoint file) must be a string, got {section.get('path')!r}")
-    if resolve_path(section["path"], CKPT_ENV) is None:
+    if files and resolve_path(section["path"], CKPT_ENV) is None:
+        data = (section.get("data") or {}).get("dataset", "<dataset>")
         raise FileNotFoundError(
-            f"checkpoint {section['path']!r} not found (also looked under ${CKPT_ENV}); train one with "
-            f"`python -m models.train --data digits --sde vp --out {section['path']}` or fix the path")
+            f"checkpoint {section['path']!r} not found (nor under ${CKPT_ENV}); train one with "
+            f"`python -m models.train --data {data} --sde vp --out {section['path']}` or fix the path")
 
 
 # --- official score_sde checkpoints ---------------------------------------------------------
@@ -103,7 +105,7 @@ def _official(section: dict, device: str, dtype: torch.dtype):
     return model
 
 
-def _check_official(section: dict) -> None:
+def _check_official(section: dict, files: bool = True) -> None:
     from models.checkpoints import OFFICIAL_CHECKPOINTS_URL
     from models.configs import get_config
 
@@ -113,8 +115,8 @@ def _check_official(section: dict) -> None:
     ckpt = section.get("checkpoint")
     if not isinstance(ckpt, str):
         raise ValueError(f"field 'checkpoint' (path of the official .pth file) must be a string, got {ckpt!r}")
-    if resolve_path(ckpt, CKPT_ENV) is None:
-        where = f" or under ${CKPT_ENV}={os.environ[CKPT_ENV]}" if os.environ.get(CKPT_ENV) else \
+    if files and resolve_path(ckpt, CKPT_ENV) is None:
+        where = f" (nor under ${CKPT_ENV}={os.environ[CKPT_ENV]})" if os.environ.get(CKPT_ENV) else \
             f" (set ${CKPT_ENV} to the folder holding it)"
         raise FileNotFoundError(
             f"official checkpoint {ckpt!r} not found{where}; download {section['config']}/checkpoint_<n>.pth "
@@ -137,14 +139,15 @@ def _callable(section: dict, device: str, dtype: torch.dtype):
     return _import_target(section["target"])(**section.get("options", {}))
 
 
-def _check_callable(section: dict) -> None:
+def _check_callable(section: dict, files: bool = True) -> None:
+    del files
     _import_target(section.get("target"))
 
 
 @dataclass(frozen=True)
 class ModelKind:
     keys: tuple[str, ...]  # the kind's own keys in a model section
-    check: Callable[[dict], None]  # pre-flight: raises ValueError/FileNotFoundError
+    check: Callable[..., None]  # check(section, files): raises ValueError / FileNotFoundError
     load: Callable[[dict, str, torch.dtype], object]
 
 
@@ -157,9 +160,9 @@ MODEL_KINDS: dict[str, ModelKind] = {
 }
 
 
-def check_model_section(section: dict) -> None:
-    """Pre-flight check of a model section (files exist, names are valid); loads nothing heavy."""
-    MODEL_KINDS[section["kind"]].check(section)
+def check_model_section(section: dict, files: bool = True) -> None:
+    """Check a model section (names valid; with ``files``, its files exist); loads nothing heavy."""
+    MODEL_KINDS[section["kind"]].check(section, files)
 
 
 class RunScore:

@@ -1,0 +1,65 @@
+"""Reports are rebuilt from the records alone: CSV tables, Pareto fronts, plots, sample grids."""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+
+from bench.records import write_record, write_samples
+from bench.report import build_report, family, main, pareto_front
+
+
+def record(run_id, solver, nfe, fd, wall, status="ok", **extra):
+    return {"run_id": run_id, "grid": "g", "model": "m", "solver": solver, "options": extra.pop("options", {}),
+            "status": status, "message": "" if status == "ok" else "boom", "nfe": nfe, "nfe_per_batch": [nfe],
+            "metrics": {} if fd is None else {"fd_exact": {"value": fd, "protocol": {"metric": "fd_exact"}}},
+            "wall_time_s": wall, "sampling_time_s": wall, "num_samples": 8, "batch_size": 8, "device": "cpu",
+            "data_range": [-1, 1], "T": None, "prior": {"kind": "gaussian"}, **extra}
+
+
+def test_pareto_front():
+    pts = [(10, 5.0), (20, 3.0), (30, 4.0), (40, 1.0), (5, 9.0), (40, 2.0)]
+    assert sorted(pareto_front(pts)) == [0, 1, 3, 4]
+    assert sorted(pareto_front([(1, 1.0), (2, 2.0)], lower_is_better=False)) == [0, 1]
+
+
+def test_family_labels():
+    assert family(record("a", "pc", 1, 1, 1, options={"snr": 0.1, "predictor": "rd"})) == "pc(predictor=rd)"
+    assert family(record("a", "pf_euler", 1, 1, 1, T=0.5)) == "pf_euler(T=0.5)"
+
+
+def test_report_from_records_alone(tmp_path):
+    rows = [record("a000000001", "euler_maruyama", 10, 0.5, 1.0, options={"n_steps": 10}),
+            record("a000000002", "euler_maruyama", 100, 0.1, 9.0, options={"n_steps": 100}),
+            record("a000000003", "pf_heun", 19, 0.2, 2.0, options={"n_steps": 10}),
+            record("a000000004", "pf_heun", 39, 0.3, 4.0, options={"n_steps": 20}),
+            record("a000000005", "pc", None, None, 0.1, status="nonfinite")]
+    for r in rows:
+        write_record(tmp_path, r)
+    write_samples(tmp_path, "a000000001", torch.rand(16, 1, 8, 8) * 2 - 1)
+    write_samples(tmp_path, "a000000003", torch.randn(30, 2))
+    (tmp_path / "runs" / ".tmp-a000000009.json.x").write_text("{")  # a killed writer's leftover
+    made = build_report(tmp_path)
+    assert made["n_records"] == 5
+    with open(tmp_path / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert [r["run_id"] for r in runs].count("a000000005") == 1 and len(runs) == 5
+    assert {r["status"] for r in runs} == {"ok", "nonfinite"}
+    with open(tmp_path / "summary.csv") as f:
+        summary = {r["run_id"]: r for r in csv.DictReader(f)}
+    assert set(summary) == {"a000000001", "a000000002", "a000000003", "a000000004"}
+    front = {k for k, r in summary.items() if r["pareto_fd_exact"] == "True"}
+    assert front == {"a000000001", "a000000003", "a000000002"}
+    names = {p.name for p in made["plots"]}
+    assert names == {"fd_exact_vs_nfe_m.png", "wall_vs_nfe_m.png"}
+    assert all(p.stat().st_size > 1000 for p in made["plots"])
+    assert {p.name for p in made["samples"]} == {"a000000001.png", "a000000003.png"}
+
+
+def test_report_cli(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "no run records" in capsys.readouterr().err
+    write_record(tmp_path, record("b000000001", "pf_euler", 10, 0.5, 1.0))
+    assert main([str(tmp_path)]) == 0
+    assert (tmp_path / "runs.csv").is_file() and (tmp_path / "summary.csv").is_file()
