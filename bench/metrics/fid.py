@@ -73,7 +73,8 @@ def make_fid(dataset: str = "cifar10", res: int = 32, split: str = "train", mode
     weights = find_inception(inception)  # both lookups first: fail fast, before loading anything
     if reference is None:
         path = find_reference_stats(dataset, res, split, mode, path=ref_path)
-        reference = ReferenceStats.load(path, reference_dataset=f"{dataset}/{split}/{res}")
+        reference = ReferenceStats.load(
+            path, reference_dataset=f"{dataset}/{split}/{res}" if ref_path is None else "given file")
     net = InceptionFeatures(mode, weights, device=device, backend=backend, batch_size=batch_size)
     use_cleanfid_fd = net.backend == "cleanfid" and _scipy_has_disp()
     protocol = {**net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
