@@ -143,9 +143,14 @@ class MultistepSampler(FixedGridSampler):
         return self._final_cap(self.solver_order, i, n)
 
     def update(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, lams: list[Tensor],
-               outs: list[Tensor], lam_next: Tensor, noise) -> Tensor:
-        """x at t_next from x at t and the history (newest first, ``len(outs)`` = this step's order)."""
+               outs: list[Tensor], lam_next: Tensor, noise, mids: dict | None = None) -> Tensor:
+        """x at t_next from x at t and the history (newest first, ``len(outs)`` = this step's order);
+        ``mids`` maps r to the time at λ + r h (precomputed for singlestep steps)."""
         raise NotImplementedError
+
+    def midpoint_ratios(self) -> tuple[float, ...]:
+        """The r of the intermediate times t(λ + r h) that singlestep steps need."""
+        return SINGLESTEP_RATIOS[self.solver_order] if self.warmup == "singlestep" else ()
 
     def revise(self, problem: Problem, x: Tensor, out: Tensor, memo) -> Tensor:
         """Hook run when the output ``out`` at the new state x is known (UniPC's corrector); ``memo`` is
@@ -161,6 +166,8 @@ class MultistepSampler(FixedGridSampler):
         ts = self.grid(problem).to(x_init.device)[:, None].expand(-1, B)  # [n_steps, B]
         lam = log_snr(problem.sde, ts)
         n = self.steps_taken
+        # Intermediate times of singlestep steps, all at once (one inversion of λ for the whole grid).
+        mid = {r: time_of_log_snr(problem.sde, lam[:-1] + r * (lam[1:] - lam[:-1])) for r in self.midpoint_ratios()}
         x = x_init
         lams: list[Tensor] = []
         outs: list[Tensor] = []  # newest first
@@ -176,10 +183,11 @@ class MultistepSampler(FixedGridSampler):
                 q = self.warmup_order(i, n)
                 if q:  # singlestep warm-up of order q (q − 1 extra calls)
                     x, memo = singlestep(problem, self.prediction, x, t, t_next, lam[i], lam[i + 1] - lam[i],
-                                         out, q), None
+                                         out, q, {r: v[i] for r, v in mid.items()}), None
                     continue
                 p = self.step_order(i, n)
-                x_next = self.update(problem, x, t, t_next, lams[:p], outs[:p], lam[i + 1], noise)
+                x_next = self.update(problem, x, t, t_next, lams[:p], outs[:p], lam[i + 1], noise,
+                                     {r: v[i] for r, v in mid.items()})
                 memo = (x, t, t_next, lams[:p], outs[:p], lam[i + 1])
                 x = x_next
             if self.denoise in ("tweedie", "tweedie_ggf"):
@@ -188,14 +196,21 @@ class MultistepSampler(FixedGridSampler):
         return Solution(x, SolveStats(nfe=counter.nfe - nfe0, n_steps=n, n_accepted=n), status, message)
 
 
+SINGLESTEP_RATIOS = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}
+
+
 def singlestep(problem: Problem, pred: str, x: Tensor, t: Tensor, t_next: Tensor, lam: Tensor, h: Tensor,
-               m0: Tensor, order: int) -> Tensor:
-    """One singlestep DPM-Solver(++) step of order 1–3 from t to t_next (order − 1 calls besides m0)."""
+               m0: Tensor, order: int, mids: dict | None = None) -> Tensor:
+    """One singlestep DPM-Solver(++) step of order 1–3 from t to t_next (order − 1 calls besides m0).
+
+    ``mids`` maps r to the precomputed time t(λ + r h); missing ones are found by inverting λ.
+    """
+    mids = mids or {}
     if order == 1:
         return exp_integrator_step(problem, pred, x, t, t_next, h, [m0])
     if order == 2:
-        return dpm_solver_2(problem, pred, x, t, t_next, lam, h, m0, r1=0.5)[0]
-    return dpm_solver_3(problem, pred, x, t, t_next, lam, h, m0)[0]
+        return dpm_solver_2(problem, pred, x, t, t_next, lam, h, m0, r1=0.5, s1=mids.get(0.5))[0]
+    return dpm_solver_3(problem, pred, x, t, t_next, lam, h, m0, s1=mids.get(1 / 3), s2=mids.get(2 / 3))[0]
 
 
 # ---- DPM-Solver / DPM-Solver++ ------------------------------------------------------------------
@@ -254,7 +269,10 @@ class DPMSolver(MultistepSampler):
     def warmup_order(self, i: int, n: int) -> int:
         return 0 if self.method == "singlestep" else super().warmup_order(i, n)
 
-    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
+    def midpoint_ratios(self) -> tuple[float, ...]:
+        return SINGLESTEP_RATIOS[self.solver_order] if self.method == "singlestep" else super().midpoint_ratios()
+
+    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise, mids=None):
         del noise
         h = lam_next - lams[0]
         if self.method == "multistep":
@@ -264,13 +282,13 @@ class DPMSolver(MultistepSampler):
                 return exp_integrator_step(problem, self.prediction, x, t, t_next, h, terms,
                                            [w0, w0 * 0.5 * h / (lams[0] - lams[1])])
             return exp_integrator_step(problem, self.prediction, x, t, t_next, h, lambda_derivatives(lams, outs))
-        return singlestep(problem, self.prediction, x, t, t_next, lams[0], h, outs[0], self.solver_order)
+        return singlestep(problem, self.prediction, x, t, t_next, lams[0], h, outs[0], self.solver_order, mids)
 
 
 def dpm_solver_2(problem: Problem, pred: str, x: Tensor, t: Tensor, t_next: Tensor, lam: Tensor, h: Tensor,
-                 m0: Tensor, r1: float) -> tuple[Tensor, Tensor]:
+                 m0: Tensor, r1: float, s1: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """DPM-Solver-2 / DPM-Solver++(2S) from t to t_next (1 call at s₁ = t(λ + r₁h)): (x_next, m(s₁))."""
-    s1 = time_of_log_snr(problem.sde, lam + r1 * h)
+    s1 = time_of_log_snr(problem.sde, lam + r1 * h) if s1 is None else s1
     u1 = exp_integrator_step(problem, pred, x, t, s1, r1 * h, [m0])
     m1 = model_output(problem, u1, s1, pred)
     # The difference (m₁ − m₀)/(r₁h) estimates m'; Algorithm 1 weights it by ½ h φ₁ (not h φ₂).
@@ -280,10 +298,11 @@ def dpm_solver_2(problem: Problem, pred: str, x: Tensor, t: Tensor, t_next: Tens
 
 
 def dpm_solver_3(problem: Problem, pred: str, x: Tensor, t: Tensor, t_next: Tensor, lam: Tensor, h: Tensor,
-                 m0: Tensor, r1: float = 1 / 3, r2: float = 2 / 3) -> tuple[Tensor, Tensor]:
+                 m0: Tensor, r1: float = 1 / 3, r2: float = 2 / 3, s1: Tensor | None = None,
+                 s2: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """DPM-Solver-3 (Lu et al. 2022, Algorithm 2) from t to t_next (2 calls): (x_next, m(s₁))."""
-    s1 = time_of_log_snr(problem.sde, lam + r1 * h)
-    s2 = time_of_log_snr(problem.sde, lam + r2 * h)
+    s1 = time_of_log_snr(problem.sde, lam + r1 * h) if s1 is None else s1
+    s2 = time_of_log_snr(problem.sde, lam + r2 * h) if s2 is None else s2
     u1 = exp_integrator_step(problem, pred, x, t, s1, r1 * h, [m0])
     m1 = model_output(problem, u1, s1, pred)
     d1 = (m1 - m0) / expand_like(r1 * h, x)  # ≈ m'
@@ -333,7 +352,8 @@ class DPMSolverPPSDE(MultistepSampler):
         if self.prediction != "data":
             raise ValueError(f"{type(self).__name__}: invalid prediction={self.prediction!r}; expected one of: data")
 
-    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
+    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise, mids=None):
+        del mids
         h = lam_next - lams[0]
         sigma_t = problem.sde.marginal(t)[1]
         alpha_n, sigma_n = problem.sde.marginal(t_next)

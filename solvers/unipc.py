@@ -91,8 +91,8 @@ class UniPC(MultistepSampler):
         p = self.solver_order + self.use_corrector
         return float(p if self.warmup == "singlestep" else min(p, 2 + self.use_corrector))
 
-    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
-        del noise
+    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise, mids=None):
+        del noise, mids
         # UniP: the older outputs (λ_{i−m}, m_{i−m}), m = 1..p−1.
         return unified_update(problem, self.prediction, self.variant, x, t, t_next, lams[0], lam_next, outs[0],
                               list(zip(lams[1:], outs[1:])))

@@ -1,0 +1,367 @@
+"""Fast samplers (issue 9): denoiser view, σ/λ schedules, DDIM, EDM, DPM-Solver(++), UniPC.
+
+Orders are fitted on Gaussian data, where the probability-flow map is exact and affine (see
+tests/test_convergence.py). The NFE × sampler error table of docs/fast_samplers.md is produced by
+``python tests/test_fast_samplers.py`` (and checked by the slow test at the bottom).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.gaussian import GaussianMixture
+from models.sde import VESDE, VPSDE, SubVPSDE
+from solvers import SAMPLERS, Problem, SeededNoise, make_sampler
+from solvers.denoiser import Denoiser, log_snr, phi, time_of_sigma, ve_sigma
+from solvers.grids import SCHEDULES
+
+MU, S0 = 0.3, 0.5
+VE5 = VESDE(sigma_max=5.0)  # small σ_max: the asymptotic regime arrives within a few hundred steps
+SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VE5}
+
+
+def exact_flow(sde, x_T):
+    """Probability-flow map of N(μ, s₀² I) data from T to eps."""
+    t = torch.tensor([sde.T, sde.eps], dtype=torch.float64)
+    alpha, sigma = sde.marginal(t)
+    st = (alpha**2 * S0**2 + sigma**2).sqrt()
+    return alpha[1] * MU + st[1] / st[0] * (x_T - alpha[0] * MU)
+
+
+def gaussian_setup(sde, n=8):
+    problem = Problem(GaussianMixture.isotropic(sde, MU, S0, shape=(1, 2, 2)))
+    noise = SeededNoise(range(n))
+    x_T = problem.prior_sample(n, noise, dtype=torch.float64)
+    return problem, noise, x_T, exact_flow(sde, x_T)
+
+
+def fitted_order(ns, errs):
+    return -np.polyfit(np.log(ns), np.log(errs), 1)[0]
+
+
+# ---- the denoiser view and the schedules -------------------------------------------------------
+@pytest.mark.parametrize("kind", SDES)
+def test_time_of_sigma_inverts_and_matches_closed_forms(kind):
+    sde = SDES[kind]
+    t = torch.linspace(sde.eps, sde.T, 11, dtype=torch.float64)
+    sig = ve_sigma(sde, t)
+    torch.testing.assert_close(time_of_sigma(sde, sig), t, rtol=0, atol=1e-13)
+    # Closed forms: VP −lmc = ½ log(1 + σ²), sub-VP −lmc = asinh(σ/2), VE t = inverse_sigma(σ).
+    if kind == "ve":
+        torch.testing.assert_close(time_of_sigma(sde, sig), sde.inverse_sigma(sig), rtol=0, atol=1e-13)
+    else:
+        target = 0.5 * torch.log1p(sig**2) if kind == "vp" else torch.asinh(sig / 2)
+        torch.testing.assert_close(-sde.log_mean_coeff(t), target, rtol=1e-12, atol=1e-14)
+    # σ beyond σ_ve(T) (EDM's churn) maps beyond T; λ is −log σ_ve.
+    assert float(time_of_sigma(sde, sig[-1:] * 1.5)) > sde.T
+    torch.testing.assert_close(log_snr(sde, t), -sig.log())
+
+
+@pytest.mark.parametrize("kind", SDES)
+def test_denoiser_is_tweedie_in_ve_coordinates_and_one_call(kind):
+    sde = SDES[kind]
+    gm = GaussianMixture(torch.tensor([[-0.5, 0.2], [0.4, 0.1]], dtype=torch.float64), torch.tensor([0.2, 0.3]), sde)
+    problem = Problem(gm)
+    D = Denoiser(problem)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.full((5,), 0.3, dtype=torch.float64)
+    out = D(D.to_ve(x, t), D.sigma(t))  # t recovered from σ by the inversion
+    assert problem.counter.nfe == 1
+    torch.testing.assert_close(out, gm.denoise_mean(x, t), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(D.from_ve(D.to_ve(x, t), t), x)
+
+
+def test_phi_series_and_closed_form_agree():
+    z = torch.tensor([-3.0, -0.011, -0.009, 1e-6, 0.009, 0.011, 2.0], dtype=torch.float64)
+    for k in (1, 2, 3, 4):
+        # φ_k(z) = ∫₀¹ e^{(1−θ)z} θ^{k−1}/(k−1)! dθ, by a fine trapezoid rule.
+        th = torch.linspace(0, 1, 20001, dtype=torch.float64)[:, None]
+        ref = torch.trapezoid(torch.exp((1 - th) * z) * th ** (k - 1) / math.factorial(k - 1), th[:, 0], dim=0)
+        torch.testing.assert_close(phi(k, z), ref, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("kind", SDES)
+def test_schedules_end_points_monotone_and_definitions(kind):
+    sde = SDES[kind]
+    for name, fn in SCHEDULES.items():
+        ts = fn(9, sde.T, sde.eps, sde=sde)
+        assert ts.dtype == torch.float64 and ts.shape == (9,), name
+        assert float(ts[0]) == sde.T and float(ts[-1]) == sde.eps, name
+        assert (ts[1:] < ts[:-1]).all(), name
+    sig = ve_sigma(sde, SCHEDULES["karras"](9, sde.T, sde.eps, sde=sde))
+    d = sig ** (1 / 7)
+    torch.testing.assert_close(d[1:] - d[:-1], (d[1] - d[0]).expand(8), rtol=1e-9, atol=0)
+    lam = log_snr(sde, SCHEDULES["log_snr"](9, sde.T, sde.eps, sde=sde))
+    torch.testing.assert_close(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(8), rtol=1e-9, atol=0)
+    if kind == "vp":  # EDM's VP schedule on score_sde's VP SDE is the uniform grid
+        torch.testing.assert_close(SCHEDULES["edm_vp"](9, 1.0, 1e-3, sde=sde), SCHEDULES["uniform"](9, 1.0, 1e-3))
+    with pytest.raises(ValueError, match="needs the SDE"):
+        SCHEDULES["karras"](9, sde.T, sde.eps)
+
+
+# ---- orders on the exact Gaussian flow ---------------------------------------------------------
+# (registry name, options, fitted-order band). Bands: declared order −0.3 … +0.5, except where the
+# measurement (docs/fast_samplers.md) shows superconvergence on this linear problem: the 3M methods
+# with accurate starting values come out at 3.9–4.1 (upper band +1.2).
+DETERMINISTIC = [
+    ("ddim", {}, (0.7, 1.5)),
+    ("edm_heun", {}, (1.7, 2.5)),
+    ("dpm_solver", {"solver_order": 1}, (0.7, 1.5)),
+    ("dpm_solver", {"solver_order": 2}, (1.7, 2.5)),
+    ("dpm_solver", {"solver_order": 3}, (2.7, 3.6)),
+    ("dpm_solver", {"solver_order": 2, "method": "multistep"}, (1.7, 2.5)),
+    ("dpm_solver_pp", {}, (1.7, 2.5)),
+    ("dpm_solver_pp", {"method": "singlestep"}, (1.7, 2.5)),
+    ("dpm_solver_pp", {"solver_order": 3, "warmup": "singlestep"}, (2.7, 4.2)),
+    ("unipc", {"solver_order": 1}, (1.7, 2.5)),
+    ("unipc", {"variant": "bh1"}, (2.7, 3.5)),
+    ("unipc", {"variant": "bh2"}, (2.7, 3.5)),
+]
+ORDER_NS = [17, 33, 65]
+SLOW_ORDERS = {2, 3, 5, 7}  # dpm_solver orders 1–2 and the 2M/2S variants: covered by the others by default
+
+
+def _errors(name, opts, kind, ns=ORDER_NS):
+    problem, noise, x_T, exact = gaussian_setup(SDES[kind])
+    errs = []
+    for n in ns:
+        sampler = make_sampler(name, n_steps=n, denoise="none", **opts)
+        problem.counter.reset()
+        sol = sampler.sample(problem, x_T, noise)
+        assert sol.stats.nfe == sampler.expected_nfe == problem.counter.nfe
+        errs.append((sol.x - exact).abs().max().item())
+    return sampler, errs
+
+
+@pytest.mark.parametrize("kind", ["vp", "ve"])
+@pytest.mark.parametrize("name, opts, band", [pytest.param(*c, marks=pytest.mark.slow) if i in SLOW_ORDERS else c
+                                              for i, c in enumerate(DETERMINISTIC)],
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for n, o, _ in DETERMINISTIC])
+def test_deterministic_order(name, opts, band, kind):
+    sampler, errs = _errors(name, opts, kind)
+    fit = fitted_order(ORDER_NS, errs)
+    assert band[0] == pytest.approx(sampler.order - 0.3)  # the band starts 0.3 below the declared order
+    assert band[0] <= fit <= band[1], (fit, errs)
+    print(f"{name} {opts} {kind}: declared {sampler.order}, fitted {fit:.2f}, errors {errs}")
+
+
+@pytest.mark.parametrize("name, opts", [("dpm_solver_pp", {"solver_order": 3}),
+                                        ("dpm_solver", {"solver_order": 3, "method": "multistep"})],
+                         ids=["pp3m", "dpm3m"])
+def test_multistep_lower_order_warmup_caps_declared_order(name, opts):
+    """The reference codes' warm-up (first step first order) makes 3M asymptotically second order:
+    declared 2; on VE (where the first step's error shows) 'singlestep' warm-up, declared 3, is ≥ 5× more
+    accurate at n = 65."""
+    sampler, errs = _errors(name, opts, "ve")
+    assert sampler.order == 2.0  # measured errors are not monotone in n here (2.8e-4, 2.1e-4, 5.8e-5)
+    s3, errs3 = _errors(name, {**opts, "warmup": "singlestep"}, "ve")
+    assert s3.order == 3.0 and errs3[-1] < errs[-1] / 5, (errs3, errs)
+
+
+def test_ddim_eta_one_is_ancestral_sampling_with_exact_transitions():
+    problem, _, x_T, _ = gaussian_setup(VPSDE())
+    a = make_sampler("ddim", n_steps=12, eta=1.0).sample(problem, x_T, SeededNoise(range(8))).x
+    b = make_sampler("ancestral_sampling", n_steps=12, discretization="transition").sample(
+        problem, x_T, SeededNoise(range(8))).x
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_ddim_ggf_table_option():
+    problem, noise, x_T, exact = gaussian_setup(VPSDE())
+    sol = make_sampler("ddim", n_steps=200, alphas="table", denoise="none").sample(problem, x_T, noise)
+    assert (sol.x - exact).abs().max() < 0.05  # the discrete ᾱ table is a first-order approximation of α_t²
+    with pytest.raises(ValueError, match="VP SDE"):
+        make_sampler("ddim", alphas="table").sample(Problem(GaussianMixture.isotropic(VE5)), x_T, noise)
+    with pytest.raises(ValueError, match="expected one of"):
+        make_sampler("ddim", alphas="discrete")
+    with pytest.raises(ValueError, match="eta"):
+        make_sampler("ddim", eta=-1)
+
+
+def test_edm_stochastic_without_churn_is_heun_and_with_churn_is_seeded_per_sample():
+    problem, _, x_T, _ = gaussian_setup(VPSDE())
+    heun = make_sampler("edm_heun", n_steps=10).sample(problem, x_T, SeededNoise(range(8))).x
+    same = make_sampler("edm_stochastic", n_steps=10).sample(problem, x_T, SeededNoise(range(8))).x
+    assert torch.equal(heun, same)
+    churn = make_sampler("edm_stochastic", n_steps=10, S_churn=5.0, S_tmin=0.05, S_tmax=50.0)
+    a = churn.sample(problem, x_T, SeededNoise(range(8)))
+    b = churn.sample(problem, x_T[2:4], SeededNoise([2, 3]))
+    assert a.stats.nfe == churn.expected_nfe == 19
+    assert not torch.equal(a.x, heun)
+    torch.testing.assert_close(b.x, a.x[2:4])
+    with pytest.raises(ValueError, match="S_tmin <= S_tmax"):
+        make_sampler("edm_stochastic", S_tmin=2.0, S_tmax=1.0)
+
+
+def test_singlestep_warmup_nfe_and_lower_order_final():
+    problem, noise, x_T, _ = gaussian_setup(VESDE(sigma_max=5.0))
+    for opts, expected in [({"solver_order": 3, "warmup": "singlestep"}, 20 + 2 * 2 + 1),
+                           ({"solver_order": 3}, 20 + 1), ({"solver_order": 3, "method": "singlestep"}, 60 + 1)]:
+        sampler = make_sampler("dpm_solver_pp", n_steps=21, **opts)
+        problem.counter.reset()
+        assert sampler.sample(problem, x_T, noise).stats.nfe == sampler.expected_nfe == expected
+    # Few steps: the last steps lower their order, and the warm-up order is capped by the steps left.
+    s = make_sampler("unipc", n_steps=4, solver_order=3, warmup="singlestep")
+    assert [s.step_order(i, 3) for i in range(3)] == [1, 2, 1] and [s.warmup_order(i, 3) for i in range(3)] == [3, 2, 0]
+    assert s.expected_nfe == 3 + 2 + 1 + 1
+
+
+def test_sde_dpm_solver_pp_samples_match_the_mixture():
+    sde = VPSDE()
+    means = torch.stack([torch.full((1, 2, 2), -0.5), torch.full((1, 2, 2), 0.4)]).double()
+    gm = GaussianMixture(means, torch.tensor([0.15, 0.2]), sde, weights=torch.tensor([0.3, 0.7]))
+    problem, n = Problem(gm), 1000
+    noise = SeededNoise(range(n))
+    sampler = make_sampler("dpm_solver_pp_sde", n_steps=41)
+    x = sampler.sample(problem, problem.prior_sample(n, noise, torch.float64), noise).x.flatten(1)
+    std = gm.covariance().diag().sqrt()
+    assert ((x.mean(0) - gm.mean()).abs() < 4 * std / n**0.5 + 0.02).all()
+    assert ((x.std(0) - std).abs() < 4 * std / (2 * n) ** 0.5 + 0.02).all()
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("kind", ["vp", "ve"])
+def test_adaptive_dpm_solver_meets_tolerance_and_counts(order, kind):
+    """Data prediction: the error follows the tolerance. (With the paper's noise prediction the VP error is
+    not monotone in the tolerance on this problem: order 3, rtol 1e-2 → 5.1e-3, 1e-3 → 1.1e-2; see the docs.)"""
+    problem, noise, x_T, exact = gaussian_setup(SDES[kind])
+    errs, nfes = [], []
+    for rtol in (1e-2, 1e-3):
+        sampler = make_sampler("dpm_solver_adaptive", solver_order=order, rtol=rtol, atol=rtol, denoise="none",
+                               prediction="data")
+        problem.counter.reset()
+        sol = sampler.sample(problem, x_T, noise)
+        assert sol.status == "ok" and sol.stats.nfe == problem.counter.nfe
+        per = sol.stats.nfe_per_sample
+        assert per.max() == sol.stats.nfe  # the slowest sample ran every iteration
+        assert (per % order == 0).all() and sol.stats.n_accepted + sol.stats.n_rejected == per.sum() // order
+        errs.append((sol.x - exact).abs().max().item())
+        nfes.append(sol.stats.nfe)
+    assert errs[1] < errs[0] / 3 and errs[1] < 3e-3 and nfes[1] > nfes[0], (errs, nfes)
+    tiny = make_sampler("dpm_solver_adaptive", rtol=1e-8, atol=1e-8, max_steps=3).sample(problem, x_T, noise)
+    assert tiny.status == "max_steps" and "unfinished" in tiny.message
+
+
+def test_registry_names_and_docstrings():
+    for name in ("ddim", "edm_heun", "edm_stochastic", "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_sde",
+                 "dpm_solver_adaptive", "unipc"):
+        doc = SAMPLERS[name].__doc__
+        assert "Integrates" in doc and "Order" in doc and "NFE" in doc and "SDEs" in doc, name
+
+
+# ---- the NFE × sampler table (docs/fast_samplers.md) -------------------------------------------
+TABLE_NFE = [5, 10, 15, 20, 30, 50]
+# label: (registry name, options, NFE per step); every run ends with the Tweedie denoise (+1 NFE).
+TABLE_SAMPLERS = {
+    "pf_euler": ("pf_euler", {}, 1),
+    "pf_heun": ("pf_heun", {}, 2),
+    "ddim": ("ddim", {}, 1),
+    "edm_heun": ("edm_heun", {}, 2),
+    "dpm_solver-3S": ("dpm_solver", {"solver_order": 3}, 3),
+    "dpm_solver_pp-2M": ("dpm_solver_pp", {}, 1),
+    "dpm_solver_pp-3M": ("dpm_solver_pp", {"solver_order": 3}, 1),
+    "unipc-bh1": ("unipc", {"variant": "bh1"}, 1),
+    "unipc-bh2": ("unipc", {"variant": "bh2"}, 1),
+    "euler_maruyama": ("euler_maruyama", {}, 1),
+    "dpm_solver_pp_sde-2M": ("dpm_solver_pp_sde", {"solver_order": 2}, 1),
+}
+STOCHASTIC = {"euler_maruyama", "dpm_solver_pp_sde-2M"}
+
+
+class _OneGenerator:
+    """A batch noise source with one generator (fast for many samples; fine for measurements)."""
+
+    def __init__(self, seed):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def normal(self, shape, dtype=torch.float64, device=None, index=None):
+        return torch.randn(tuple(shape), generator=self.gen, dtype=dtype)
+
+    def increment(self, t, t_next, shape, dtype=torch.float64, device=None, index=None):
+        return self.normal(shape, dtype)
+
+
+def table_mixture(sde):
+    """quickstart's 2-D mixture: 4 components at (±0.6, ±0.6), std 0.1."""
+    means = torch.tensor([[-0.6, -0.6], [-0.6, 0.6], [0.6, -0.6], [0.6, 0.6]], dtype=torch.float64)
+    return GaussianMixture(means, torch.tensor(0.1), sde)
+
+
+def measure_table(sde, n_samples=2048, nfes=TABLE_NFE, samplers=TABLE_SAMPLERS, seed=0):
+    """{label: {nfe: (path_err, moment_err)}} and the reference's own errors.
+
+    path_err: RMS over samples of ‖x − x_ref‖ with x_ref a fine Heun solution of the probability-flow
+    ODE from the same x_T (EDM Heun on 2000 Karras points; checked against pf_heun on 4000 uniform
+    points), after the Tweedie denoise. moment_err: ‖mean − mean_ref‖ + ‖cov − cov_ref‖_F of the
+    outputs against the fine reference's outputs (Monte-Carlo noise cancels for the ODE samplers,
+    which share x_T; for the stochastic ones it is ~1/√n_samples, reported as the floor).
+    """
+    problem = Problem(table_mixture(sde))
+    x_T = torch.randn(n_samples, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x_T = x_T * sde.prior_std()
+    ref = make_sampler("edm_heun", n_steps=2000).sample(problem, x_T, _OneGenerator(0)).x
+    check = make_sampler("pf_heun", n_steps=4000).sample(problem, x_T, _OneGenerator(0)).x
+
+    def moments(x):
+        return x.mean(0), torch.cov(x.T)
+
+    m_ref, c_ref = moments(ref)
+
+    def moment_err(x):
+        m, c = moments(x)
+        return float((m - m_ref).norm() + (c - c_ref).norm())
+
+    out = {}
+    for label, (name, opts, per_step) in samplers.items():
+        out[label] = {}
+        for nfe in nfes:
+            steps = (nfe - 1) // per_step
+            if steps < 1:
+                continue
+            sampler = make_sampler(name, n_steps=steps + 1, **opts)
+            problem.counter.reset()
+            x = sampler.sample(problem, x_T, _OneGenerator(seed + 1)).x
+            path = float((x - ref).norm(dim=1).pow(2).mean().sqrt())
+            out[label][problem.counter.nfe] = (path, moment_err(x))
+    # Floor for stochastic samplers: two independent draws of exact samples of the reference law.
+    floor = moment_err(make_sampler("euler_maruyama", n_steps=1000).sample(problem, x_T, _OneGenerator(7)).x)
+    ref_err = float((check - ref).norm(dim=1).pow(2).mean().sqrt())
+    return out, {"reference_vs_pf_heun_4000": ref_err, "stochastic_moment_floor": floor}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vp", "ve"])
+def test_fast_samplers_beat_em_and_pf_euler_at_low_nfe(kind):
+    """At 10–20 NFE, DPM-Solver++(3M) and UniPC are ≥ 10× more accurate than pf_euler (path error
+    against the exact ODE solution) and than Euler–Maruyama (moment error; EM has no path to compare)."""
+    table, info = measure_table(SDES[kind], n_samples=1024, nfes=[10, 15, 20],
+                                samplers={k: TABLE_SAMPLERS[k] for k in
+                                          ("pf_euler", "euler_maruyama", "dpm_solver_pp-3M", "unipc-bh2")})
+    assert info["reference_vs_pf_heun_4000"] < 1e-4
+    for nfe in (10, 15, 20):
+        for fast in ("dpm_solver_pp-3M", "unipc-bh2"):
+            assert table[fast][nfe][0] * 10 < table["pf_euler"][nfe][0], (fast, nfe, table)
+            assert table[fast][nfe][1] * 10 < table["euler_maruyama"][nfe][1], (fast, nfe, table)
+
+
+if __name__ == "__main__":  # print the markdown tables of docs/fast_samplers.md
+    torch.set_num_threads(1)
+    for kind in ("vp", "ve"):
+        table, info = measure_table(SDES[kind])
+        print(f"\n### {kind}  ({info})\n")
+        for col in (0, 1):
+            print(f"\n{'path error (RMS)' if col == 0 else 'moment error'}\n")
+            print("| sampler | " + " | ".join(f"NFE≈{n}" for n in TABLE_NFE) + " |")
+            print("|---|" + "---|" * len(TABLE_NFE))
+            for label, row in table.items():
+                cells = []
+                for n in TABLE_NFE:
+                    hit = [k for k in row if k <= n and k > n - 3]  # the largest run within the budget
+                    cells.append(f"{row[max(hit)][col]:.1e} ({max(hit)})" if hit else "–")
+                if col == 0 and label in STOCHASTIC:
+                    cells = ["(stochastic)"] * len(TABLE_NFE)
+                print(f"| {label} | " + " | ".join(cells) + " |")
