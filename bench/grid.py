@@ -396,7 +396,8 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             options=options, T=None if T is None else float(T),
                             eps=None if eps is None else float(eps), prior=prior, num_samples=ev.num_samples,
                             batch_size=ev.batch_size, seeds=ev.seeds, dtype=ev.dtype, metrics=metrics,
-                            likelihood=likelihood if "bpd" in metrics else {}, device=ev.device, timeout_s=ev.timeout_s, save_samples=ev.save_samples,
+                            likelihood=likelihood if "bpd" in metrics else {}, device=ev.device,
+                            timeout_s=ev.timeout_s, save_samples=ev.save_samples,
                             threads=ev.threads))
     return runs
 

@@ -27,8 +27,8 @@ LOWER_IS_BETTER = {"fid": True, "kid": True, "fd_digits": True, "fd_fashion": Tr
                    "sw2_exact": True, "loglik_exact": False, "bpd": True}
 COLUMNS = ("run_id", "grid", "model", "solver", "family", "options", "T", "eps", "prior", "status", "message", "nfe",
            "nfe_total", "nfe_per_sample_mean", "n_steps", "n_accepted", "n_rejected", "bpd_nfe", "num_samples",
-           "batch_size", "seeds", "dtype", "wall_time_s", "sampling_time_s", "metric_time_s", "peak_memory_mb", "device",
-           "device_name", "executor", "git_revision", "torch", "created")
+           "batch_size", "seeds", "dtype", "wall_time_s", "sampling_time_s", "metric_time_s", "peak_memory_mb",
+           "device", "device_name", "executor", "threads", "git_revision", "torch", "created")
 
 
 def family(record: dict) -> str:
@@ -103,11 +103,13 @@ def _plot(out: Path, model: str, rows: list[dict], y: str, ylabel: str, lower: b
     pts = [dict(r, nfe=r.get(x)) for r in rows if r.get(y) is not None and r.get(x) and math.isfinite(float(r[y]))]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
     fams = sorted({r["family"] for r in pts})
-    for fam in fams:
+    colors, markers = plt.get_cmap("tab20").colors, "os^vDP*Xh<>p"
+    for k, fam in enumerate(fams):
         sel = sorted((r for r in pts if r["family"] == fam), key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in sel], [r[y] for r in sel], "o-", ms=4, lw=1.2, label=fam)
+        ax.plot([r["nfe"] for r in sel], [r[y] for r in sel], "-", marker=markers[k % len(markers)], ms=5, lw=1.2,
+                color=colors[k % len(colors)], label=fam)
     front = pareto_front([(float(r["nfe"]), float(r[y])) for r in pts], lower)
     fr = sorted((pts[i] for i in front), key=lambda r: r["nfe"])
     ax.plot([r["nfe"] for r in fr], [r[y] for r in fr], "k--", lw=0.8, drawstyle="steps-post", zorder=1)
@@ -121,7 +123,7 @@ def _plot(out: Path, model: str, rows: list[dict], y: str, ylabel: str, lower: b
     ax.set_ylabel(ylabel)
     ax.set_title(f"{model}: {ylabel} vs NFE")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     path = out / "plots" / f"{y.replace('_time_s', '')}_vs_nfe_{model}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +132,11 @@ def _plot(out: Path, model: str, rows: list[dict], y: str, ylabel: str, lower: b
     return path
 
 
-def sample_png(record: dict, samples_file: Path, dest: Path) -> Path | None:
-    """Sample grid (images) or scatter plot (2-D points) of the samples kept beside a record."""
+def sample_png(record: dict, samples_file: Path, dest: Path, scale: int = 4) -> Path | None:
+    """Sample grid (images) or 2-D histogram (points) of the samples kept beside a record.
+
+    Written with ``matplotlib.pyplot.imsave`` (no figure), so a sweep's worth of PNGs is cheap.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,32 +148,28 @@ def sample_png(record: dict, samples_file: Path, dest: Path) -> Path | None:
     if x.numel() == 0:
         return None
     lo, hi = record.get("data_range") or (float(x.min()), float(x.max()))
-    title = f"{record['model']} · {family(record)} · NFE {record.get('nfe')}"
-    if x.dim() == 2:
-        fig, ax = plt.subplots(figsize=(4, 4))
+    if x.dim() == 2:  # points: a 2-D histogram over the data range, 1.5x padded
         pts = x.numpy()
-        ax.scatter(pts[:, 0], pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts)), s=6)
-        ax.set_title(title, fontsize=7)
+        yv = pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts))
+        pad = 0.25 * (hi - lo)
+        hist, _, _ = np.histogram2d(yv, pts[:, 0], bins=64, range=[[lo - pad, hi + pad]] * 2)
+        canvas = 1.0 - np.clip(hist[::-1] / max(hist.max(), 1), 0, 1)
     else:
         img = x.reshape(x.shape[0], -1, *x.shape[-2:]) if x.dim() >= 3 else x[:, None, None, :]
         img = ((img - lo) / (hi - lo)).clamp(0, 1).numpy()
         n, c, h, w = img.shape
+        c = 3 if c == 3 else 1
         ncol = int(math.ceil(math.sqrt(n)))
         nrow = int(math.ceil(n / ncol))
-        canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, 3 if c == 3 else 1), dtype=np.float32)
+        canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), dtype=np.float32)
         for k in range(n):
             i, j = divmod(k, ncol)
             canvas[1 + i * (h + 1): 1 + i * (h + 1) + h, 1 + j * (w + 1): 1 + j * (w + 1) + w] = \
-                img[k].transpose(1, 2, 0)[..., : canvas.shape[2]] if c in (1, 3) else img[k, :1].transpose(1, 2, 0)
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(canvas.squeeze(-1) if canvas.shape[2] == 1 else canvas, cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
-        ax.axis("off")
-        ax.set_title(title, fontsize=7)
+                img[k, :c].transpose(1, 2, 0)
+        canvas = canvas.squeeze(-1) if c == 1 else canvas
+    canvas = np.kron(canvas, np.ones((scale, scale) + (1,) * (canvas.ndim - 2)))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(dest, dpi=100)
-    plt.close(fig)
+    plt.imsave(dest, canvas, cmap="gray", vmin=0.0, vmax=1.0)
     return dest
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from bench.records import read_records
 from bench.run import main
-from test_run import QUICK_ARGS, QUICKSTART, quickstart_local  # noqa: F401  (shared session fixture)
+from tests.test_run import QUICK_ARGS, QUICKSTART, quickstart_local  # noqa: F401  (shared session fixture)
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[test,ray]' (the [ray] extra)")
 
@@ -17,7 +17,8 @@ def test_ray_executor_matches_local(quickstart_local, tmp_path):  # noqa: F811
     rc_local, local_out = quickstart_local
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        rc = main(["--grid", str(QUICKSTART), "--out", str(tmp_path / "ray"), "--executor", "ray", *QUICK_ARGS])
+        rc = main(["--grid", str(QUICKSTART), "--out", str(tmp_path / "ray"), "--executor", "ray", "--no-report",
+                   *QUICK_ARGS])
     finally:
         ray.shutdown()
     assert rc == rc_local
