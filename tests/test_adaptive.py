@@ -125,7 +125,7 @@ CONVENTIONS = [
 
 
 @pytest.mark.parametrize("name, extrapolation, x_prev, norm, per_sample_eval",
-                         [c + (False,) for c in CONVENTIONS] + [CONVENTIONS[0] + (True,)])
+                         [c + (i == 0,) for i, c in enumerate(CONVENTIONS)])
 def test_loop_matches_transcription(name, extrapolation, x_prev, norm, per_sample_eval):
     sde = VPSDE()
     model = GaussianMixture.isotropic(sde, MU, S0, shape=(3,))
@@ -201,7 +201,8 @@ def test_stepper_error_is_half_the_stage_difference():
 
 
 # ---- distribution ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("sde", [VPSDE(), VESDE(sigma_max=5.0)], ids=["vp", "ve"])
+@pytest.mark.parametrize("sde", [VPSDE(), pytest.param(VESDE(sigma_max=5.0), marks=pytest.mark.slow)],
+                         ids=["vp", "ve"])
 def test_samples_match_gaussian_moments(sde):
     """N(MU, S0²) in D = 192 (3×8×8): mean and std within Monte-Carlo error. (In very few dimensions the
     algorithm itself is biased, see test_rejection_bias_shrinks_with_dimension.)"""
