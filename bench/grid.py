@@ -108,10 +108,11 @@ class RunSpec:
     threads: int | None = None
 
     def identity(self) -> dict:
-        return {"model": self.model, "data": self.data, "solver": self.solver, "options": self.options,
-                "T": self.T, "eps": self.eps, "prior": self.prior, "num_samples": self.num_samples,
-                "batch_size": self.batch_size, "seeds": self.seeds, "dtype": self.dtype,
-                "metrics": list(self.metrics), "likelihood": self.likelihood}
+        uses_data = bool({"bpd", "fid", "kid"} & set(self.metrics))  # fd_* and exact metrics ship their references
+        return {"model": self.model, "data": self.data if uses_data else {}, "solver": self.solver,
+                "options": self.options, "T": self.T, "eps": self.eps, "prior": self.prior,
+                "num_samples": self.num_samples, "batch_size": self.batch_size, "seeds": self.seeds,
+                "dtype": self.dtype, "metrics": list(self.metrics), "likelihood": self.likelihood}
 
     @property
     def run_id(self) -> str:

@@ -35,15 +35,21 @@ CKPT_ENV = "SCOREBENCH_CKPT_DIR"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 def resolve_path(path: str, env: str | None = None) -> Path | None:
-    """An existing file for ``path``: as given, else under the folder in ``$env``; None if neither."""
+    """An existing file for ``path``: as given (relative to the working directory), else under the
+    folder in ``$env``, else relative to the project checkout (shipped weights such as
+    ``models/weights/digits_vp.pt`` from any working directory); None if none exists."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
-    if env and os.environ.get(env) and not p.is_absolute():
-        q = Path(os.environ[env]).expanduser() / p
-        if q.is_file():
-            return q
+    if p.is_absolute():
+        return None
+    for base in ([Path(os.environ[env]).expanduser()] if env and os.environ.get(env) else []) + [PROJECT_ROOT]:
+        if (base / p).is_file():
+            return base / p
     return None
 
 
