@@ -4,7 +4,7 @@ Every executor has ``run(runs, on_result)`` and calls ``on_result(record, sample
 process as each run finishes, so records are written by one process only, as soon as a run ends.
 
 * ``local`` — in this process, one run after another, with ``torch.set_num_threads`` set to the
-  run's ``threads`` or the idle cores this process may use (:func:`cpu_threads`). With several visible GPUs, one worker
+  run's ``threads`` or every core this process may use (:func:`cpu_threads`). With several visible GPUs, one worker
   process per GPU (spawned, ``CUDA_VISIBLE_DEVICES`` pinned) takes runs from a shared queue.
 * ``ray`` — one Ray task per run, requesting ``threads`` (default 1) CPUs and one GPU where the run
   is on CUDA; connects to ``address`` or to an already initialised Ray, else starts a local one.
@@ -36,19 +36,12 @@ def available_cores() -> int:
 
 
 def cpu_threads(requested: int | None = None) -> int:
-    """Threads for a CPU run: ``requested``, else the cores not already busy (at least 1).
-
-    Two torch processes with 2 threads each on 2 cores run ~10x slower than with 1 thread each, so
-    on a loaded machine a run takes only the idle cores (from the 1-minute load average).
+    """Threads for a CPU run: ``requested`` (the grid's ``eval.threads``), else every core this process
+    may use. The choice never depends on the machine's momentary load, so a run's threads (recorded)
+    and its numbers are reproducible; on a shared machine set ``eval.threads`` (two torch processes
+    with 2 threads each on 2 cores run ~10x slower than with 1 thread each).
     """
-    if requested:
-        return requested
-    cores = available_cores()
-    try:
-        busy = int(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
+    return requested or available_cores()
 
 
 def ray_available() -> bool:
