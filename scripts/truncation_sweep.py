@@ -159,6 +159,8 @@ def run_model(args) -> list[dict]:
                        "elbo_bpd": float(e.bits_per_dim(D, offset).mean()),
                        "elbo_stderr_bpd": float(e.elbo.std() / math.sqrt(len(e.elbo)) / (D * math.log(2)))}
             for solver, n1 in (("euler_maruyama", args.n_steps), ("pf_heun", args.n_steps_ode)):
+                if solver not in args.solvers:
+                    continue
                 for rule in args.rules:
                     n_steps = steps_for_T(n1, T, rule)
                     if rule == "fixed_steps" and T == 1.0:
@@ -216,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-steps-ode", type=int, default=50, help="PF Heun grid points at T = 1")
     m.add_argument("--rules", nargs="+", default=["fixed_dt"], choices=("fixed_dt", "fixed_steps"))
     m.add_argument("--batch", type=int, default=500)
+    m.add_argument("--solvers", nargs="+", default=["euler_maruyama", "pf_heun"], choices=("euler_maruyama", "pf_heun"))
     m.add_argument("--metric", default="fd", choices=("fd", "sw2"))
     m.add_argument("--n-bpd", type=int, default=128)
     m.add_argument("--bpd-tol", type=float, default=1e-3)
