@@ -31,7 +31,9 @@ __all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_g
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics", "sweeps")
 EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
-             "threads")
+             "threads", "accel")
+ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths (models.accel)
+AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
 DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
              "bpd_batch_size")
@@ -42,7 +44,7 @@ PRIOR_KINDS = ("gaussian",)
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
                     "max_steps", "h_init")
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
-                "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None}
+                "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {}}
 
 
 def _metric_names() -> tuple[str, ...]:
@@ -76,6 +78,7 @@ class EvalSpec:
     timeout_s: float | None
     save_samples: int  # samples kept beside each record for the sample-grid PNG
     threads: int | None
+    accel: dict = field(default_factory=dict)  # autocast / channels_last / compile / max_batch
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,14 @@ class RunSpec:
     timeout_s: float | None = None
     save_samples: int = 64
     threads: int | None = None
+    accel: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
         uses_data = bool({"bpd", "fid", "kid"} & set(self.metrics))  # fd_* and exact metrics ship their references
-        return {"model": self.model, "data": self.data if uses_data else {}, "solver": self.solver,
+        # Mixed precision changes the numbers; channels_last, compile and batch splitting do not.
+        autocast = self.accel.get("autocast", "none")
+        return ({"autocast": autocast} if autocast != "none" else {}) | {
+                "model": self.model, "data": self.data if uses_data else {}, "solver": self.solver,
                 "options": self.options, "T": self.T, "eps": self.eps, "prior": self.prior,
                 "num_samples": self.num_samples, "batch_size": self.batch_size, "seeds": self.seeds,
                 "dtype": self.dtype, "metrics": list(self.metrics), "likelihood": self.likelihood}
@@ -244,7 +251,22 @@ def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalS
         where.positive_int("threads", threads)
     return EvalSpec(num_samples=n, batch_size=bs, seeds=seeds, device=_device(where, d["device"]),
                     dtype=where.choice("dtype", d["dtype"], DTYPES), metrics=_metrics(where, d["metrics"]),
-                    timeout_s=timeout, save_samples=save, threads=threads)
+                    timeout_s=timeout, save_samples=save, threads=threads, accel=_accel(where, d["accel"]))
+
+
+def _accel(where: _Where, raw: Any) -> dict:
+    """The eval section's ``accel`` mapping (GPU paths), validated."""
+    if raw is None:
+        return {}
+    accel = dict(where.keys(raw, ACCEL_KEYS, "accel"))
+    if "autocast" in accel:
+        where.choice("autocast", accel["autocast"], AUTOCAST)
+    for key in ("channels_last", "compile"):
+        if key in accel and not isinstance(accel[key], bool):
+            raise where.error(f"field {key!r} must be true or false, got {accel[key]!r}")
+    if accel.get("max_batch") is not None:
+        where.positive_int("max_batch", accel["max_batch"])
+    return accel
 
 
 def _parse_data(where: _Where, raw: Any) -> dict:
@@ -399,7 +421,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             batch_size=ev.batch_size, seeds=ev.seeds, dtype=ev.dtype, metrics=metrics,
                             likelihood=likelihood if "bpd" in metrics else {}, device=ev.device,
                             timeout_s=ev.timeout_s, save_samples=ev.save_samples,
-                            threads=ev.threads))
+                            threads=ev.threads, accel=ev.accel))
     return runs
 
 

@@ -199,6 +199,24 @@ def run_sde(model, T: float | None, eps: float | None):
     return dataclasses.replace(model.sde, **changes) if changes else model.sde
 
 
+def accelerate(model, accel: dict):
+    """The run's view of a loaded model with the eval section's GPU paths (``accel``): autocast,
+    channels_last and torch.compile of the network (a shallow copy, so the cached model is untouched),
+    and batch splitting (``max_batch``, halved on CUDA out-of-memory) around the score."""
+    import copy
+
+    from models.accel import AcceleratedNet, Acceleration, ChunkedScore
+
+    options = Acceleration(**{k: accel[k] for k in ("autocast", "channels_last", "compile") if k in accel})
+    if options.enabled:
+        if not hasattr(model, "net"):
+            raise ValueError("eval.accel autocast/channels_last/compile need a network model "
+                             f"(got {type(model).__name__})")
+        model = copy.copy(model)
+        model.net = AcceleratedNet(model.net, options)
+    return ChunkedScore(model, accel.get("max_batch"))
+
+
 _CACHE: dict[tuple, object] = {}
 
 

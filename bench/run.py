@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from bench.grid import GridError, GridSpec, RunSpec, load_grid
-from bench.models import DTYPES, RunScore, load_score_model, run_sde
+from bench.models import DTYPES, RunScore, accelerate, load_score_model, run_sde
 from bench.records import OK, clean_temp, environment, now, read_records, write_record, write_samples
 
 __all__ = ["execute_run", "run_grid", "preflight", "main", "DEFAULT_GRID", "EXACT_METRICS"]
@@ -234,7 +234,7 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        model = load_score_model(run.model, device, run.dtype)
+        model = accelerate(load_score_model(run.model, device, run.dtype), run.accel)
         sde = run_sde(model, run.T, run.eps)
         record["sde"] = sde_to_dict(sde)
         record["device_name"] = _device_name(device)
@@ -302,6 +302,8 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
     record["wall_time_s"] = time.perf_counter() - t_start
     record["finished"] = now()
     record.update(_peak_memory(device))
+    record["accel"] = dict(run.accel)
+    record["oom_splits"] = getattr(locals().get("model"), "splits", 0)
     samples = torch.cat(kept) if kept else None
     return record, samples
 

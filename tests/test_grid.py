@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.grid import GridError, load_grid, parse_grid
+from bench.grid import GridError, expand, load_grid, parse_grid
 from bench.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,3 +157,25 @@ def test_dry_run_prints_the_table(tmp_path, capsys):
     assert all(r.run_id in out for r in spec.runs)
     assert f"{len(spec.runs)} runs of grid 'tiny'" in out
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_accel_is_validated_and_only_autocast_changes_identity(tmp_path):
+    """GPU-path options in eval.accel: validated at load; autocast is part of a run's identity."""
+    from bench.grid import load_grid
+
+    base = ("name: acc\nmodel: {kind: mixture, sde: {kind: vp}, means: [[0.0, 0.0]], std: 0.5}\n"
+            "eval: {num_samples: 4, batch_size: 4, seeds: '0-3', accel: %s}\n"
+            "sweeps:\n  - {solver: euler_maruyama, n_steps: 10}\n")
+    ids = {}
+    for name, accel in [("plain", "{}"), ("cl", "{channels_last: true, max_batch: 2}"), ("bf16", "{autocast: bf16}")]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(base % accel)
+        ids[name] = expand(load_grid(path))[0].run_id
+    assert ids["plain"] == ids["cl"] != ids["bf16"]
+    for bad, msg in [("{autocast: int8}", "expected one of: none, bf16, fp16"),
+                     ("{compile: 1}", "must be true or false"), ("{max_batch: 0}", "positive integer"),
+                     ("{fast: true}", "unknown key 'fast'")]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(base % bad)
+        with pytest.raises(GridError, match=msg):
+            load_grid(path)
