@@ -28,6 +28,9 @@ from bench.metrics.inception import InceptionFeatures, cleanfid_available, quant
 from bench.metrics.kid import kernel_distance
 from bench.metrics.stats import StreamingStats
 
+# TorchScript is the format of clean-fid's Inception file, so the stand-in is scripted too.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|load)` is deprecated:DeprecationWarning")
+
 
 class _Layers(nn.Module):
     """Random Fourier features of a 23×23 average-pooled image: 2048 features whose covariance is

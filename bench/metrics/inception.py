@@ -25,6 +25,7 @@ the project makes the same calls on the same TorchScript file (``backend='scoreb
 from __future__ import annotations
 
 import hashlib
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -147,7 +148,9 @@ class InceptionFeatures:
                                     resize_inside=mode == "legacy_tensorflow").to(self.device).eval()
             self._resizer = build_resizer(mode)
         else:
-            self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
+            with warnings.catch_warnings():  # the file is TorchScript: there is no other way to load it
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+                self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
         self.backend = backend
 
     def protocol(self) -> dict:
