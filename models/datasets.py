@@ -16,6 +16,7 @@ offline, a missing dataset raises :class:`DatasetNotFoundError` naming how to ge
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import pickle
@@ -182,13 +183,18 @@ def load_digits(split: str = "train", root: str | Path | None = None, download: 
     """
     del root, download
     _check_split("digits", split)
+    images, labels = _sklearn_digits()
+    idx = _seeded_split(len(images), split, DIGITS_TEST_FRACTION)
+    return Dataset("digits", split, images[idx].contiguous(), levels=17, labels=labels[idx])
+
+
+@functools.cache
+def _sklearn_digits() -> tuple[Tensor, Tensor]:
+    """All 1797 digits [1797, 1, 8, 8] uint8 (0..16) and labels, parsed once per process."""
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)  # [1797, 1, 8, 8], 0..16
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
-    idx = _seeded_split(len(images), split, DIGITS_TEST_FRACTION)
-    return Dataset("digits", split, images[idx].contiguous(), levels=17, labels=labels[idx])
+    return torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1), torch.from_numpy(bunch.target.astype(np.int64))
 
 
 # ----------------------------------------------------------------------------------------------
