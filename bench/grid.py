@@ -37,10 +37,9 @@ AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
 DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
              "bpd_batch_size")
-RUN_KEYS = ("solver", "model", "T", "eps", "prior", "metrics", "likelihood")  # any other sweep key is a solver option
+# Any other sweep key is a solver option.
+RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "likelihood")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-PRIOR_KEYS = ("kind", "std", "mean")
-PRIOR_KINDS = ("gaussian",)
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
                     "max_steps", "h_init")
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
@@ -320,17 +319,35 @@ def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) 
 
 
 def _parse_prior(where: _Where, v: Any) -> dict:
-    if v is None or v == "gaussian":
+    """A sweep entry's ``prior`` (see bench/priors.py for the kinds)."""
+    from bench.priors import PRIOR_KEYS, PRIOR_KINDS
+
+    if v is None:
         return {"kind": "gaussian"}
     if isinstance(v, str):
-        where.choice("prior", v, PRIOR_KINDS)
-    d = dict(where.keys(v, PRIOR_KEYS, "prior"))
+        return {"kind": where.choice("prior", v, PRIOR_KINDS)}
+    d = dict(where.keys(v, ("kind", *sorted({k for keys in PRIOR_KEYS.values() for k in keys})), "prior"))
     d.setdefault("kind", "gaussian")
-    where.choice("prior kind", d["kind"], PRIOR_KINDS)
+    kind = where.choice("prior kind", d["kind"], PRIOR_KINDS)
+    where.keys({k: d[k] for k in d if k != "kind"}, PRIOR_KEYS[kind], f"prior of kind {kind!r}")
     if "std" in d:
         where.positive("prior.std", d["std"])
     if "mean" in d and not _is_number(d["mean"]):
         raise where.error(f"field 'prior.mean' must be a number, got {d['mean']!r}")
+    if "variant" in d:
+        where.choice("prior.variant", d["variant"], ("sde", "paper"))
+    if "covariance" in d:
+        where.choice("prior.covariance", d["covariance"], ("full", "diag"))
+    for key in ("steps", "num_data", "copies"):
+        if key in d:
+            where.positive_int(f"prior.{key}", d[key])
+    if kind == "file":
+        if not isinstance(d.get("path"), str):
+            raise where.error("prior of kind 'file' needs a 'path'")
+        from bench.models import resolve_path
+
+        if resolve_path(d["path"]) is None:
+            raise where.error(f"prior file {d['path']!r} not found (write one with models.fitted_priors.save_prior)")
     return d
 
 
@@ -399,6 +416,15 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         raise where.error(f"solver {solver!r}: {e}") from e
     T, eps = cell.get("T"), cell.get("eps")
     _check_time(where, T, eps)
+    step_rule = cell.get("step_rule")
+    if step_rule is not None:
+        from models.fitted_priors import steps_for_T
+
+        where.choice("step_rule", step_rule, ("fixed_dt", "fixed_steps"))
+        if "n_steps" not in options:
+            raise where.error(f"step_rule needs a fixed-step solver with n_steps (solver {solver!r})")
+        # fixed_dt: n_steps names the count at T = 1, the run takes ∝ T of them (Δt kept).
+        options = {**options, "n_steps": steps_for_T(options["n_steps"], float(T or 1.0), step_rule)}
     prior = _parse_prior(where, cell.get("prior"))
     likelihood = _parse_likelihood(where, cell.get("likelihood"))
     names = cell.get("model", list(models))
