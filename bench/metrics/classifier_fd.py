@@ -41,7 +41,7 @@ def make_classifier_fd(name: str, *, data_range: tuple[float, float] = (0.0, 1.0
         return ((x.detach().to(torch.float32) - lo) / (hi - lo)).clamp(0.0, 1.0).to(device)
 
     def features(x: Tensor) -> Tensor:
-        return net.features(x).cpu()
+        return net.features(x)
 
     path = weights_path(name)
     protocol = {"feature_network": f"{path.name} (SmallCNN penultimate layer, {reference.mu.shape[0]}-d)",

@@ -112,7 +112,7 @@ def compute_reference_stats(images: Iterable[Tensor], dataset: str, res: int | s
         f = net(quantize_uint8(batch, data_range, rounding))
         stats.update(f)
         if kid:
-            feats.append(f.numpy())
+            feats.append(f.cpu().numpy())
     path = Path(out) if out is not None else cache_dir() / "stats" / stats_file_name(dataset, res, split, mode)
     stats.save(path, source=f"computed by scorebench from {dataset}/{split}", mode=mode, backend=net.backend,
                feature_network_sha256=net.protocol()["feature_network_sha256"])

@@ -161,13 +161,13 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
-        """uint8 images [B, C, H, W] (C = 1 or 3) → float32 features [B, 2048] on the CPU."""
+        """uint8 images [B, C, H, W] (C = 1 or 3) → float32 features [B, 2048] on the network's device."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected uint8 images [B, 1|3, H, W], got {images.dtype} {list(images.shape)}")
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         chunks = [self._features(images[i:i + self.batch_size]) for i in range(0, images.shape[0], self.batch_size)]
-        return torch.cat(chunks).cpu()
+        return torch.cat(chunks)
 
     def _features(self, x: Tensor) -> Tensor:
         bs = x.shape[0]

@@ -108,7 +108,7 @@ class KID:
 
     def update(self, samples: Tensor) -> None:
         """Add a batch of generated samples [B, C, H, W]."""
-        self._feats.append(self.net(self.prepare(samples)).numpy())
+        self._feats.append(self.net(self.prepare(samples)).cpu().numpy())
 
     def compute(self) -> tuple[float, dict]:
         gen = np.concatenate(self._feats)

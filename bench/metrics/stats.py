@@ -23,6 +23,9 @@ __all__ = ["StreamingStats"]
 class StreamingStats:
     """Running mean and covariance of D-dimensional features, in float64.
 
+    The sums live on the device of the first batch (float64 on a GPU keeps the D×D outer products
+    off the host); ``mean`` and ``covariance`` come back as NumPy arrays.
+
     Args:
         dim: feature dimension D; ``None`` takes it from the first batch.
     """
@@ -36,7 +39,8 @@ class StreamingStats:
 
     def update(self, feats: Tensor | np.ndarray) -> StreamingStats:
         """Add a batch of features [B, D] (any float dtype; summed in float64)."""
-        x = torch.as_tensor(feats).detach().to("cpu", torch.float64)
+        x = torch.as_tensor(feats).detach()
+        x = x.to(self._sum.device if self._sum is not None else x.device, torch.float64)
         if x.dim() != 2:
             raise ValueError(f"features must have shape [B, D], got {list(x.shape)}")
         if x.shape[0] == 0:
@@ -46,8 +50,8 @@ class StreamingStats:
                 raise ValueError(f"features have dimension {x.shape[1]}, expected {self.dim}")
             self.dim = x.shape[1]
             self._shift = x.mean(0)
-            self._sum = torch.zeros(self.dim, dtype=torch.float64)
-            self._outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+            self._sum = torch.zeros(self.dim, dtype=torch.float64, device=x.device)
+            self._outer = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=x.device)
         elif x.shape[1] != self.dim:
             raise ValueError(f"features have dimension {x.shape[1]}, expected {self.dim}")
         d = x - self._shift
@@ -67,10 +71,11 @@ class StreamingStats:
         if other.dim != self.dim:
             raise ValueError(f"cannot merge statistics of dimension {other.dim} into {self.dim}")
         # Re-centre the other's sums on this shift: x − s = (x − s') + δ with δ = s' − s.
-        delta = other._shift - self._shift
-        s = other._sum
+        dev = self._sum.device
+        delta = other._shift.to(dev) - self._shift
+        s = other._sum.to(dev)
         self._sum += s + other.n * delta
-        self._outer += other._outer + torch.outer(s, delta) + torch.outer(delta, s) + other.n * torch.outer(
+        self._outer += other._outer.to(dev) + torch.outer(s, delta) + torch.outer(delta, s) + other.n * torch.outer(
             delta, delta
         )
         self.n += other.n
@@ -80,7 +85,7 @@ class StreamingStats:
     def mean(self) -> np.ndarray:
         """Mean, [D] float64."""
         self._require(1)
-        return (self._shift + self._sum / self.n).numpy()
+        return (self._shift + self._sum / self.n).cpu().numpy()
 
     @property
     def covariance(self) -> np.ndarray:
@@ -88,7 +93,7 @@ class StreamingStats:
         self._require(2)
         m = self._sum / self.n
         cov = (self._outer - self.n * torch.outer(m, m)) / (self.n - 1)
-        return (0.5 * (cov + cov.T)).numpy()
+        return (0.5 * (cov + cov.T)).cpu().numpy()
 
     def _require(self, n_min: int) -> None:
         if self.n < n_min:
