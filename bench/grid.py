@@ -36,7 +36,7 @@ ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths 
 AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
 DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
-             "bpd_batch_size")
+             "bpd_batch_size", "bpd_repeats")
 # Any other sweep key is a solver option.
 RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "likelihood")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -270,7 +270,7 @@ def _accel(where: _Where, raw: Any) -> dict:
 
 def _parse_data(where: _Where, raw: Any) -> dict:
     d = dict(where.keys(raw or {}, DATA_KEYS, "data"))
-    for k in ("bpd_samples", "bpd_batch_size", "res"):
+    for k in ("bpd_samples", "bpd_batch_size", "bpd_repeats", "res"):
         if k in d:
             where.positive_int(k, d[k])
     for k in ("dataset", "root", "split", "fid_split", "mode", "ref_path", "inception"):
