@@ -91,7 +91,7 @@ def _check_metric_assets(name: str, run: RunSpec) -> None:
         for p in (weights_path(CLASSIFIER_METRICS[name]), train_stats_path(CLASSIFIER_METRICS[name])):
             if not Path(p).is_file():
                 raise FileNotFoundError(f"metric {name!r} needs {p}, which is missing; train it with "
-                                        f"`python -m bench.metrics.train_classifier {CLASSIFIER_METRICS[name]}`")
+                                        f"`python -m bench.metrics.train_classifier --data {CLASSIFIER_METRICS[name]}`")
     if name in IMAGE_METRICS:
         from bench.metrics.assets import find_inception, find_reference_stats
 
