@@ -44,7 +44,9 @@ def save_png(images: np.ndarray, path: Path, nrow: int, scale: int) -> None:
     plt.imsave(path, tile(images, nrow, scale=scale), cmap="gray", vmin=0.0, vmax=1.0)
 
 
-def sample_images(checkpoint: str, n: int, sampler: str, n_steps: int) -> tuple[np.ndarray, dict]:
+def sample_images(
+    checkpoint: str, n: int, sampler: str, n_steps: int, options: dict | None = None
+) -> tuple[np.ndarray, dict]:
     """n samples in [0, 1], quantized to the dataset's levels, and a record of how they were drawn."""
     from models.checkpoint_io import load_model
     from models.score import CountingScore
@@ -56,7 +58,7 @@ def sample_images(checkpoint: str, n: int, sampler: str, n_steps: int) -> tuple[
     x = problem.prior_sample(n, noise)
     start = time.perf_counter()
     with torch.no_grad():
-        sol = make_sampler(sampler, n_steps=n_steps).sample(problem, x, noise)
+        sol = make_sampler(sampler, n_steps=n_steps, **(options or {})).sample(problem, x, noise)
     wall = time.perf_counter() - start
     lo, hi = model.data_range
     unit = ((sol.x - lo) / (hi - lo)).clamp(0, 1)
@@ -67,6 +69,7 @@ def sample_images(checkpoint: str, n: int, sampler: str, n_steps: int) -> tuple[
         "checkpoint": str(checkpoint),
         "sampler": sampler,
         "n_steps": n_steps,
+        "options": options or {},
         "nfe": sol.stats.nfe,
         "status": str(sol.status.value if hasattr(sol.status, "value") else sol.status),
         "num_samples": n,
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nrow", type=int, default=8, help="images per row")
     parser.add_argument("--sampler", default="reverse_diffusion")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--option", action="append", default=[], help="extra sampler option KEY=VALUE (json value)")
     parser.add_argument("--scale", type=int, default=0, help="pixel upscaling (default: 4 up to 16 px, else 2)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         ds = load_dataset(args.real, "train")
         images, record = ds.to_model_range(ds.data[: args.n], data_range=(0.0, 1.0)).numpy(), {"real": args.real}
     elif args.checkpoint:
-        images, record = sample_images(args.checkpoint, args.n, args.sampler, args.steps)
+        options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+        images, record = sample_images(args.checkpoint, args.n, args.sampler, args.steps, options)
     else:
         parser.error("give a checkpoint or --real DATASET")
     scale = args.scale or (4 if images.shape[-1] <= 16 else 2)

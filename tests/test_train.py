@@ -20,6 +20,7 @@ SHIPPED = {
     "digits_vp.pt": ("digits", "vp", "continuous", (-1.0, 1.0), (1, 8, 8), 17),
     "digits_subvp.pt": ("digits", "subvp", "continuous", (-1.0, 1.0), (1, 8, 8), 17),
     "digits_ve.pt": ("digits", "ve", "continuous", (0.0, 1.0), (1, 8, 8), 17),
+    "digits_ncsnv2.pt": ("digits", "ve", "smld", (0.0, 1.0), (1, 8, 8), 17),
     "fashion_mnist_vp.pt": ("fashion_mnist", "vp", "continuous", (-1.0, 1.0), (1, 28, 28), 256),
 }
 
