@@ -103,3 +103,20 @@ def test_error_shrinks_as_steps_grow(sde, name):
     assert (fine[0] < fine[2]).all() and (fine[1] < fine[2]).all(), fine
     err = lambda c: (c[0].clamp(min=0) + c[1].clamp(min=0)).sum()  # noqa: E731
     assert err(fine) <= err(coarse)
+
+
+@pytest.mark.parametrize("method", ["euler", "milstein"])
+def test_torchsde_strong_order_on_its_reusable_brownian_path(method):
+    """torchsde methods on one reusable BrownianInterval path (same seed) converge at strong order 1."""
+    sde = VPSDE()
+    problem = Problem(GaussianMixture.isotropic(sde, MU, S0, shape=(2,)))
+    x_T = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def solve(n):
+        sampler = make_sampler("torchsde", method=method, n_steps=n, denoise="none", seed=7)
+        return sampler.sample(problem, x_T, SeededNoise(range(16))).x
+
+    ref = solve(1025)
+    ns = [17, 33, 65, 129]
+    errs = [(solve(n) - ref).abs().mean().item() for n in ns]
+    assert abs(fitted_order(ns, errs) - 1.0) < 0.3, errs
