@@ -13,6 +13,7 @@ import torch
 from models.checkpoint_io import CheckpointError, load_model, read_checkpoint, slim_checkpoint
 from models.score import NetworkScore
 from models.train import TrainConfig, main, max_pairwise_distance, ncsnv2_num_scales, ncsnv2_ratio, train
+from models.unet import SmallUNet, UNetConfig, build_network
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 # Shipped models: file → (dataset, sde kind, time label, data range, shape, levels).
@@ -40,6 +41,44 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert a[kind].keys() == b[kind].keys()
         for k in a[kind]:
             assert torch.equal(a[kind][k], b[kind][k]), f"{kind}/{k} differs"
+
+
+# ---------------------------------------------------------------------------------------------
+# The network.
+
+
+def test_unet_shapes_attention_and_config_round_trip():
+    cfg = UNetConfig(image_size=28, ch=8, ch_mult=(1, 2, 2), attn_resolutions=(7, 14))
+    net = build_network("small_unet", cfg.to_dict())
+    assert isinstance(net, SmallUNet) and UNetConfig.from_dict(cfg.to_dict()) == cfg
+    x = torch.randn(3, 1, 28, 28)
+    out = net(x, torch.tensor([0.0, 500.0, 999.0]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    rgb = SmallUNet(UNetConfig(in_channels=3, image_size=16, ch=8, ch_mult=(1, 2, 2)))
+    assert rgb(torch.randn(2, 3, 16, 16), torch.tensor([1.0, 2.0])).shape == (2, 3, 16, 16)
+
+
+def test_unet_sigma_scaling_divides_the_output():
+    torch.manual_seed(0)
+    scaled = SmallUNet(UNetConfig(ch=8, embedding="fourier", sigma_scaling="label"))
+    torch.nn.init.normal_(scaled.conv_out.weight)  # the output layer starts at zero
+    plain = SmallUNet(UNetConfig(ch=8, embedding="fourier", sigma_scaling="none"))
+    plain.load_state_dict(scaled.state_dict())
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 4.0])
+    torch.testing.assert_close(scaled(x, sigma), plain(x, sigma) / sigma[:, None, None, None])
+    table = SmallUNet(UNetConfig(ch=8, sigma_scaling="table", sigma_min=0.1, sigma_max=10.0, num_scales=3))
+    torch.testing.assert_close(table.sigmas, torch.tensor([10.0, 1.0, 0.1]))
+
+
+def test_unet_config_errors():
+    with pytest.raises(ValueError, match="cannot be halved"):
+        UNetConfig(image_size=28, ch_mult=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="unknown embedding"):
+        UNetConfig(embedding="learned")
+    with pytest.raises(ValueError, match="unknown UNetConfig key"):
+        UNetConfig.from_dict({"channels": 3})
+    with pytest.raises(ValueError, match="unknown network"):
+        build_network("ncsnpp", {})
 
 
 # ---------------------------------------------------------------------------------------------
