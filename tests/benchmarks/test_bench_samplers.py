@@ -71,3 +71,20 @@ def test_ratio_to_network_limit(benchmark, family, model_name, batch, full_size)
         benchmark.extra_info["ratio_to_limit"] = benchmark.stats.stats.min / (nfe * fwd)
     # (Random networks may give a zero score, so Langevin steps can blow up: timing is all that counts.)
     assert nfe == sampler.expected_nfe
+
+
+@pytest.mark.parametrize("batch", [16, 64])
+@pytest.mark.parametrize("source", ["torch_randn", "seeded_noise"])
+def test_noise_draw_floor(benchmark, source, batch, full_size):
+    """One standard-normal draw of a 3×32×32 batch: the floor under every stochastic step's overhead
+    (plain ``torch.randn`` vs the per-sample seeded source samplers use)."""
+    import torch
+
+    from solvers import SeededNoise
+
+    batch = batch if full_size else 2
+    shape = (batch, 3, 32, 32)
+    noise = SeededNoise(range(batch))
+    draw = (lambda: torch.randn(shape)) if source == "torch_randn" else (lambda: noise.normal(shape))
+    z = benchmark(draw)
+    benchmark.extra_info.update(batch=batch, numel=z.numel())

@@ -1,0 +1,60 @@
+"""Markdown tables for docs/performance.md from a pytest-benchmark JSON (``tox -e bench`` writes
+results/bench/latest.json): ``python -m tests.benchmarks.table results/bench/latest.json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def rows(path: str) -> dict[str, list[str]]:
+    data = json.load(open(path))
+    out: dict[str, list[str]] = {"overhead": [], "noise": [], "ratio": [], "likelihood": [], "ode": []}
+    for b in sorted(data["benchmarks"], key=lambda b: b["name"]):
+        e, t = b["extra_info"], b["stats"]["min"]
+        name = b["name"]
+        params = name[name.index("[") + 1: -1] if "[" in name else ""
+        if name.startswith("test_overhead_per_step"):
+            family, batch = params.rsplit("-", 1)
+            per_nfe = e["overhead_ms_per_step"] * e["steps"] / max(e["nfe"] - 1, 1)
+            out["overhead"].append(f"| {family} | {batch} | {e['nfe']} | {e['overhead_ms_per_step']:.2f} | "
+                                   f"{per_nfe:.2f} |")
+        elif name.startswith("test_noise_draw_floor"):
+            source, batch = params.rsplit("-", 1)
+            out["noise"].append(f"| {source} | {batch} | {t * 1e3:.3f} |")
+        elif name.startswith("test_ratio_to_network_limit"):
+            family, model, batch = params.split("-")
+            out["ratio"].append(f"| {family} | {model} | {batch} | {e['nfe']} | {t:.3f} | "
+                                f"{e['forward_s'] * 1e3:.1f} | {e['ratio_to_limit']:.3f} |")
+        elif name.startswith("test_likelihood_time_per_nfe"):
+            model, batch, backend = params.split("-")
+            out["likelihood"].append(f"| {backend} | {model} | {batch} | {e['nfe']} | {t:.2f} | "
+                                     f"{e['forward_backward_s'] * 1e3:.1f} | {e['ratio_to_limit']:.3f} |")
+        elif name.startswith("test_bench_ode_backends"):
+            out["ode"].append(f"| {e['backend']} | {e['batch_size']} | {e['nfe']} | {e['time_per_nfe_ms']:.3f} | "
+                              f"{e['score_call_ms']:.3f} | {e['overhead_per_nfe_ms']:.3f} |")
+    return out
+
+
+HEADERS = {
+    "overhead": "| sampler | batch | NFE | ms per step outside the network | ms per NFE |\n|---|---|---|---|---|",
+    "noise": "| noise source | batch | ms per 3×32×32 draw |\n|---|---|---|",
+    "ratio": "| sampler | network | batch | NFE | run (s) | bare forward (ms) | run / (NFE × forward) |\n"
+             "|---|---|---|---|---|---|---|",
+    "likelihood": "| backend | network | batch | NFE | solve (s) | forward+backward (ms) | solve / (NFE × fwd+bwd) |\n"
+                  "|---|---|---|---|---|---|---|",
+    "ode": "| backend | batch | NFE | ms per NFE | score call (ms) | overhead per NFE (ms) |\n"
+           "|---|---|---|---|---|---|",
+}
+
+
+def main(path: str) -> None:
+    for key, lines in rows(path).items():
+        if lines:
+            print(HEADERS[key])
+            print("\n".join(lines))
+            print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/bench/latest.json")
