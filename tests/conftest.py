@@ -28,7 +28,20 @@ def require_fixture(relpath: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests run on one torch/BLAS thread: small CPU networks and 2048-d linear algebra run several times
+    slower with two threads on a 2-core machine that also runs subprocesses (CLI, resume, Ray tests)."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield

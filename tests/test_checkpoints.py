@@ -20,16 +20,6 @@ from models.checkpoints import apply_official_state, load_official
 from models.configs import build_network
 from tests.conftest import require_fixture
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU networks run ~10x slower with 2 OpenMP threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FORWARD = ["ve_cifar10_ncsnpp_continuous_nf16", "vp_cifar10_ddpmpp_continuous_nf16"]
 # (output of the loaded model, key in *_io.pt, is it a score?) for ema=True / ema=False.
 OUTPUTS = {True: (("raw", "raw_out_ema"), ("score", "score")), False: (("raw", "raw_out"), ("score", "score_no_ema"))}

@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from bench.metrics import compute_metric, make_metric
@@ -62,15 +61,6 @@ class _StandInInception(nn.Module):
             return features
         return F.softmax(self.output(features), dim=1)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One BLAS and one torch thread: on 2 shared cores, 2048-d eigh with 2 threads runs up to 6× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from threadpoolctl import threadpool_limits
 
 from bench.metrics import METRICS, compute_metric, make_metric
 from bench.metrics.classifier import load_classifier
@@ -18,17 +17,6 @@ from bench.metrics.frechet import frechet_distance
 from bench.metrics.stats import StreamingStats
 from models.gaussian import GaussianMixture
 from models.sde import VPSDE
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One BLAS and one torch thread: on 2 shared cores, oversubscribed threads run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
-
 
 # ---- streaming statistics ------------------------------------------------------------------------------
 

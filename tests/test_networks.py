@@ -17,16 +17,6 @@ from models.networks.upfirdn import downsample_2d, fir_kernel_2d, upfirdn2d, ups
 from models.score import NetworkScore
 from tests.conftest import require_fixture
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU networks run ~10x slower with 2 OpenMP threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # shared/fixtures/score_sde/arch/<file> -> the config it describes (README section 1).
 ARCH_FILES = {
     "ve_cifar10_ncsnpp_continuous.json": "ve/cifar10_ncsnpp_continuous",
