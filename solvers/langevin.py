@@ -108,6 +108,12 @@ class PredictorCorrector(FixedGridSampler):
     def check(self, problem: Problem) -> None:
         if self._predictor is not None:
             self._predictor.check(problem)
+        if self._corrector is not None:
+            sde = problem.sde
+            alpha = sde.langevin_alpha(torch.tensor([sde.T], dtype=torch.float64), self.n_steps)
+            if not bool((alpha > 0).all()):
+                raise ValueError(f"PredictorCorrector: the corrector's α_i = 1 − β_i of score_sde's table is "
+                                 f"≤ 0 for n_steps={self.n_steps} on this SDE (β_i ≥ 1); use more steps")
 
     def correct(self, problem: Problem, x: Tensor, t: Tensor, noise) -> Tensor:
         return x if self._corrector is None else self._corrector.correct(problem, x, t, noise)

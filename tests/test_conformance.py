@@ -99,6 +99,8 @@ def test_unknown_sampler_and_incompatible_sde():
     vp = Problem(GaussianMixture(torch.zeros(1, 4), 0.5, VPSDE()))
     with pytest.raises(ValueError, match="discrete table is invalid for n_steps=10"):
         make_sampler("reverse_diffusion", n_steps=10).sample(vp, torch.zeros(2, 4), SeededNoise([0, 1]))
+    with pytest.raises(ValueError, match="corrector's α_i"):
+        make_sampler("pc", predictor="euler_maruyama", n_steps=11).sample(vp, torch.zeros(2, 4), SeededNoise([0, 1]))
     sol = make_sampler("reverse_diffusion", n_steps=10, discretization="transition").sample(
         vp, torch.zeros(2, 4), SeededNoise([0, 1]))
     assert torch.isfinite(sol.x).all()
