@@ -1,5 +1,5 @@
 """Markdown tables for docs/performance.md from a pytest-benchmark JSON (``tox -e bench`` writes
-results/bench/latest.json): ``python -m tests.benchmarks.table results/bench/latest.json``."""
+results/bench/latest.json): ``python -m tests.benchmarks.table results/bench/latest.json [more.json ...]``."""
 
 from __future__ import annotations
 
@@ -7,21 +7,21 @@ import json
 import sys
 
 
-def rows(path: str) -> dict[str, list[str]]:
-    data = json.load(open(path))
+def rows(paths: list[str]) -> dict[str, list[str]]:
+    data = {"benchmarks": [b for path in paths for b in json.load(open(path))["benchmarks"]]}
     out: dict[str, list[str]] = {"overhead": [], "noise": [], "ratio": [], "likelihood": [], "ode": []}
     for b in sorted(data["benchmarks"], key=lambda b: b["name"]):
         e, t = b["extra_info"], b["stats"]["min"]
         name = b["name"]
         params = name[name.index("[") + 1: -1] if "[" in name else ""
         if name.startswith("test_overhead_per_step"):
-            family, batch = params.rsplit("-", 1)
+            family, shape, batch = params.rsplit("-", 2)
             per_nfe = e["overhead_ms_per_step"] * e["steps"] / max(e["nfe"] - 1, 1)
-            out["overhead"].append(f"| {family} | {batch} | {e['nfe']} | {e['overhead_ms_per_step']:.2f} | "
+            out["overhead"].append(f"| {family} | {shape} | {batch} | {e['nfe']} | {e['overhead_ms_per_step']:.2f} | "
                                    f"{per_nfe:.2f} |")
-        elif name.startswith("test_noise_draw_floor"):
+        elif name.startswith("test_noise_draw_floor"):  # mean: the seeded source refills every 16 draws
             source, batch = params.rsplit("-", 1)
-            out["noise"].append(f"| {source} | {batch} | {t * 1e3:.3f} |")
+            out["noise"].append(f"| {source} | {batch} | {b['stats']['mean'] * 1e3:.3f} |")
         elif name.startswith("test_ratio_to_network_limit"):
             family, model, batch = params.split("-")
             out["ratio"].append(f"| {family} | {model} | {batch} | {e['nfe']} | {t:.3f} | "
@@ -37,8 +37,9 @@ def rows(path: str) -> dict[str, list[str]]:
 
 
 HEADERS = {
-    "overhead": "| sampler | batch | NFE | ms per step outside the network | ms per NFE |\n|---|---|---|---|---|",
-    "noise": "| noise source | batch | ms per 3×32×32 draw |\n|---|---|---|",
+    "overhead": "| sampler | data | batch | NFE | ms per step outside the network | ms per NFE |\n"
+                "|---|---|---|---|---|---|",
+    "noise": "| noise source | batch | ms per 3×32×32 draw (mean) |\n|---|---|---|",
     "ratio": "| sampler | network | batch | NFE | run (s) | bare forward (ms) | run / (NFE × forward) |\n"
              "|---|---|---|---|---|---|---|",
     "likelihood": "| backend | network | batch | NFE | solve (s) | forward+backward (ms) | solve / (NFE × fwd+bwd) |\n"
@@ -48,8 +49,8 @@ HEADERS = {
 }
 
 
-def main(path: str) -> None:
-    for key, lines in rows(path).items():
+def main(paths: list[str]) -> None:
+    for key, lines in rows(paths).items():
         if lines:
             print(HEADERS[key])
             print("\n".join(lines))
@@ -57,4 +58,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/bench/latest.json")
+    main(sys.argv[1:] or ["results/bench/latest.json"])

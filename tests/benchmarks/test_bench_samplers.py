@@ -32,14 +32,18 @@ def _run(sampler, problem, x, noise_seeds):
     return sampler.sample(problem, x, noise)
 
 
-@pytest.mark.parametrize("batch", [16, 64])
+SHAPES = {"cifar": (3, 32, 32), "digits": (1, 8, 8)}
+
+
+@pytest.mark.parametrize("shape, batch", [("cifar", 16), ("cifar", 64), ("digits", 256)])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_overhead_per_step(benchmark, family, batch, full_size):
-    """Per-step time outside the network (targets: ≤ 1.5 ms at batch 64, ≤ 0.5 ms at batch 16)."""
+def test_overhead_per_step(benchmark, family, shape, batch, full_size):
+    """Per-step time outside the network (targets: ≤ 1.5 ms at batch 64, ≤ 0.5 ms at batch 16 on
+    3×32×32; the 1×8×8 batch-256 case is the small U-Net's, whose forward takes ~55 ms)."""
     n_steps = N_STEPS if full_size else 25
     batch = batch if full_size else 2
     sampler = make_sampler(family, n_steps=n_steps, **FAMILIES[family])
-    problem = Problem(null_model())
+    problem = Problem(null_model(SHAPES[shape]))
     x = problem.prior_sample(batch, SeededNoise(range(batch)))
     sol = benchmark(_run, sampler, problem, x, range(batch))
     steps = sol.stats.n_steps
@@ -54,7 +58,7 @@ def test_overhead_per_step(benchmark, family, batch, full_size):
 @pytest.mark.parametrize("family", ["euler_maruyama", "pc", "pf_heun"])
 def test_ratio_to_network_limit(benchmark, family, model_name, batch, full_size):
     """Run time / (NFE × bare forward time); target ≤ 1.03 on the small U-Net at batch 256."""
-    n_steps = 11 if full_size else 25
+    n_steps = 21 if full_size else 25  # score_sde's VP table (Langevin α_i) needs more than 20 steps
     batch = batch if full_size else 2
     model = small_unet() if model_name == "small_unet" else reduced_ncsnpp(model_name)
     # (PC with the Euler–Maruyama predictor: score_sde's VP table needs more than 20 steps.)
