@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from models.gaussian import GaussianMixture
@@ -33,3 +36,16 @@ class RecordingScore:
     def __call__(self, x, t):
         self.t.append(float(t[0]))
         return self.model(x, t)
+
+
+DIGITS_VP = Path(__file__).resolve().parents[1] / "models" / "weights" / "digits_vp.pt"
+
+
+def run_grid_text(tmp_path: Path, text: str) -> list[dict]:
+    """Write a grid, run it with the CLI (no progress, no report), and return its records."""
+    from bench.run import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "out"), "--no-progress", "--no-report"]) == 0
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "runs").glob("*.json"))]

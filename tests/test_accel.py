@@ -9,6 +9,7 @@ from models.accel import AcceleratedNet, Acceleration, ChunkedScore
 from models.score import CountingScore, NetworkScore
 from models.sde import VPSDE
 from models.unet import SmallUNet, UNetConfig
+from tests.helpers import DIGITS_VP, run_grid_text
 
 
 def net():
@@ -60,19 +61,10 @@ def test_chunked_score_splits_and_halves_on_oom():
 
 def test_harness_run_with_accel_on_the_digits_model(tmp_path):
     """A grid run with eval.accel (bf16 autocast, channels_last, batch splitting) on a shipped network."""
-    import json
-
-    from bench.run import main
-
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    grid = tmp_path / "accel.yaml"
-    grid.write_text(
-        f"name: accel\nmodel: {{kind: checkpoint, path: {root / 'models/weights/digits_vp.pt'}}}\n"
+    (record,) = run_grid_text(tmp_path,
+        f"name: accel\nmodel: {{kind: checkpoint, path: {DIGITS_VP}}}\n"
         "eval: {num_samples: 6, batch_size: 6, seeds: '0-5', device: cpu, threads: 1,\n"
         "       accel: {autocast: bf16, channels_last: true, max_batch: 4}}\n"
         "sweeps:\n  - {solver: euler_maruyama, n_steps: 5}\n")
-    assert main(["--grid", str(grid), "--out", str(tmp_path / "out"), "--no-progress", "--no-report"]) == 0
-    (record_path,) = (tmp_path / "out" / "runs").glob("*.json")
-    record = json.loads(record_path.read_text())
     assert record["status"] == "ok" and record["accel"]["autocast"] == "bf16"
     assert record["nfe"] == 5  # 4 steps + Tweedie: one NFE per call even when the batch is split in two
