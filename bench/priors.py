@@ -46,8 +46,11 @@ def _data(model, data: dict, split: str, n: int, seed: int) -> torch.Tensor:
     return lo + (hi - lo) * pixels.to(torch.float64) / (ds.levels - 1)
 
 
-def build_prior(spec: dict, model, sde, data: dict, device: str = "cpu"):
-    """The prior object (``sample``, ``log_prob``) a run's ``prior`` spec names, at ``sde.T``."""
+def build_prior(spec: dict, model, sde, data: dict, device: str = "cpu", model_key: str = ""):
+    """The prior object (``sample``, ``log_prob``) a run's ``prior`` spec names, at ``sde.T``.
+
+    ``model_key`` identifies the model for the cache of fitted priors (the run's canonical model section).
+    """
     from models.fitted_priors import FlowPrior, MomentPrior, OraclePrior, diffuse, load_prior, naive_prior
     from models.priors import GaussianPrior
 
@@ -62,7 +65,7 @@ def build_prior(spec: dict, model, sde, data: dict, device: str = "cpu"):
         if T is not None and abs(float(T) - sde.T) > 1e-9:
             raise ValueError(f"prior file {spec['path']} was fitted at T={T}, the run uses T={sde.T}")
         return prior
-    key = canonical({"spec": spec, "sde": repr(sde), "model": id(model)})
+    key = canonical({"spec": spec, "sde": repr(sde), "model": model_key, "data": data})
     if key not in _CACHE:
         n = int(spec.get("num_data", 5000))
         if kind == "oracle":

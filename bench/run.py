@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench.grid import GridError, GridSpec, RunSpec, load_grid
+from bench.grid import GridError, GridSpec, RunSpec, canonical, load_grid
 from bench.models import DTYPES, RunScore, accelerate, load_score_model, run_sde
 from bench.records import OK, clean_temp, environment, now, read_records, write_record, write_samples
 
@@ -239,6 +239,7 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
     sampling_s = metric_s = 0.0
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
+    model = None
     try:
         model = accelerate(load_score_model(run.model, device, run.dtype), run.accel)
         sde = run_sde(model, run.T, run.eps)
@@ -246,7 +247,7 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
         record["device_name"] = _device_name(device)
         record["data_range"] = list(model.data_range)
         record["shape"] = list(model.shape)
-        prior = build_prior(run.prior, model, sde, run.data, device)
+        prior = build_prior(run.prior, model, sde, run.data, device, model_key=canonical(run.model))
         record["prior_class"] = type(prior).__name__
         if run.prior.get("kind") == "oracle":
             record["prior_note"] = "ORACLE prior: held-out data diffused to T (uses data)"
@@ -314,7 +315,7 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
     record["finished"] = now()
     record.update(_peak_memory(device))
     record["accel"] = dict(run.accel)
-    record["oom_splits"] = getattr(locals().get("model"), "splits", 0)
+    record["oom_splits"] = getattr(model, "splits", 0)
     samples = torch.cat(kept) if kept else None
     return record, samples
 
