@@ -105,7 +105,8 @@ class Stepper(Protocol):
     nfe_per_step: int
     order: float
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step: ...
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step: ...
 
 
 def finite_status(x: Tensor) -> tuple[Status, str]:

@@ -69,7 +69,9 @@ class DDIM(FixedGridSampler):
         alphas_cumprod = torch.cumprod(1 - betas, 0)[sde.index(t, N)]
         return alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        del coef
         alpha_t, sigma_t = self._coefficients(problem, t)
         alpha_n, sigma_n = self._coefficients(problem, t_next)
         eps_hat = -expand_like(sigma_t, x) * problem.score(x, t)

@@ -50,8 +50,9 @@ class EDMHeun(FixedGridSampler):
     order: ClassVar[float] = 2.0
     conventions: ClassVar[tuple[str, ...]] = ("grid",)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
-        del noise
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        del noise, coef
         D = Denoiser(problem)
         x_ve = _heun(D, D.to_ve(x, t), D.sigma(t), t, D.sigma(t_next), t_next)
         x = D.from_ve(x_ve, t_next)
@@ -98,7 +99,9 @@ class EDMStochastic(FixedGridSampler):
         if self.S_tmin > self.S_tmax:
             raise ValueError(f"{name}: need S_tmin <= S_tmax, got {self.S_tmin} > {self.S_tmax}")
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        del coef
         D = Denoiser(problem)
         sigma, sigma_next = D.sigma(t), D.sigma(t_next)
         x_ve = D.to_ve(x, t)

@@ -75,13 +75,29 @@ class FixedGridSampler:
         """Raise ValueError if this sampler cannot run on ``problem`` (called before any NFE)."""
         del problem
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
+        """The per-sample scalars of the update from t to t_next (elementwise in t, any shape).
+
+        The driver evaluates them once for the whole grid and hands each step its row, reshaped to
+        broadcast against x (``coef``); a step called without them computes its own. () by default.
+        """
+        del problem, t, t_next
+        return ()
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
         raise NotImplementedError
 
-    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise) -> Tensor:
+    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise, coef: tuple[Tensor, ...] = ()) -> Tensor:
         """Corrector applied before each predictor step (none by default)."""
-        del problem, t, noise
+        del problem, t, noise, coef
         return x
+
+    def _row(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, coef) -> tuple[Tensor, ...]:
+        """``coef`` if the driver gave it, else this step's coefficients computed here."""
+        if coef:
+            return coef
+        return tuple(expand_like(c, x) for c in self.coefficients(problem, t, t_next))
 
     # --- derived ----------------------------------------------------------------------------
     @property
@@ -107,13 +123,19 @@ class FixedGridSampler:
         if self.steps_taken >= len(ts):  # one more (virtual) point so that the last step sits at eps
             ts = torch.cat([ts, (2 * ts[-1] - ts[-2]).clamp(min=0.0)[None]])
         ts_b = ts[:, None].expand(-1, B)
+        n = self.steps_taken
+        times = ts_b.unbind(0)  # one tensor per grid point: step i's t_next is step i + 1's t
+        # Every step's coefficients in one pass over the grid, each [n, B, 1, ...] in x's dtype.
+        ones = (1,) * (x_init.dim() - 1)
+        table = [c.to(x_init.dtype).reshape(*c.shape, *ones)
+                 for c in self.coefficients(problem, ts_b[:n], ts_b[1:n + 1])]
         x, x_mean = x_init, x_init
         with torch.no_grad():
-            for i in range(self.steps_taken):
-                t, t_next = ts_b[i], ts_b[i + 1]
+            for i in range(n):
+                t, t_next, coef = times[i], times[i + 1], tuple(c[i] for c in table)
                 # Corrector first, then the predictor, both at t (score_sde's order).
-                x = self.correct(problem, x, t, noise)
-                out = self.step(problem, x, t, t_next, noise)
+                x = self.correct(problem, x, t, noise, coef)
+                out = self.step(problem, x, t, t_next, noise, coef)
                 x, x_mean = out.x, out.x_mean
             if self.denoise == "x_mean":
                 x = x_mean

@@ -39,23 +39,28 @@ class LangevinCorrector:
     norm: str = "batch_mean"
     N: int = 1000
 
-    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise) -> Tensor:
+    def coefficients(self, problem: Problem, t: Tensor) -> tuple[Tensor]:
+        """'langevin': (2 α_i snr²,), ε = that × (‖z‖/‖s‖)²; 'ald': (ε,) = (2 α_i (snr σ_t)²,)."""
         sde = problem.sde
         alpha = sde.langevin_alpha(t, self.N)
         if self.kind == "ald":
-            eps_ald = expand_like(2 * alpha * (self.snr * sde.marginal(t)[1]) ** 2, x)
+            return (2 * alpha * (self.snr * sde.marginal(t)[1]) ** 2,)
+        return (2 * self.snr**2 * alpha,)
+
+    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise, coef: tuple[Tensor, ...] = ()) -> Tensor:
+        (c,) = coef or tuple(expand_like(v, x) for v in self.coefficients(problem, t))
         for _ in range(self.n_steps):
             s = problem.score(x, t)
             z = noise.normal(x.shape, dtype=x.dtype, device=x.device)
             if self.kind == "ald":
-                eps = eps_ald
+                eps = c
             else:
                 s_norm = torch.linalg.vector_norm(s.flatten(1), dim=1)
                 z_norm = torch.linalg.vector_norm(z.flatten(1), dim=1)
                 if self.norm == "batch_mean":
                     s_norm, z_norm = s_norm.mean(), z_norm.mean()
-                eps = expand_like(2 * alpha * (self.snr * z_norm / s_norm) ** 2, x)
-            x = x + eps * s + (2 * eps).sqrt() * z
+                eps = c * expand_like((z_norm / s_norm) ** 2, x)
+            x = torch.addcmul(x, eps, s).addcmul_((2 * eps).sqrt(), z)
         return x
 
 
@@ -115,13 +120,25 @@ class PredictorCorrector(FixedGridSampler):
                 raise ValueError(f"PredictorCorrector: the corrector's α_i = 1 − β_i of score_sde's table is "
                                  f"≤ 0 for n_steps={self.n_steps} on this SDE (β_i ≥ 1); use more steps")
 
-    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise) -> Tensor:
-        return x if self._corrector is None else self._corrector.correct(problem, x, t, noise)
+    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
+        """The predictor's coefficients, then the corrector's."""
+        pred = () if self._predictor is None else self._predictor.coefficients(problem, t, t_next)
+        return pred + (() if self._corrector is None else self._corrector.coefficients(problem, t))
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+    def _split(self, coef: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        k = len(coef) - (self._corrector is not None)
+        return (coef[:k], coef[k:]) if coef else ((), ())
+
+    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise, coef: tuple[Tensor, ...] = ()) -> Tensor:
+        if self._corrector is None:
+            return x
+        return self._corrector.correct(problem, x, t, noise, self._split(coef)[1])
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
         if self._predictor is None:
             return Step(x, x)
-        return self._predictor.step(problem, x, t, t_next, noise)
+        return self._predictor.step(problem, x, t, t_next, noise, self._split(coef)[0])
 
 
 def ncsnv2_step_size(sigma_min: float, gamma: float, steps_per_level: int) -> float:
@@ -199,12 +216,14 @@ class AnnealedLangevin(FixedGridSampler):
         object.__setattr__(self, "_eps", self.epsilon(problem))
         return super().sample(problem, x_init, noise)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        del coef
         sigma = problem.sde.marginal(t)[1]
         sigma_L = problem.sde.marginal(t.new_full((1,), problem.sde.eps))[1]
         alpha = expand_like(self._eps * sigma**2 / sigma_L**2, x)
         for _ in range(self.steps_per_level):
             s = problem.score(x, t)
             z = noise.normal(x.shape, dtype=x.dtype, device=x.device)
-            x = x + alpha * s + (2 * alpha).sqrt() * z
+            x = torch.addcmul(x, alpha, s).addcmul_((2 * alpha).sqrt(), z)
         return Step(x, x)

@@ -14,6 +14,7 @@ per-sample solvers draw only for their running samples).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -39,6 +40,21 @@ def parse_seeds(spec: str | int | Iterable[int]) -> list[int]:
     return [int(s) for s in spec]
 
 
+class _Chunks:
+    """One (sample shape, dtype)'s chunk buffer [B, chunk, ...], each sample's next position, and weak
+    references to the views of it handed out (draws of the whole batch)."""
+
+    def __init__(self, buf: Tensor, pos: list[int]) -> None:
+        self.buf, self.pos, self.lent = buf, pos, []
+
+    def release(self) -> None:
+        """Before a refill: if a view handed out is still alive, move to a copy of the buffer so that
+        the refill cannot change it (in a sampler loop the views are gone by then: no copy)."""
+        if any(ref() is not None for ref in self.lent):
+            self.buf = self.buf.clone()
+        self.lent = []
+
+
 class SeededNoise:
     """One torch.Generator per sample, seeded with that sample's seed (EDM's per-sample seeding).
 
@@ -46,6 +62,9 @@ class SeededNoise:
     sample every ``chunk`` draws instead of every draw): sample i's stream depends only on its seed and
     on the sequence of shapes asked for, never on the batch it is in. ``chunk`` defaults to
     max(1, min(16, 65536 // numel)) of the sample shape, a function of the shape only.
+
+    A draw for the whole batch is a view into the chunk buffer (no copy); the buffer is never
+    refilled in place while such a view is alive.
     """
 
     def __init__(self, seeds: str | int | Iterable[int], device: str | torch.device = "cpu",
@@ -54,7 +73,7 @@ class SeededNoise:
         self.device = torch.device(device)
         self.generators = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
         self.chunk = chunk
-        self._buffers: dict[tuple, tuple[Tensor, list[int]]] = {}
+        self._buffers: dict[tuple, _Chunks] = {}  # by (sample shape, dtype)
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -71,20 +90,23 @@ class SeededNoise:
         if key not in self._buffers:
             k = self._chunk(int(torch.Size(sample_shape).numel()))
             buf = torch.empty((len(self.seeds), k, *sample_shape), dtype=dtype, device=self.device)
-            self._buffers[key] = (buf, [k] * len(self.seeds))
-        buf, pos = self._buffers[key]
-        k = buf.shape[1]
-        for b in rows:  # refill the samples whose chunk is used up
-            if pos[b] >= k:
-                buf[b] = torch.randn((k, *sample_shape), generator=self.generators[b], dtype=dtype,
-                                     device=self.device)
-                pos[b] = 0
-        if index is None and len(set(pos)) == 1:
-            z = buf[:, pos[0]].clone()
+            self._buffers[key] = _Chunks(buf, [k] * len(self.seeds))
+        chunks = self._buffers[key]
+        k = chunks.buf.shape[1]
+        empty = [b for b in rows if chunks.pos[b] >= k]
+        if empty:
+            chunks.release()
+            for b in empty:  # refill the samples whose chunk is used up
+                torch.randn((k, *sample_shape), generator=self.generators[b], dtype=dtype,
+                            device=self.device, out=chunks.buf[b])
+                chunks.pos[b] = 0
+        if index is None and len(set(chunks.pos)) == 1:
+            z = chunks.buf[:, chunks.pos[0]]  # a view, no copy (each position is handed out once)
+            chunks.lent.append(weakref.ref(z))
         else:
-            z = buf[torch.tensor(rows), torch.tensor([pos[b] for b in rows])]
+            z = chunks.buf[torch.tensor(rows), torch.tensor([chunks.pos[b] for b in rows])]
         for b in rows:
-            pos[b] += 1
+            chunks.pos[b] += 1
         return z if device is None else z.to(device)
 
     def increment(self, t: Tensor, t_next: Tensor, shape, dtype=torch.float32, device=None,

@@ -31,8 +31,9 @@ class ProbabilityFlowEuler(FixedGridSampler):
     order: ClassVar[float] = 1.0
     conventions: ClassVar[tuple[str, ...]] = ("grid",)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
-        del noise
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        del noise, coef
         x = x - probability_flow_drift(problem, x, t) * expand_like(t - t_next, x)
         return Step(x, x)
 
@@ -49,8 +50,9 @@ class ProbabilityFlowHeun(FixedGridSampler):
     order: ClassVar[float] = 2.0
     conventions: ClassVar[tuple[str, ...]] = ("grid",)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
-        del noise
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        del noise, coef
         dt = expand_like(t - t_next, x)
         d1 = probability_flow_drift(problem, x, t)
         x_euler = x - d1 * dt

@@ -12,7 +12,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
 from solvers.fixed import FixedGridSampler
 
@@ -53,14 +52,19 @@ class EulerMaruyama(FixedGridSampler):
 
     order: ClassVar[float] = 1.0
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
+        """x_mean = x − (f_coef·x − g² s)·dt = (1 − f_coef·dt)·x + g²·dt·s; noise std g·√dt."""
         sde = problem.sde
-        dt = t - t_next if self.convention == "grid" else t.new_full(t.shape, sde.T / self.n_steps)
-        z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
+        dt = t - t_next if self.convention == "grid" else torch.full_like(t, sde.T / self.n_steps)
         g = sde.diffusion(t)
-        drift = sde.drift(x, t) - expand_like(g**2, x) * problem.score(x, t)
-        x_mean = x - drift * expand_like(dt, x)
-        return Step(x_mean + expand_like(g * dt.sqrt(), x) * z, x_mean)
+        return 1 - sde.drift_coef(t) * dt, g**2 * dt, g * dt.sqrt()
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        cx, cs, std = self._row(problem, x, t, t_next, coef)
+        z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
+        x_mean = (x * cx).addcmul_(cs, problem.score(x, t))
+        return Step(torch.addcmul(x_mean, std, z), x_mean)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,22 +91,25 @@ class ReverseDiffusion(FixedGridSampler):
     def check(self, problem: Problem) -> None:
         _check_table(self, problem)
 
-    def _coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
+        """(−c, scale·G², G): x_mean = x + (−c)·x + scale·G² s, noise std G."""
         if self.discretization == "table":
             c, G = problem.sde.discretize(t, self.n_steps)
-            return c, G**2
-        a, v = problem.sde.transition(t, t_next)
-        return a - 1, v
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
-        c, G2 = self._coefficients(problem, t, t_next)
-        s = problem.score(x, t)
+            G2 = G**2
+        else:
+            a, G2 = problem.sde.transition(t, t_next)
+            c = a - 1
         scale = 0.5 if self.probability_flow else 1.0
-        x_mean = x - expand_like(c, x) * x + expand_like(scale * G2, x) * s
+        return -c, scale * G2, G2.sqrt()
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        neg_c, cs, std = self._row(problem, x, t, t_next, coef)
+        x_mean = torch.addcmul(x, neg_c, x).addcmul_(cs, problem.score(x, t))
         if self.probability_flow:
             return Step(x_mean, x_mean)
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
-        return Step(x_mean + expand_like(G2.sqrt(), x) * z, x_mean)
+        return Step(torch.addcmul(x_mean, std, z), x_mean)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,15 +136,19 @@ class AncestralSampling(FixedGridSampler):
                              f"{type(problem.sde).__name__} has none")
         _check_table(self, problem)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise) -> Step:
+    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
+        """(x coefficient, score coefficient, noise std)."""
         sde = problem.sde
         if self.discretization == "table":
-            cx, cs, std = sde.ancestral(t, self.n_steps)
-        else:
-            a, v = sde.transition(t, t_next)
-            sigma_t, sigma_next = sde.marginal(t)[1], sde.marginal(t_next)[1]
-            cx, cs, std = 1 / a, v / a, sigma_next * v.sqrt() / sigma_t
-        x_mean = expand_like(cx, x) * x + expand_like(cs, x) * problem.score(x, t)
+            return sde.ancestral(t, self.n_steps)
+        a, v = sde.transition(t, t_next)
+        sigma_t, sigma_next = sde.marginal(t)[1], sde.marginal(t_next)[1]
+        return 1 / a, v / a, sigma_next * v.sqrt() / sigma_t
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
+             coef: tuple[Tensor, ...] = ()) -> Step:
+        cx, cs, std = self._row(problem, x, t, t_next, coef)
+        x_mean = (x * cx).addcmul_(cs, problem.score(x, t))
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
-        return Step(x_mean + expand_like(std, x) * z, x_mean)
+        return Step(torch.addcmul(x_mean, std, z), x_mean)
 
