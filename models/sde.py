@@ -128,6 +128,15 @@ class VPSDE(_Base):
         a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
         return (-b + (b * b + 4 * a * target).sqrt()) / (2 * a)
 
+    def _time_of_lmc(self, neg_lmc: Tensor) -> Tensor:
+        """t ≥ 0 with −lmc(t) = neg_lmc: the root of a t² + b t = neg_lmc, in the form without cancellation."""
+        a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+        return 2 * neg_lmc / (b + (b * b + 4 * a * neg_lmc).sqrt())
+
+    def inverse_ve_sigma(self, sigma_ve: Tensor) -> Tensor:
+        """t such that σ_t / α_t = sigma_ve (any sigma_ve ≥ 0, beyond T too): −lmc = ½ log(1 + σ_ve²)."""
+        return self._time_of_lmc(0.5 * torch.log1p(sigma_ve**2))
+
     def prior_std(self) -> float:
         return 1.0
 
@@ -178,6 +187,10 @@ class SubVPSDE(VPSDE):
         a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
         return (-b + (b * b + 4 * a * target).sqrt()) / (2 * a)
 
+    def inverse_ve_sigma(self, sigma_ve: Tensor) -> Tensor:
+        """t such that σ_t / α_t = 1/α − α = sigma_ve: −lmc = asinh(σ_ve / 2)."""
+        return self._time_of_lmc(torch.asinh(0.5 * sigma_ve))
+
     def discretize(self, t: Tensor, N: int) -> tuple[Tensor, Tensor]:
         """Euler–Maruyama with dt = T/N (score_sde's base ``discretize``)."""
         dt = self.T / N
@@ -223,6 +236,10 @@ class VESDE(_Base):
 
     def inverse_sigma(self, sigma: Tensor) -> Tensor:
         return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
+    def inverse_ve_sigma(self, sigma_ve: Tensor) -> Tensor:
+        """t such that σ_t = sigma_ve (α_t = 1); 0 below σ_min = σ(0)."""
+        return self.inverse_sigma(sigma_ve).clamp(min=0.0)
 
     def prior_std(self) -> float:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** self.T

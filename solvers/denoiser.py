@@ -11,9 +11,9 @@ the *data prediction* x̂₀(x, t) of DPM-Solver++ and UniPC; the *noise predict
 DPM-Solver is ε̂(x, t) = −σ_t s(x, t). The half log-SNR is λ_t = log(α_t / σ_t) = −log σ_ve.
 
 Going back from σ_ve (or λ) to t needs the inverse of t ↦ σ_t / α_t, which is increasing for VE, VP
-and sub-VP. :func:`time_of_sigma` inverts it numerically by bisection in float64 (any SDE with
-``marginal``); closed forms exist (VP: −lmc = ½ log(1 + σ_ve²); sub-VP: −lmc = asinh(σ_ve / 2); VE:
-``inverse_sigma``) and belong on the SDE classes if models/sde.py grows an ``inverse_ve_sigma``.
+and sub-VP. :func:`time_of_sigma` uses the SDE's closed form ``inverse_ve_sigma`` (VP:
+−lmc = ½ log(1 + σ_ve²); sub-VP: −lmc = asinh(σ_ve / 2); VE: ``inverse_sigma``) and falls back on
+bisection in float64 for any other SDE with ``marginal``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem
 
-__all__ = ["ve_sigma", "time_of_sigma", "log_snr", "time_of_log_snr", "data_prediction", "noise_prediction",
-           "Denoiser", "phi"]
+__all__ = ["ve_sigma", "time_of_sigma", "time_of_sigma_bisection", "log_snr", "time_of_log_snr", "data_prediction",
+           "noise_prediction", "Denoiser", "phi"]
 
 _BISECTION_STEPS = 56  # halves [0, t_hi] to below float64 resolution (2^-56 T)
 
@@ -44,11 +44,20 @@ def log_snr(sde, t: Tensor) -> Tensor:
 
 
 def time_of_sigma(sde, sigma: Tensor) -> Tensor:
-    """t such that σ_t / α_t = ``sigma`` [B], by bisection in float64.
+    """t such that σ_t / α_t = ``sigma`` [B], float64: the SDE's ``inverse_ve_sigma`` where it has
+    one, else bisection (:func:`time_of_sigma_bisection`).
 
-    Values below σ_ve(0) give t = 0. Values above σ_ve(T) give t > T (the bracket grows until it
-    holds them, as EDM's churn can ask for σ̂ > σ_max); the score is then evaluated beyond T.
+    Values below σ_ve(0) give t = 0. Values above σ_ve(T) give t > T (as EDM's churn can ask for
+    σ̂ > σ_max); the score is then evaluated beyond T.
     """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    inverse = getattr(sde, "inverse_ve_sigma", None)
+    return inverse(sigma) if inverse is not None else time_of_sigma_bisection(sde, sigma)
+
+
+def time_of_sigma_bisection(sde, sigma: Tensor) -> Tensor:
+    """:func:`time_of_sigma` by bisection in float64 (any SDE with ``marginal``; the bracket grows
+    beyond T until it holds ``sigma``)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     lo = torch.zeros_like(sigma)
     hi = torch.full_like(sigma, float(sde.T))

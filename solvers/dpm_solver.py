@@ -234,7 +234,7 @@ class DPMSolver(MultistepSampler):
       Eq. 9), with m' and m'' from Newton divided differences of the last three outputs (3M).
 
     Singlestep steps always use ``solver_order``; ``lower_order_final`` applies to multistep only.
-    Intermediate times of singlestep steps come from inverting λ (bisection, float64).
+    Intermediate times of singlestep steps come from inverting λ (the SDE's closed form, float64).
 
     Args:
         solver_order: 1, 2 or 3.

@@ -42,7 +42,7 @@ class TimeGrid:
     @staticmethod
     def _to_time(sigmas: Tensor, T: float, eps: float, sde) -> Tensor:
         ts = time_of_sigma(sde, sigmas)
-        ts[0], ts[-1] = T, eps  # exact end points (the bisection is exact to ~1e-16 anyway)
+        ts[0], ts[-1] = T, eps  # exact end points (the inversion is exact to ~1e-16 anyway)
         return ts
 
     @staticmethod

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from models.sde import expand_like
 from solvers.base import Problem, Status, check_choice, check_positive
-from solvers.ode import probability_flow_drift
 from solvers.ode_common import check_tolerances
 from solvers.scipy_ode import SCIPY_METHODS, integrate_scipy
 from solvers.torchdiffeq_ode import TORCHDIFFEQ_METHODS, integrate_torchdiffeq
@@ -74,8 +74,9 @@ def dequantize(pixels: Tensor, levels: int = 256, data_range: tuple[float, float
 
 
 def _exact_divergence(drift: Tensor, x: Tensor) -> Tensor:
-    """tr(∂drift/∂x) per sample [B] from D vector–Jacobian products e_iᵀ J (one batched backward pass
-    through torch's vmap when the model supports it, else D sequential ones)."""
+    """tr(∂drift/∂x) per sample [B] (drift: any function of x, here the score) from D vector–Jacobian
+    products e_iᵀ J (one batched backward pass through torch's vmap when the model supports it, else D
+    sequential ones)."""
     B, D = x.shape[0], x[0].numel()
     basis = torch.eye(D, dtype=drift.dtype, device=drift.device).reshape(D, 1, *x.shape[1:]).expand(D, *x.shape)
     try:
@@ -159,24 +160,38 @@ class ProbabilityFlowLikelihood:
         return torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
 
     def _rhs(self, problem: Problem, shape: tuple[int, ...], model_dtype: torch.dtype, epsilon: Tensor | None):
-        """(t, y = [x flat, Δ]) -> [f̃ flat, ∇·f̃]: one forward, then 1 (Hutchinson) or D (exact) VJPs."""
+        """(t, y = [x flat, Δ]) -> [f̃ flat, ∇·f̃]: one forward, then 1 (Hutchinson) or D (exact) VJPs.
+
+        f̃ = f_coef(t)·x − h(t)·s(x, t) with h = ½ g²: only the score is differentiated, the linear
+        part enters in closed form, ∇·f̃ = f_coef·D − h·tr(∂s/∂x) and εᵀ(∂f̃/∂x)ε = f_coef·‖ε‖² −
+        h·εᵀ(∂s/∂x)ε, so the backward pass runs through the score alone.
+        """
         B = shape[0]
         n = math.prod(shape)
+        D = n // B
+        sde = problem.sde
         counts = {"vjp": 0}
+        eps_sq = None if epsilon is None else epsilon.flatten(1).pow(2).sum(1)
 
         def rhs(t: Tensor, y: Tensor) -> Tensor:
             t_vec = torch.as_tensor(t, device=y.device).to(model_dtype).reshape(()).expand(B)
+            x = y[:n].reshape(shape).to(model_dtype)
+            f_coef, h = sde.drift_coef(t_vec), 0.5 * sde.diffusion(t_vec) ** 2
             with torch.enable_grad():
-                x = y[:n].reshape(shape).to(model_dtype).detach().requires_grad_(True)
-                drift = probability_flow_drift(problem, x, t_vec)
+                xg = x.detach().requires_grad_(True)
+                score = problem.score(xg, t_vec)
                 if epsilon is not None:
-                    (grad,) = torch.autograd.grad(drift, x, grad_outputs=epsilon)
-                    div = (grad * epsilon).flatten(1).sum(1)
+                    (grad,) = torch.autograd.grad(score, xg, grad_outputs=epsilon)
+                    div = f_coef * eps_sq - h * (grad * epsilon).flatten(1).sum(1)
                     counts["vjp"] += 1
                 else:
-                    div = _exact_divergence(drift, x)
-                    counts["vjp"] += n // B
-            return torch.cat([drift.detach().reshape(-1).to(y.dtype), div.detach().to(y.dtype)])
+                    div = f_coef * D - h * _exact_divergence(score, xg)
+                    counts["vjp"] += D
+            drift = (x * expand_like(f_coef, x)).sub_(expand_like(h, x) * score.detach())
+            out = torch.empty_like(y)
+            out[:n].copy_(drift.reshape(-1))
+            out[n:].copy_(div.detach())
+            return out
 
         return rhs, counts
 

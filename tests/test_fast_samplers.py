@@ -16,7 +16,7 @@ import torch
 from models.gaussian import GaussianMixture
 from models.sde import VESDE, VPSDE, SubVPSDE
 from solvers import SAMPLERS, Problem, SeededNoise, make_sampler
-from solvers.denoiser import Denoiser, log_snr, phi, time_of_sigma, ve_sigma
+from solvers.denoiser import Denoiser, log_snr, phi, time_of_sigma, time_of_sigma_bisection, ve_sigma
 from solvers.grids import SCHEDULES
 
 MU, S0 = 0.3, 0.5
@@ -59,6 +59,9 @@ def test_time_of_sigma_inverts_and_matches_closed_forms(kind):
     # σ beyond σ_ve(T) (EDM's churn) maps beyond T; λ is −log σ_ve.
     assert float(time_of_sigma(sde, sig[-1:] * 1.5)) > sde.T
     torch.testing.assert_close(log_snr(sde, t), -sig.log())
+    # The SDE's closed form (what time_of_sigma uses) agrees with bisection, below eps and beyond T too.
+    wide = torch.cat([ve_sigma(sde, torch.linspace(0, 2 * sde.T, 41, dtype=torch.float64)), sig[-1:] * 3])
+    torch.testing.assert_close(sde.inverse_ve_sigma(wide), time_of_sigma_bisection(sde, wide), rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("kind", SDES)

@@ -7,6 +7,7 @@ once); there the sizes shrink so the suite stays quick. ``tox -e bench`` runs th
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 
 import pytest
@@ -36,14 +37,16 @@ def _one_thread():
 
 
 class NullNet(nn.Module):
-    """A network that costs (almost) nothing: isolates the per-step work outside the network."""
+    """A network that costs nothing (it returns its input): a sampler's time on it is exactly the
+    work outside the network (the score wrapper's label conversion and division included)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.w = nn.Parameter(torch.ones(()))
+        self.w = nn.Parameter(torch.ones(()))  # a parameter, so the wrapper finds the device
 
     def forward(self, x, labels):
-        return x * self.w
+        del labels
+        return x
 
 
 @functools.cache
@@ -65,16 +68,37 @@ def null_model(shape=(3, 32, 32), kind="vp") -> NetworkScore:
     return NetworkScore(NullNet(), VPSDE() if kind == "vp" else VESDE(), shape)
 
 
-def forward_time(model: NetworkScore, batch: int, repeats: int) -> float:
-    """Fastest of ``repeats`` bare network forwards (no wrapper) at this batch size, in seconds (the min, like
-    the run times it is compared with: the least disturbed by other load on a shared machine)."""
+def bare_forwards(model: NetworkScore, batch: int, nfe: int) -> float:
+    """Seconds for ``nfe`` bare network forwards (no wrapper, no sampler) at this batch size: the
+    physical limit of a run with that NFE, timed the same way as the run itself."""
     x = torch.randn(batch, *model.shape)
     labels = torch.full((batch,), 500.0)
-    times = []
     with torch.no_grad():
-        model.net(x, labels)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        for _ in range(nfe):
             model.net(x, labels)
-            times.append(time.perf_counter() - t0)
-    return min(times)
+        return time.perf_counter() - t0
+
+
+class Interleaved:
+    """Times the limit right before every round of a ``benchmark.pedantic`` run (as its ``setup``),
+    so that each run has a limit measured next to it under the same load.
+
+    ``ratio`` is the median over rounds of run / limit of the same round: on a shared VM the speed
+    drifts by tens of percent over seconds, which a min of single forwards against a min of whole
+    runs (measured at other moments) turns into a biased ratio."""
+
+    def __init__(self, limit) -> None:
+        self.limit, self.times = limit, []
+
+    def __call__(self):
+        self.times.append(self.limit())
+
+    def ratio(self, benchmark) -> float:
+        runs = benchmark.stats.stats.data
+        limits = self.times[-len(runs):]  # setup also runs before the warm-up rounds
+        return statistics.median(r / lim for r, lim in zip(runs, limits, strict=True))
+
+    def per_call(self, benchmark, nfe: int) -> float:
+        """The limit's median over the timed rounds, per call (seconds)."""
+        return statistics.median(self.times[-len(benchmark.stats.stats.data):]) / nfe

@@ -17,8 +17,9 @@ def rows(paths: list[str]) -> dict[str, list[str]]:
         if name.startswith("test_overhead_per_step"):
             family, shape, batch = params.rsplit("-", 2)
             per_nfe = e["overhead_ms_per_step"] * e["steps"] / max(e["nfe"] - 1, 1)
-            out["overhead"].append(f"| {family} | {shape} | {batch} | {e['nfe']} | {e['overhead_ms_per_step']:.2f} | "
-                                   f"{per_nfe:.2f} |")
+            step, floor = e["overhead_ms_per_step"], e.get("rng_floor_ms_per_step", 0.0)
+            out["overhead"].append(f"| {family} | {shape} | {batch} | {e['nfe']} | {e.get('draws_per_step', 0):.1f} | "
+                                   f"{step:.2f} | {floor:.2f} | {step - floor:.2f} | {per_nfe:.2f} |")
         elif name.startswith("test_noise_draw_floor"):  # mean: the seeded source refills every 16 draws
             source, batch = params.rsplit("-", 1)
             out["noise"].append(f"| {source} | {batch} | {b['stats']['mean'] * 1e3:.3f} |")
@@ -37,8 +38,9 @@ def rows(paths: list[str]) -> dict[str, list[str]]:
 
 
 HEADERS = {
-    "overhead": "| sampler | data | batch | NFE | ms per step outside the network | ms per NFE |\n"
-                "|---|---|---|---|---|---|",
+    "overhead": "| sampler | data | batch | NFE | draws per step | ms per step outside the network | "
+                "of which random-number floor | beyond the floor | ms per NFE |\n"
+                "|---|---|---|---|---|---|---|---|---|",
     "noise": "| noise source | batch | ms per 3×32×32 draw (mean) |\n|---|---|---|",
     "ratio": "| sampler | network | batch | NFE | run (s) | bare forward (ms) | run / (NFE × forward) |\n"
              "|---|---|---|---|---|---|---|",
