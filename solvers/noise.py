@@ -14,7 +14,6 @@ per-sample solvers draw only for their running samples).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 
 import torch
@@ -40,19 +39,32 @@ def parse_seeds(spec: str | int | Iterable[int]) -> list[int]:
     return [int(s) for s in spec]
 
 
+# Number of tensors sharing a storage (views included). A private torch function: where a torch lacks
+# it, every refill after a whole-batch draw copies the buffer instead (always safe).
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
 class _Chunks:
-    """One (sample shape, dtype)'s chunk buffer [B, chunk, ...], each sample's next position, and weak
-    references to the views of it handed out (draws of the whole batch)."""
+    """One (sample shape, dtype)'s chunk buffer [B, chunk, ...] and each sample's next position."""
 
     def __init__(self, buf: Tensor, pos: list[int]) -> None:
-        self.buf, self.pos, self.lent = buf, pos, []
+        self.pos, self.lent = pos, False
+        self._own(buf)
+
+    def _own(self, buf: Tensor) -> None:
+        self.buf = buf
+        self.base = self._users()
+
+    def _users(self) -> int:
+        return -1 if _storage_use_count is None else _storage_use_count(self.buf.untyped_storage()._cdata)
 
     def release(self) -> None:
-        """Before a refill: if a view handed out is still alive, move to a copy of the buffer so that
-        the refill cannot change it (in a sampler loop the views are gone by then: no copy)."""
-        if any(ref() is not None for ref in self.lent):
-            self.buf = self.buf.clone()
-        self.lent = []
+        """Before a refill: if a draw handed out as a view of the buffer (or any view of such a draw) is
+        still alive, move to a copy of the buffer so that the refill cannot change it. In a sampler
+        loop the draws are gone by then: no copy."""
+        if self.lent and (_storage_use_count is None or self._users() > self.base):
+            self._own(self.buf.clone())
+        self.lent = False
 
 
 class SeededNoise:
@@ -102,7 +114,7 @@ class SeededNoise:
                 chunks.pos[b] = 0
         if index is None and len(set(chunks.pos)) == 1:
             z = chunks.buf[:, chunks.pos[0]]  # a view, no copy (each position is handed out once)
-            chunks.lent.append(weakref.ref(z))
+            chunks.lent = True
         else:
             z = chunks.buf[torch.tensor(rows), torch.tensor([chunks.pos[b] for b in rows])]
         for b in rows:

@@ -9,7 +9,8 @@ import sys
 
 def rows(paths: list[str]) -> dict[str, list[str]]:
     data = {"benchmarks": [b for path in paths for b in json.load(open(path))["benchmarks"]]}
-    out: dict[str, list[str]] = {"overhead": [], "noise": [], "ratio": [], "likelihood": [], "ode": []}
+    out: dict[str, list[str]] = {"overhead": [], "ode_overhead": [], "noise": [], "ratio": [], "likelihood": [],
+                                 "ode": []}
     for b in sorted(data["benchmarks"], key=lambda b: b["name"]):
         e, t = b["extra_info"], b["stats"]["min"]
         name = b["name"]
@@ -20,6 +21,9 @@ def rows(paths: list[str]) -> dict[str, list[str]]:
             step, floor = e["overhead_ms_per_step"], e.get("rng_floor_ms_per_step", 0.0)
             out["overhead"].append(f"| {family} | {shape} | {batch} | {e['nfe']} | {e.get('draws_per_step', 0):.1f} | "
                                    f"{step:.2f} | {floor:.2f} | {step - floor:.2f} | {per_nfe:.2f} |")
+        elif name.startswith("test_ode_overhead_per_nfe"):
+            backend, batch = params.rsplit("-", 1)
+            out["ode_overhead"].append(f"| {backend} | {batch} | {e['nfe']} | {e['overhead_ms_per_nfe']:.2f} |")
         elif name.startswith("test_noise_draw_floor"):  # mean: the seeded source refills every 16 draws
             source, batch = params.rsplit("-", 1)
             out["noise"].append(f"| {source} | {batch} | {b['stats']['mean'] * 1e3:.3f} |")
@@ -41,6 +45,8 @@ HEADERS = {
     "overhead": "| sampler | data | batch | NFE | draws per step | ms per step outside the network | "
                 "of which random-number floor | beyond the floor | ms per NFE |\n"
                 "|---|---|---|---|---|---|---|---|---|",
+    "ode_overhead": "| ODE sampler (rtol = atol = 1e-3) | batch | NFE | ms per NFE outside the network |\n"
+                    "|---|---|---|---|",
     "noise": "| noise source | batch | ms per 3×32×32 draw (mean) |\n|---|---|---|",
     "ratio": "| sampler | network | batch | NFE | run (s) | bare forward (ms) | run / (NFE × forward) |\n"
              "|---|---|---|---|---|---|---|",

@@ -134,3 +134,18 @@ def test_noise_draw_floor(benchmark, source, batch, full_size):
     draw = (lambda: torch.randn(shape)) if source == "torch_randn" else (lambda: noise.normal(shape))
     z = benchmark(draw)
     benchmark.extra_info.update(batch=batch, numel=z.numel())
+
+
+@pytest.mark.parametrize("batch", [16, 64])
+@pytest.mark.parametrize("backend", ["torchdiffeq_ode", "scipy_ode"])
+def test_ode_overhead_per_nfe(benchmark, backend, batch, full_size):
+    """The adaptive probability-flow ODE on the null network (3×32×32): its time per NFE is the work
+    outside the network (target for the on-device path: ≤ 2 ms per NFE at batch 64)."""
+    batch = batch if full_size else 2
+    sampler = make_sampler(backend, rtol=1e-3, atol=1e-3)
+    problem = Problem(null_model())
+    x = problem.prior_sample(batch, SeededNoise(range(batch)))
+    sol = benchmark(_run, sampler, problem, x, range(batch))
+    benchmark.extra_info.update(nfe=sol.stats.nfe, batch=batch, steps=sol.stats.n_steps)
+    if benchmark.stats is not None:
+        benchmark.extra_info["overhead_ms_per_nfe"] = benchmark.stats.stats.min / sol.stats.nfe * 1e3
