@@ -41,12 +41,24 @@ class Problem:
 
     score: ScoreModel
     prior: object | None = None
+    _marginals: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.score, CountingScore):
             self.score = CountingScore(self.score)
         if self.prior is None:
             self.prior = GaussianPrior(self.sde)
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``sde.marginal(t)`` = (α_t, σ_t), remembered for the last four time tensors: the stages of
+        a multistep step ask for the same t objects several times. Each remembered t is held, so its
+        identity cannot be recycled, and its version counter catches in-place changes."""
+        for held, version, value in self._marginals:
+            if held is t and version == t._version:
+                return value
+        value = self.sde.marginal(t)
+        self._marginals = [(t, t._version, value), *self._marginals[:3]]
+        return value
 
     @property
     def sde(self):

@@ -63,7 +63,7 @@ class DDIM(FixedGridSampler):
         """(α, σ) at times t [B]."""
         sde = problem.sde
         if self.alphas == "continuous":
-            return sde.marginal(t)
+            return problem.marginal(t)
         N = self.num_scales
         betas = torch.linspace(sde.beta_min / N, sde.beta_max / N, N, dtype=torch.float64, device=t.device)
         alphas_cumprod = torch.cumprod(1 - betas, 0)[sde.index(t, N)]

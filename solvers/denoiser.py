@@ -80,13 +80,13 @@ def time_of_log_snr(sde, lam: Tensor) -> Tensor:
 
 def data_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
     """x̂₀(x, t) = (x + σ_t² s(x, t)) / α_t, [B, ...] in x's dtype (one score call)."""
-    alpha, sigma = problem.sde.marginal(t)
+    alpha, sigma = problem.marginal(t)
     return (x + expand_like(sigma**2, x) * problem.score(x, t)) / expand_like(alpha, x)
 
 
 def noise_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
     """ε̂(x, t) = −σ_t s(x, t), [B, ...] (one score call)."""
-    sigma = problem.sde.marginal(t)[1]
+    sigma = problem.marginal(t)[1]
     return -expand_like(sigma, x) * problem.score(x, t)
 
 
@@ -102,8 +102,9 @@ class Denoiser:
         self.sde = problem.sde
 
     def sigma(self, t: Tensor) -> Tensor:
-        """σ_ve(t), [B]."""
-        return ve_sigma(self.sde, t)
+        """σ_ve(t), [B] float64 (as :func:`ve_sigma`, through the problem's remembered marginals)."""
+        alpha, sigma = self.problem.marginal(t.to(torch.float64))
+        return sigma / alpha
 
     def time(self, sigma: Tensor) -> Tensor:
         """t(σ_ve), [B]."""
@@ -111,7 +112,7 @@ class Denoiser:
 
     def scale(self, t: Tensor) -> Tensor:
         """α_t [B]: x = α_t x_ve."""
-        return self.sde.marginal(t.to(torch.float64))[0]
+        return self.problem.marginal(t.to(torch.float64))[0]
 
     def to_ve(self, x: Tensor, t: Tensor) -> Tensor:
         """x_ve = x / α_t."""

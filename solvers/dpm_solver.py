@@ -47,8 +47,8 @@ def exp_integrator_step(problem: Problem, prediction: str, x: Tensor, t: Tensor,
 
     ``h`` = λ_next − λ_t [B]. The weight of term k is h^{k+1} φ_{k+1}(±h) unless ``weights`` overrides it.
     """
-    alpha_t, sigma_t = problem.sde.marginal(t)
-    alpha_n, sigma_n = problem.sde.marginal(t_next)
+    alpha_t, sigma_t = problem.marginal(t)
+    alpha_n, sigma_n = problem.marginal(t_next)
     if prediction == "data":
         lin, c, z = sigma_n / sigma_t, alpha_n, -h
     else:
@@ -164,6 +164,7 @@ class MultistepSampler(FixedGridSampler):
         nfe0 = counter.nfe
         B = x_init.shape[0]
         ts = self.grid(problem).to(x_init.device)[:, None].expand(-1, B)  # [n_steps, B]
+        times = ts.unbind(0)  # one tensor per grid point (step i's t_next is step i + 1's t)
         lam = log_snr(problem.sde, ts)
         n = self.steps_taken
         # Intermediate times of singlestep steps, all at once (one inversion of λ for the whole grid).
@@ -174,7 +175,7 @@ class MultistepSampler(FixedGridSampler):
         memo = None
         with torch.no_grad():
             for i in range(n):
-                t, t_next = ts[i], ts[i + 1]
+                t, t_next = times[i], times[i + 1]
                 out = model_output(problem, x, t, self.prediction)
                 x = self.revise(problem, x, out, memo)
                 lams.insert(0, lam[i])
@@ -355,8 +356,8 @@ class DPMSolverPPSDE(MultistepSampler):
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise, mids=None):
         del mids
         h = lam_next - lams[0]
-        sigma_t = problem.sde.marginal(t)[1]
-        alpha_n, sigma_n = problem.sde.marginal(t_next)
+        sigma_t = problem.marginal(t)[1]
+        alpha_n, sigma_n = problem.marginal(t_next)
         terms = lambda_derivatives(lams, outs)
         x_next = expand_like(sigma_n / sigma_t * torch.exp(-h), x) * x
         for k, d in enumerate(terms):

@@ -45,7 +45,7 @@ def unified_update(problem: Problem, prediction: str, variant: str, x: Tensor, t
         R = torch.stack([r**k for k in range(K)], dim=1)  # [B, K (k), K (m)]
         g = torch.stack([math.factorial(k) * h * phi(k + 1, z) / B_h for k in range(1, K + 1)], dim=1)
         a = torch.linalg.solve(R, g)  # [B, K]
-    coef = problem.sde.marginal(t_next)[0] if prediction == "data" else -problem.sde.marginal(t_next)[1]
+    coef = problem.marginal(t_next)[0] if prediction == "data" else -problem.marginal(t_next)[1]
     for j, (_, m_j) in enumerate(others):
         x_next = x_next + expand_like(coef * B_h * a[:, j] / r[:, j], x) * (m_j - m0)
     return x_next

@@ -130,3 +130,17 @@ def test_network_score_label_reuse_follows_t():
     model.net.double()
     assert model(x.double(), t).dtype == torch.float64
     assert model._prepared(x.double(), t)[0].dtype == torch.float64
+
+
+def test_problem_marginal_is_remembered_per_time_tensor():
+    sde = VPSDE()
+    problem = Problem(NetworkScore(TinyNet(), sde, (6,)))
+    t = torch.full((3,), 0.3, dtype=torch.float64)
+    first = problem.marginal(t)
+    assert problem.marginal(t) is first  # the same tensor object: remembered
+    fresh = problem.marginal(t.clone())  # another tensor with the same values: computed, equal
+    assert fresh is not first and all(torch.equal(a, b) for a, b in zip(fresh, first, strict=True))
+    t.fill_(0.7)  # in place: the version counter changes
+    moved = problem.marginal(t)
+    assert all(torch.equal(a, b) for a, b in zip(moved, sde.marginal(torch.full((3,), 0.7, dtype=torch.float64)),
+                                                strict=True))
