@@ -95,9 +95,10 @@ class NetworkScore:
         """(labels in x's dtype, signed divisor shaped like x or None, negate). Reused while the
         same time tensor comes back unchanged (a predictor–corrector step, Langevin steps at one
         level, the next step's t that was this step's t_next): the last t is held, so its identity
-        cannot be recycled, and its version counter catches in-place changes."""
-        key = (t._version, x.dtype, x.dim(), x.device)
-        if self._last is not None and self._last[0] is t and self._last[1] == key:
+        cannot be recycled, and its version counter catches in-place changes. (Inference-mode
+        tensors have no version counter: never reused.)"""
+        key = None if t.is_inference() else (t._version, x.dtype, x.dim(), x.device)
+        if key is not None and self._last is not None and self._last[0] is t and self._last[1] == key:
             return self._last[2]
         labels, divisor, negate = self._labels_and_scale(t)
         if labels.is_floating_point():
@@ -105,7 +106,7 @@ class NetworkScore:
         if divisor is not None:  # −(out / d) computed as out / (−d): one pass, the same bits
             divisor = expand_like(-divisor if negate else divisor, x)
         prepared = (labels, divisor, negate)
-        self._last = (t, key, prepared)
+        self._last = None if key is None else (t, key, prepared)
         return prepared
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:

@@ -52,7 +52,10 @@ class Problem:
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``sde.marginal(t)`` = (α_t, σ_t), remembered for the last four time tensors: the stages of
         a multistep step ask for the same t objects several times. Each remembered t is held, so its
-        identity cannot be recycled, and its version counter catches in-place changes."""
+        identity cannot be recycled, and its version counter catches in-place changes. (Inference-mode
+        tensors have no version counter: never remembered.)"""
+        if t.is_inference():
+            return self.sde.marginal(t)
         for held, version, value in self._marginals:
             if held is t and version == t._version:
                 return value

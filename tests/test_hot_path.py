@@ -144,3 +144,15 @@ def test_problem_marginal_is_remembered_per_time_tensor():
     moved = problem.marginal(t)
     assert all(torch.equal(a, b) for a, b in zip(moved, sde.marginal(torch.full((3,), 0.7, dtype=torch.float64)),
                                                 strict=True))
+
+
+@pytest.mark.parametrize("name, options, sde", CASES[:1] + CASES[7:8] + [("unipc", {}, VPSDE()), ("edm_stochastic",
+                         {"S_churn": 10.0}, VESDE())], ids=["em", "pc", "unipc", "edm_stochastic"])
+def test_sampling_under_inference_mode(name, options, sde):
+    """Inference tensors track no version counter: the remembered labels and marginals step aside."""
+    sampler = make_sampler(name, n_steps=12 if name != "pc" else 30, **options)
+    x0 = torch.randn(3, 6, generator=torch.Generator().manual_seed(2)) * sde.prior_std()
+    plain = sampler.sample(Problem(NetworkScore(TinyNet(), sde, (6,))), x0, SeededNoise(range(3))).x
+    with torch.inference_mode():
+        inference = sampler.sample(Problem(NetworkScore(TinyNet(), sde, (6,))), x0.clone(), SeededNoise(range(3))).x
+    assert torch.equal(plain, inference)
