@@ -50,7 +50,9 @@ class _ReversedSDE(torch.nn.Module):
         sde, x = self.problem.sde, y.reshape(self.shape)
         t = self._t(s, y)
         g2 = (sde.diffusion(t) ** 2).to(y.dtype)[:, None]
-        return -(sde.drift(x, t).flatten(1) - g2 * self.problem.score(x, t).flatten(1))
+        # −(f − g² s) in the reversed time, as g² s − f_coef·x in two passes.
+        f_coef = sde.drift_coef(t).to(y.dtype)[:, None]
+        return torch.mul(y, -f_coef).addcmul_(g2, self.problem.score(x, t).flatten(1))
 
     def g(self, s: Tensor, y: Tensor) -> Tensor:
         return self.problem.sde.diffusion(self._t(s, y)).to(y.dtype)[:, None].expand_as(y)
