@@ -2,8 +2,9 @@
 
 Every sampler is a frozen dataclass whose fields are its options (validated in ``__post_init__``)
 and which implements ``sample(problem, x_init, noise) -> Solution``. Steppers (one step of a fixed-
-grid method) implement ``step(problem, x, t, t_next, noise) -> Step`` and declare ``nfe_per_step``
-and ``order``; adaptive steppers also return a per-sample error estimate.
+grid method) implement ``step(problem, x, t, t_next, noise, coef=()) -> Step`` (``coef``: the step's
+coefficients when the driver precomputed them, see ``FixedGridSampler.coefficients``) and declare
+``nfe_per_step`` and ``order``; adaptive steppers also return a per-sample error estimate.
 """
 
 from __future__ import annotations

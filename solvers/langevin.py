@@ -210,18 +210,17 @@ class AnnealedLangevin(FixedGridSampler):
         gamma = (sigma_max / sigma_min) ** (1 / (self.n_steps - 1))
         return ncsnv2_step_size(sigma_min, gamma, self.steps_per_level)
 
-    def sample(self, problem: Problem, x_init: Tensor, noise):
-        # Grid points are the noise levels; the 'step' at each level is the Langevin loop (no predictor).
-        self.check(problem)
-        object.__setattr__(self, "_eps", self.epsilon(problem))
-        return super().sample(problem, x_init, noise)
+    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
+        """(α_i,) = (ε σ_i² / σ_L²,) at each level t."""
+        sde = problem.sde
+        sigma = sde.marginal(t)[1]
+        sigma_L = sde.marginal(torch.full_like(t, sde.eps))[1]
+        return (self.epsilon(problem) * sigma**2 / sigma_L**2,)
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
              coef: tuple[Tensor, ...] = ()) -> Step:
-        del coef
-        sigma = problem.sde.marginal(t)[1]
-        sigma_L = problem.sde.marginal(t.new_full((1,), problem.sde.eps))[1]
-        alpha = expand_like(self._eps * sigma**2 / sigma_L**2, x)
+        # Grid points are the noise levels; the 'step' at each level is the Langevin loop (no predictor).
+        (alpha,) = self._row(problem, x, t, t_next, coef)
         for _ in range(self.steps_per_level):
             s = problem.score(x, t)
             z = noise.normal(x.shape, dtype=x.dtype, device=x.device)

@@ -29,6 +29,7 @@ CASES = [
     ("pc", {"predictor": "reverse_diffusion", "corrector": "langevin"}, VPSDE()),
     ("pc", {"predictor": "euler_maruyama", "corrector": "ald", "corrector_steps": 2}, VESDE()),
     ("pc", {"predictor": "none", "corrector": "langevin", "corrector_norm": "per_sample"}, SubVPSDE()),
+    ("annealed_langevin", {"steps_per_level": 2}, VESDE()),
 ]
 
 
