@@ -1,0 +1,200 @@
+"""Read an EDM network pickle without executing its code (Karras et al. 2022, NVlabs/edm).
+
+EDM's snapshots (``network-snapshot-*.pkl``, the released ``edm-*.pkl``) store every network object
+through ``torch_utils.persistence``: ``REDUCE(_reconstruct_persistent_obj, (meta,))`` with ``meta`` =
+{type, version, module_src, class_name, state}; EDM's own loader ``exec``s ``module_src``. This
+module's :class:`RestrictedUnpickler` resolves only the globals such a file needs — the persistence
+record (returned as an inert :class:`Persistent`), ``ModuleDict`` (as an inert :class:`Container`),
+``OrderedDict``, torch's tensor/parameter rebuilders, legacy storage blobs (read with
+``torch.load(weights_only=True)``) and numpy float scalars — and refuses every other global with an
+:class:`UnsafePickleError` naming it. Nothing stored is imported or executed; ``module_src`` is
+kept as an inert string (only its sha256 is used).
+
+:func:`read_snapshot` returns the top-level dict with its network records; :func:`state_dict`
+walks a record into the ordered ``state_dict()`` of the object EDM would have rebuilt.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["UnsafePickleError", "Persistent", "Container", "RestrictedUnpickler", "read_snapshot", "state_dict",
+           "plain"]
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for something the EDM loader does not accept (a global, a class, an opcode)."""
+
+
+@dataclass
+class Persistent:
+    """EDM's persistent-object record: the short class name, its constructor kwargs and state."""
+
+    class_name: str
+    state: dict
+    module_sha256: str
+
+    @property
+    def init_kwargs(self) -> dict:
+        return dict(self.state.get("_init_kwargs") or {})
+
+    @property
+    def modules(self) -> dict:
+        return dict(self.state.get("_modules") or {})
+
+
+class Container:
+    """A non-persistent ``torch.nn.ModuleDict`` rebuilt as data (``NEWOBJ`` + ``BUILD``): its ``state``."""
+
+    class_name = "ModuleDict"
+
+    def __init__(self) -> None:
+        self.state: dict = {}
+
+    def __setstate__(self, state) -> None:  # BUILD
+        if not isinstance(state, dict):
+            raise UnsafePickleError(f"{self.class_name}: state must be a dict, got {type(state).__name__}")
+        self.state = state
+
+    @property
+    def modules(self) -> dict:
+        return dict(self.state.get("_modules") or {})
+
+
+def _reconstruct_persistent_obj(meta):
+    """Stand-in for ``torch_utils.persistence._reconstruct_persistent_obj``: a record, no exec."""
+    if not isinstance(meta, dict) or meta.get("type") != "class":
+        raise UnsafePickleError(f"persistent object: expected a dict with type 'class', got {type(meta).__name__}")
+    if meta.get("version") != 6:
+        raise UnsafePickleError(f"persistent object: version {meta.get('version')!r} is not EDM's 6")
+    name, src, state = meta.get("class_name"), meta.get("module_src"), meta.get("state")
+    if not isinstance(name, str) or not isinstance(src, str) or not isinstance(state, dict):
+        raise UnsafePickleError("persistent object: class_name/module_src must be strings and state a dict")
+    return Persistent(name, state, hashlib.sha256(src.encode()).hexdigest())
+
+
+def _load_from_bytes(b):
+    """A legacy ``torch.save`` storage blob, read with ``weights_only=True`` (data only)."""
+    if not isinstance(b, bytes | bytearray):
+        raise UnsafePickleError(f"storage: expected bytes, got {type(b).__name__}")
+    return torch.load(io.BytesIO(b), weights_only=True)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                       metadata=None):
+    if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
+        raise UnsafePickleError(f"tensor: expected a storage, got {type(storage).__name__}")
+    if backward_hooks:
+        raise UnsafePickleError("tensor: backward hooks are not accepted")
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, False, collections.OrderedDict())
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+    if not isinstance(data, torch.Tensor):
+        raise UnsafePickleError(f"parameter: expected a tensor, got {type(data).__name__}")
+    if backward_hooks:
+        raise UnsafePickleError("parameter: backward hooks are not accepted")
+    return torch.nn.Parameter(data, requires_grad=False)
+
+
+def _numpy_scalar(dtype, data=None):
+    """numpy's scalar reconstructor, for float64/float32/int64 scalars only."""
+    if not isinstance(dtype, np.dtype) or dtype.str not in ("<f8", "<f4", "<i8", "<i4", "|b1"):
+        raise UnsafePickleError(f"numpy scalar of dtype {dtype!r} is not accepted")
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise UnsafePickleError("numpy scalar: bad data")
+    return np.frombuffer(data, dtype=dtype)[0].item()  # a plain Python number (exact)
+
+
+def _numpy_dtype(name, align=False, copy=True):
+    if name not in ("f8", "f4", "i8", "i4", "b1"):
+        raise UnsafePickleError(f"numpy dtype {name!r} is not accepted")
+    return np.dtype(name)
+
+
+# (module, name) -> callable. numpy 1.x pickles (the 2022 releases) name 'numpy.core.multiarray'.
+ALLOWED_GLOBALS = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("torch.nn.modules.container", "ModuleDict"): Container,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "dtype"): _numpy_dtype,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only :data:`ALLOWED_GLOBALS` (refuses everything else)."""
+
+    def __init__(self, file, *, source: str = "<pickle>") -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        fn = ALLOWED_GLOBALS.get((module, name))
+        if fn is None:
+            raise UnsafePickleError(
+                f"{self.source}: refused global {module}.{name}: an EDM snapshot holds only EDM's persistence "
+                f"records, tensors and plain containers (accepted: "
+                f"{', '.join(sorted(f'{m}.{n}' for m, n in ALLOWED_GLOBALS))})")
+        return fn
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"{self.source}: refused persistent id {pid!r} (not used by EDM snapshots)")
+
+
+def read_snapshot(path: str | Path) -> dict:
+    """The top-level dict of an EDM pickle (``ema``, ``loss_fn``, ...), networks as :class:`Persistent`."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            data = RestrictedUnpickler(f, source=str(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise UnsafePickleError(f"{path}: not a readable EDM snapshot ({type(e).__name__}: {e})") from e
+    if not isinstance(data, dict):
+        raise UnsafePickleError(f"{path}: an EDM snapshot is a dict at the top level, got {type(data).__name__}")
+    return data
+
+
+def _children(obj) -> dict:
+    return obj.modules if isinstance(obj, Persistent | Container) else {}
+
+
+def state_dict(obj, prefix: str = "") -> collections.OrderedDict:
+    """The ordered ``state_dict()`` of a record: ``_parameters`` then non-None ``_buffers``, recursively
+    through ``_modules`` (the order of ``nn.Module.state_dict``)."""
+    out = collections.OrderedDict()
+    state = obj.state
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise UnsafePickleError(f"{prefix}{name}: expected a tensor, got {type(value).__name__}")
+            out[prefix + name] = value
+    for name, child in _children(obj).items():
+        if child is not None:
+            out.update(state_dict(child, f"{prefix}{name}."))
+    return out
+
+
+def plain(value):
+    """Constructor kwargs as plain Python values (lists for tuples, floats for numpy floats)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
