@@ -11,6 +11,8 @@ Kinds (``MODEL_KINDS``):
 * ``official`` — an official score_sde checkpoint (``models.checkpoints.load_official``):
   ``checkpoint`` (a path; relative paths are also looked up under ``$SCOREBENCH_CKPT_DIR``),
   ``config`` (e.g. 'vp/cifar10_ddpmpp_continuous'), ``ema``, ``overrides`` (network arguments).
+* ``edm`` — an EDM network pickle, read without executing it; ``diffusers`` — a saved diffusers
+  pipeline or model folder (both in :mod:`bench.model_kinds`).
 * ``callable`` — ``target: 'package.module:function'`` called with ``options``; it returns any score
   model (an extension point for user models, and how the tests inject failing models).
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from bench import model_kinds
 from models.sde import make_sde
 
 __all__ = ["MODEL_KINDS", "ModelKind", "check_model_section", "load_score_model", "RunScore", "resolve_path",
@@ -162,6 +165,8 @@ MODEL_KINDS: dict[str, ModelKind] = {
                           "data_range"), _check_mixture, _mixture),
     "checkpoint": ModelKind(("path", "weights"), _check_checkpoint, _checkpoint),
     "official": ModelKind(("checkpoint", "config", "ema", "overrides"), _check_official, _official),
+    "edm": ModelKind(model_kinds.EDM_KEYS, model_kinds.check_edm, model_kinds.load_edm_section),
+    "diffusers": ModelKind(model_kinds.DIFFUSERS_KEYS, model_kinds.check_diffusers, model_kinds.load_diffusers_section),
     "callable": ModelKind(("target", "options"), _check_callable, _callable),
 }
 

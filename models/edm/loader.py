@@ -32,7 +32,7 @@ from models.edm.precond import PRECONDS
 from models.edm.unpickle import Container, Persistent, UnsafePickleError, plain, read_snapshot, state_dict
 from models.sde import VESDE, VPSDE, expand_like
 
-__all__ = ["load_network", "load_edm", "EDMScore", "EDMDenoiser", "sde_for", "SIGMA_RANGE"]
+__all__ = ["load_network", "network_from_record", "load_edm", "EDMScore", "EDMDenoiser", "sde_for", "SIGMA_RANGE"]
 
 SIGMA_RANGE = (0.002, 80.0)  # generate.py's edm_sampler defaults
 VE_EPS = 1e-5  # where VE/EDM sampling stops in t (score_sde's VE eps); σ(eps) = sigma_min exactly
@@ -40,8 +40,7 @@ VE_EPS = 1e-5  # where VE/EDM sampling stops in t (score_sde's VE eps); σ(eps) 
 
 @dataclass(frozen=True)
 class NetworkInfo:
-    path: str
-    key: str
+    source: str  # file and entry
     class_name: str  # the preconditioning
     model_type: str  # the U-Net
     init_kwargs: dict
@@ -90,19 +89,24 @@ def load_network(path: str | Path, key: str = "ema") -> tuple[nn.Module, Network
     data = read_snapshot(path)
     if key not in data:
         raise ValueError(f"{path}: no entry {key!r}; expected one of: {', '.join(map(str, data))}")
-    record = data[key]
+    return network_from_record(data[key], f"{path} entry {key!r}")
+
+
+def network_from_record(record, source: str = "<record>") -> tuple[nn.Module, NetworkInfo]:
+    """The project's network for one persistent record (see :func:`load_network`)."""
+    path = source
     if not isinstance(record, Persistent):
-        raise ValueError(f"{path}: entry {key!r} is a {type(record).__name__}, not an EDM network record")
+        raise ValueError(f"{source}: a {type(record).__name__}, not an EDM network record")
     if record.class_name not in PRECONDS:
-        raise ValueError(f"{path}: entry {key!r} is a {record.class_name}; the loader builds: "
-                         f"{', '.join(PRECONDS)}")
+        raise ValueError(f"{source}: class {record.class_name!r} is not a network the loader builds; expected one "
+                         f"of: {', '.join(PRECONDS)}")
     if record.state.get("_init_args"):
-        raise ValueError(f"{path}: {record.class_name} was built with positional arguments; expected keywords only")
+        raise ValueError(f"{source}: {record.class_name} was built with positional arguments; expected keywords only")
     kwargs = plain(record.init_kwargs)
     try:
         net = PRECONDS[record.class_name](**kwargs)
     except TypeError as e:
-        raise ValueError(f"{path}: {record.class_name}({', '.join(kwargs)}): {e}") from e
+        raise ValueError(f"{source}: {record.class_name}({', '.join(kwargs)}): {e}") from e
     _check_tree(record, net, "", str(path))
     tensors = state_dict(record)
     ours = net.state_dict()
@@ -115,7 +119,7 @@ def load_network(path: str | Path, key: str = "ema") -> tuple[nn.Module, Network
                              f"{tuple(ours[name].shape)} in the project's network")
     net.load_state_dict(tensors, strict=True)
     net.eval().requires_grad_(False)
-    info = NetworkInfo(str(path), key, record.class_name, kwargs.get("model_type", type(net.model).__name__), kwargs,
+    info = NetworkInfo(source, record.class_name, kwargs.get("model_type", type(net.model).__name__), kwargs,
                        sum(p.numel() for p in net.parameters()), record.module_sha256)
     return net, info
 

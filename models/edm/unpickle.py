@@ -17,6 +17,7 @@ walks a record into the ordered ``state_dict()`` of the object EDM would have re
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import io
 import pickle
@@ -63,6 +64,11 @@ class Container:
         if not isinstance(state, dict):
             raise UnsafePickleError(f"{self.class_name}: state must be a dict, got {type(state).__name__}")
         self.state = state
+
+    def __deepcopy__(self, memo) -> Container:
+        new = Container()
+        new.state = copy.deepcopy(self.state, memo)
+        return new
 
     @property
     def modules(self) -> dict:
