@@ -58,8 +58,9 @@ def check_edm(section: dict, files: bool = True) -> None:
     if lo is not None and hi is not None and not lo < hi:
         raise ValueError(f"need sigma_min < sigma_max, got {lo} >= {hi}")
     if files and resolve_path(path, CKPT_ENV) is None:
-        raise FileNotFoundError(f"EDM snapshot {path!r} not found{_where_env()}; download {Path(path).name} "
-                                f"from {EDM_PRETRAINED_URL}")
+        raise FileNotFoundError(f"EDM snapshot {path!r} not found{_where_env()}; download it from "
+                                f"{EDM_PRETRAINED_URL}{Path(path).name} (or a network-snapshot-*.pkl of your own "
+                                f"EDM training run)")
 
 
 def load_edm_section(section: dict, device: str, dtype: torch.dtype):

@@ -1,0 +1,130 @@
+"""``kind: edm`` and ``kind: diffusers`` in grids: every registered sampler on the EDM fixture network,
+grids/cifar10_edm.yaml's dry run and offline error, and a saved diffusers pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+import bench.models
+from bench.grid import GridError, parse_grid
+from bench.records import read_records
+from bench.run import main
+from models.edm import load_edm
+from solvers import SAMPLERS, sampler_options
+from tests.conftest import ROOT, require_fixture
+
+# Cheap options per sampler on the 16×16 fixture network; others get n_steps=4 if they take it.
+CHEAP = {
+    "pc": {"n_steps": 3, "snr": 0.16},
+    "annealed_langevin": {"n_steps": 3, "steps_per_level": 1},
+    "torchsde": {"n_steps": 3},
+    "scipy_ode": {"rtol": 1e-2, "atol": 1e-2},
+    "torchdiffeq_ode": {"rtol": 1e-2, "atol": 1e-2},
+    "adaptive_improved_euler": {"rtol": 0.5, "atol": 0.5},
+    "adaptive_em": {"rtol": 0.5, "atol": 0.5},
+    "dpm_solver_adaptive": {"rtol": 0.5},
+    "edm_stochastic": {"n_steps": 4, "S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0},
+}
+
+
+def cheap(name: str) -> dict:
+    if name in CHEAP:
+        return dict(CHEAP[name])
+    return {"n_steps": 4} if "n_steps" in sampler_options(name) else {}
+
+
+def write_grid(path, raw):
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_every_registered_sampler_runs_on_the_edm_fixture_network(tmp_path):
+    bench.models._CACHE.clear()
+    pkl = require_fixture("edm/B_edm_ddpmpp.pkl")
+    sweeps = [{"solver": name, **cheap(name)} for name in sorted(SAMPLERS)]
+    grid = write_grid(tmp_path / "edm_all.yaml", {
+        "name": "edm-fixture", "model": {"kind": "edm", "path": str(pkl)},
+        "eval": {"num_samples": 2, "batch_size": 2, "seeds": "0-1", "dtype": "float32", "threads": 1},
+        "sweeps": sweeps})
+    out = tmp_path / "out"
+    assert main(["--grid", str(grid), "--out", str(out), "--no-progress", "--no-report"]) == 0
+    records = list(read_records(out).values())
+    assert sorted(r["solver"] for r in records) == sorted(SAMPLERS)
+    for r in records:
+        assert r["status"] == "ok", (r["solver"], r["message"])
+        assert r["nfe"] > 0 and r["sde"]["kind"] == "ve"  # EDM preconditioning: the VE SDE with σ(t) on [0.002, 80]
+    nfe = {r["solver"]: r["nfe"] for r in records}
+    assert nfe["edm_heun"] == nfe["edm_stochastic"] == 2 * 3 + 1  # EDM's 2N − 1 with N = 4 grid points
+    print("\nNFE per sampler on the EDM fixture network:", dict(sorted(nfe.items())))
+
+
+def test_cifar10_edm_grid_dry_run_and_offline_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCOREBENCH_CKPT_DIR", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    grid = ROOT / "grids" / "cifar10_edm.yaml"
+    assert main(["--grid", str(grid), "--dry-run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " edm_vp " in line]
+    assert len(rows) == 107
+    assert any(" edm_heun " in r and "n_steps=18 " in r for r in rows)
+    for solver in ("dpm_solver_pp", "unipc", "pf_euler", "ddim", "euler_maruyama", "pc", "scipy_ode"):
+        assert any(f" {solver} " in r for r in rows), solver
+    out = tmp_path / "results"
+    assert main(["--grid", str(grid), "--out", str(out)]) == 2
+    assert not out.exists()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "edm-cifar10-32x32-uncond-vp.pkl' not found" in lines[0]
+    assert "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl" in lines[0]
+
+
+def test_edm_section_errors():
+    pkl = str(require_fixture("edm/B_edm_ddpmpp.pkl"))
+    base = {"name": "bad", "eval": {"num_samples": 2, "batch_size": 2},
+            "sweeps": [{"solver": "edm_heun", "n_steps": 3}]}
+    for model, match in (({"kind": "edm", "path": pkl, "sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min < sigma_max"),
+                         ({"kind": "edm", "path": pkl, "label": "cat"}, "field 'label' must be a class index"),
+                         ({"kind": "edm", "path": pkl, "key": 3}, "field 'key' must be a snapshot entry"),
+                         ({"kind": "edm", "path": pkl, "ema": True}, "'ema'.*expected one of.*key, label"),
+                         ({"kind": "edm", "path": "nowhere/edm-x.pkl"}, "EDM snapshot 'nowhere/edm-x.pkl' not found")):
+        with pytest.raises(GridError, match=match):
+            parse_grid({**base, "model": model}, "bad.yaml")
+    # A label on an unconditional network is refused when the model loads.
+    with pytest.raises(ValueError, match="network is unconditional"):
+        load_edm(pkl, label=3)
+
+
+diffusers = pytest.importorskip("diffusers", reason="optional extra scorebench[diffusers] not installed")
+
+
+def tiny_pipeline(path, **scheduler):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, **scheduler)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(path)
+    return unet
+
+
+def test_diffusers_pipeline_in_a_grid(tmp_path):
+    bench.models._CACHE.clear()
+    tiny_pipeline(tmp_path / "pipe", prediction_type="v_prediction")
+    grid = write_grid(tmp_path / "g.yaml", {
+        "name": "diffusers-v", "model": {"kind": "diffusers", "path": str(tmp_path / "pipe")},
+        "eval": {"num_samples": 2, "batch_size": 2, "seeds": "0-1", "threads": 1},
+        "sweeps": [{"solver": ["ddim", "dpm_solver_pp", "euler_maruyama"], "n_steps": 4},
+                   {"solver": "ancestral_sampling", "n_steps": 25}]})
+    out = tmp_path / "out"
+    assert main(["--grid", str(grid), "--out", str(out), "--no-progress", "--no-report"]) == 0
+    records = list(read_records(out).values())
+    assert len(records) == 4 and all(r["status"] == "ok" and r["sde"]["kind"] == "vp" for r in records)
+    # A schedule that discretises no VP SDE is refused when the grid loads, naming it.
+    tiny_pipeline(tmp_path / "cos", beta_schedule="squaredcos_cap_v2")
+    grid = write_grid(tmp_path / "g2.yaml", {
+        "name": "diffusers-cos", "model": {"kind": "diffusers", "path": str(tmp_path / "cos")},
+        "eval": {"num_samples": 2, "batch_size": 2}, "sweeps": [{"solver": "ddim", "n_steps": 4}]})
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(GridError, match=r"beta_schedule 'squaredcos_cap_v2' is not supported.*expected one of: linear"):
+        parse_grid(yaml.safe_load(grid.read_text()), str(grid))
