@@ -52,3 +52,60 @@ def test_round_trip_through_a_saved_pipeline_folder(tmp_path):
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7], dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), from_diffusers(unet)(x, t))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_prediction_types_reproduce_diffusers_ddim_step(prediction_type):
+    """x̂₀ and ε̂ recovered from the score equal diffusers' own conversion: one deterministic DDIM step
+    (DDIMScheduler.step, eta = 0) from the same UNet output, for each prediction type."""
+    unet = small_unet()
+    cfg = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+           "prediction_type": prediction_type}
+    sched = diffusers.DDIMScheduler(**cfg, clip_sample=False)
+    sched.set_timesteps(10)
+    model = from_diffusers(unet, cfg)
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 8, 8)
+    for k in (int(sched.timesteps[2]), int(sched.timesteps[6])):  # 799 (late), 399
+        prev = k - 1000 // 10
+        t = torch.full((2,), k / 999, dtype=torch.float64)
+        assert bool(((t * 999).long() == k).all())  # the label convention lands on table row k
+        with torch.no_grad():
+            ref = sched.step(unet(x, k).sample, k, x, eta=0.0).prev_sample
+            s = model(x, t).double()
+        abar = sched.alphas_cumprod.double()
+        x0 = (x.double() + (1 - abar[k]) * s) / abar[k].sqrt()
+        eps = -(1 - abar[k]).sqrt() * s
+        ours = abar[prev].sqrt() * x0 + (1 - abar[prev]).sqrt() * eps
+        torch.testing.assert_close(ours.float(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_model_folder_and_refused_schedules(tmp_path):
+    unet = small_unet()
+    unet.save_pretrained(tmp_path / "model")
+    model = load_diffusers(tmp_path / "model", scheduler={"prediction_type": "sample"})
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), from_diffusers(unet, {"prediction_type": "sample"})(x, t))
+    for cfg, match in (({"beta_schedule": "scaled_linear"}, "'scaled_linear' is not supported.*quadratic"),
+                       ({"trained_betas": [1e-4] * 1000}, "trained_betas"),
+                       ({"rescale_betas_zero_snr": True}, "zero"),
+                       ({"prediction_type": "flow"}, "prediction_type 'flow'.*epsilon, sample, v_prediction")):
+        with pytest.raises(ValueError, match=match):
+            from_diffusers(unet, cfg)
+    # Learned-variance UNets (2C outputs): the first C channels are the prediction.
+    torch.manual_seed(0)
+    wide = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=2, layers_per_block=1,
+                                 block_out_channels=(32, 64), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    with pytest.raises(ValueError, match="2 output channels for 1 input"):
+        from_diffusers(wide)
+    learned = from_diffusers(wide, {"variance_type": "learned_range"})
+    with torch.no_grad():
+        eps = wide(x, (t * 999).float()).sample[:, :1]
+        std = (1 - diffusers.DDPMScheduler().alphas_cumprod[(t * 999).long()]).sqrt()
+        torch.testing.assert_close(learned(x, t), -eps / std[:, None, None, None].float(), rtol=1e-5, atol=1e-6)
+    (tmp_path / "cond").mkdir()
+    (tmp_path / "cond" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    with pytest.raises(ValueError, match="'UNet2DConditionModel' is not supported; expected one of: UNet2DModel"):
+        load_diffusers(tmp_path / "cond")
