@@ -29,6 +29,8 @@ from solvers import Problem, RecordedNoise, make_sampler
 from solvers.denoiser import data_prediction
 from tests.conftest import require_fixture
 
+pytestmark = pytest.mark.fixtures
+
 NETS = {"A": "A_vp_ddpmpp", "B": "B_edm_ddpmpp"}
 
 
