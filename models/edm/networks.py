@@ -19,6 +19,16 @@ from models.edm.layers import Conv2d, FourierEmbedding, GroupNorm, Linear, Posit
 __all__ = ["SongUNet", "DhariwalUNet", "UNETS"]
 
 
+def _decoder_entry(dec: nn.ModuleDict, res: int, channels: int, lowest: bool, block: dict) -> None:
+    """The blocks that open a decoder level: at the lowest resolution two middle blocks (the first with
+    attention), elsewhere one upsampling block."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+
+
 class SongUNet(nn.Module):
     """DDPM++ (``embedding_type='positional'``, ``encoder_type='standard'``, filter [1, 1]) and NCSN++
     (``'fourier'``, ``channel_mult_noise=2``, ``'residual'``, filter [1, 3, 3, 1]).
@@ -80,11 +90,7 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+            _decoder_entry(self.dec, res, cout, level == len(channel_mult) - 1, block)
             for i in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 attn = i == num_blocks and res in attn_resolutions
@@ -177,11 +183,7 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+            _decoder_entry(self.dec, res, cout, level == len(channel_mult) - 1, block)
             for i in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 self.dec[f"{res}x{res}_block{i}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
