@@ -33,7 +33,7 @@ downloaded. Sections (each prints one JSON line; one failing section does not hi
 
 Usage::
 
-    python scripts/gpu_check.py --out gpu_check.jsonl      # one GPU: full sizes, budget 420 s (< 8 min)
+    python scripts/gpu_check.py --out gpu_check.jsonl      # one GPU: full sizes, budget 400 s (< 8 min)
     python scripts/gpu_check.py --smoke                    # CPU, tiny sizes, well under a minute
     python scripts/gpu_check.py --sections forward,ratio   # some sections only
 
@@ -274,10 +274,17 @@ class Context:
 
 def run_bench(grid: Path, out: Path, *extra: str) -> tuple[int, list[dict]]:
     """``python -m bench.run`` in this process (warm device, same model objects); (exit code, records)."""
+    import io
+
     from bench.records import read_records
     from bench.run import main as bench_main
 
-    code = bench_main(["--grid", str(grid), "--out", str(out), "--no-progress", "--no-report", *extra])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = bench_main(["--grid", str(grid), "--out", str(out), "--no-progress", "--no-report", *extra])
+    sys.stderr.write(err.getvalue())
+    if code == 2:  # the grid was refused (e.g. a renamed sampler option): nothing ran
+        raise RuntimeError(f"bench.run refused {grid}: {err.getvalue().strip()[-500:]}")
     return code, list(read_records(out).values())
 
 
@@ -508,11 +515,15 @@ def section_bf16(ctx: Context) -> dict:
     x32_other, _, _ = sample("float32", b)
     flat32 = x32.flatten(1)
 
+    def image(x: Tensor) -> Tensor:  # in the data range, non-finite values replaced (and counted apart)
+        lo, hi = model.data_range
+        return torch.nan_to_num(x, nan=0.5 * (lo + hi), posinf=hi, neginf=lo).clamp(lo, hi)
+
     def per_sample(x: Tensor) -> dict:
         d = (x.flatten(1) - flat32)
         rel = d.norm(dim=1) / flat32.norm(dim=1)
-        q = quantize_uint8(x.clamp(*model.data_range), model.data_range)
-        q32 = quantize_uint8(x32.clamp(*model.data_range), model.data_range)
+        q = quantize_uint8(image(x), model.data_range)
+        q32 = quantize_uint8(image(x32), model.data_range)
         return {"max_abs": float(d.abs().max()), "rel_rms_median": float(rel.median()),
                 "rel_rms_max": float(rel.max()), "uint8_pixels_changed": float((q != q32).float().mean())}
 
@@ -522,9 +533,9 @@ def section_bf16(ctx: Context) -> dict:
               "nonfinite": {"float32": int((~torch.isfinite(x32)).sum()), "bf16": int((~torch.isfinite(x16)).sum())},
               "float32_rerun_vs_float32": per_sample(x32_again), "bf16_vs_float32": per_sample(x16),
               "feature_space": features.name,
-              "fd": {"bf16_vs_float32": frechet(features, x16, x32),
-                     "float32_rerun_vs_float32": frechet(features, x32_again, x32),
-                     "float32_other_seeds_vs_float32": frechet(features, x32_other, x32)}}
+              "fd": {"bf16_vs_float32": frechet(features, image(x16), image(x32)),
+                     "float32_rerun_vs_float32": frechet(features, image(x32_again), image(x32)),
+                     "float32_other_seeds_vs_float32": frechet(features, image(x32_other), image(x32))}}
     try:
         from bench.metrics.inception import InceptionFeatures
 
@@ -533,7 +544,7 @@ def section_bf16(ctx: Context) -> dict:
         result["inception"] = f"not used: {' '.join(str(e).split())[:160]}"
     else:
         def incep(x: Tensor) -> Tensor:
-            return inception(quantize_uint8(x.clamp(*model.data_range), model.data_range))
+            return inception(quantize_uint8(image(x), model.data_range))
 
         result["fd_inception"] = {"bf16_vs_float32": frechet(incep, x16, x32),
                                   "float32_other_seeds_vs_float32": frechet(incep, x32_other, x32)}
@@ -685,23 +696,34 @@ def section_compile(ctx: Context) -> dict:
                 rows.append({"network": network, "batch": batch, "skipped": f"time budget ({ctx.left():.0f} s left, "
                                                                            f"a compile takes ~{need:.0f} s)"})
                 continue
-            x = torch.randn(batch, *model.shape, device=ctx.device)
-            labels = labels_at(model, 0.5, batch, ctx.device)
-            with torch.no_grad():
-                sync(ctx.device)
-                t0 = time.perf_counter()
-                acc(x, labels)
-                sync(ctx.device)
-                first_s = time.perf_counter() - t0
-                sec, reps = time_calls(lambda acc=acc, x=x, labels=labels: acc(x, labels), ctx.device, cfg.cell_s,
-                                       min_reps=cfg.min_reps)
-            longest = max(longest, first_s)
-            eager = ctx.results.get("forward_ms", {}).get((network, batch, "bf16_channels_last"))
-            rows.append({"network": network, "batch": batch, "backend": cfg.compile_backend, "first_call_s": first_s,
-                         "ms": sec * 1e3, "reps": reps, "eager_bf16_channels_last_ms": eager,
-                         "speedup_vs_eager": eager / (sec * 1e3) if eager else None})
+            try:
+                row = _compiled_forward(ctx, network, acc, batch)
+            except Exception as e:  # one network failing to compile must not hide the others
+                row = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}
+            longest = max(longest, row.get("first_call_s", 0.0))
+            rows.append({"network": network, "batch": batch, "backend": cfg.compile_backend, **row})
         model.net.to(memory_format=torch.contiguous_format)
-    return {"variant": "bf16_channels_last_compile", "rows": rows}
+    failures = [f"{r['network']} batch {r['batch']}: {r['error']}" for r in rows if "error" in r]
+    return {"variant": "bf16_channels_last_compile", "rows": rows, "failures": failures}
+
+
+def _compiled_forward(ctx: Context, network: str, acc: AcceleratedNet, batch: int) -> dict:
+    """First call (the compile) and steady time of the compiled network; its output against eager."""
+    model = ctx.model(network)
+    x = torch.randn(batch, *model.shape, device=ctx.device)
+    labels = labels_at(model, 0.5, batch, ctx.device)
+    with torch.no_grad():
+        sync(ctx.device)
+        t0 = time.perf_counter()
+        out = acc(x, labels)
+        sync(ctx.device)
+        first_s = time.perf_counter() - t0
+        sec, reps = time_calls(lambda: acc(x, labels), ctx.device, ctx.config.cell_s, min_reps=ctx.config.min_reps)
+        ref = AcceleratedNet(model.net, Acceleration(autocast="bf16", channels_last=True))(x, labels).float()
+    eager = ctx.results.get("forward_ms", {}).get((network, batch, "bf16_channels_last"))
+    return {"first_call_s": first_s, "ms": sec * 1e3, "reps": reps, "eager_bf16_channels_last_ms": eager,
+            "speedup_vs_eager": eager / (sec * 1e3) if eager else None,
+            "rel_err_vs_eager": float((out.float() - ref).norm() / ref.norm())}
 
 
 SECTIONS: dict[str, Callable[[Context], dict]] = {
@@ -734,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="every section on CPU at tiny sizes (the CI test)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda; cpu with --smoke)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of: {', '.join(SECTIONS)}")
-    p.add_argument("--budget-s", type=float, default=None, help="time budget in seconds (default: 420; smoke 120)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help=f"time budget in seconds (default: {FULL.budget_s:g}; smoke {SMOKE.budget_s:g})")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     p.add_argument("--workdir", default=None, help="scratch folder for grids and records (default: a temp folder)")
     return p

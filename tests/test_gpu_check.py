@@ -20,15 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_check", module)  # dataclasses look their module up while it executes
+    sys.modules.setdefault(name, module)  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 
 
-gpu_check = _load_script()
+gpu_check = _load_script("gpu_check")
+gpu_report = _load_script("gpu_report")
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,18 @@ def test_compile_section(smoke):
     assert {(r["network"], r["batch"]) for r in rows} == {
         (n, b) for n in gpu_check.SMOKE.compile_networks for b in gpu_check.SMOKE.batches}
     assert all(r["first_call_s"] > 0 and r["ms"] > 0 and r["backend"] == "eager" for r in rows)
+    assert all(r["rel_err_vs_eager"] < 1e-6 for r in rows)  # the eager backend runs the same kernels
+
+
+def test_report_renders_every_section(smoke):
+    _, lines, _, _ = smoke
+    text = gpu_report.render(list(lines.values()))
+    for name in gpu_check.SECTIONS:
+        assert f"### {name} (" in text
+    assert "SMOKE (CPU, tiny sizes: not a measurement)" in text and "All sections ok: yes" in text
+    forward_rows = [t for t in text.splitlines() if t.startswith("| ncsnpp_deep | ")]
+    assert len(forward_rows) == len(gpu_check.SMOKE.batches) * len(gpu_check.VARIANTS)
+    assert "| likelihood | ok |" in text
 
 
 def test_flop_count_equals_the_layers_formulas():
