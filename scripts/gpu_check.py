@@ -297,9 +297,9 @@ def run_bench(grid: Path, out: Path, *extra: str) -> tuple[int, list[dict]]:
     return code, list(read_records(out).values())
 
 
-def limit_seconds(ctx: Context, model: NetworkScore, batch: int, nfe: int, backward: bool = False) -> float:
-    """The network limit of a run with ``nfe`` evaluations at ``batch``: a loop of
-    ``config.limit_calls`` bare forwards (each with one VJP when ``backward``), scaled to ``nfe``."""
+def forward_seconds(ctx: Context, model: NetworkScore, batch: int, backward: bool = False) -> float:
+    """Seconds per bare forward ``net(x, labels)`` at ``batch`` (with one VJP when ``backward``), from a
+    loop of ``config.limit_calls`` of them: NFE times this is the network limit of a run."""
     x = torch.randn(batch, *model.shape, device=ctx.device)
     labels = labels_at(model, 0.5, batch, ctx.device)
     v = torch.randn_like(x)
@@ -312,9 +312,9 @@ def limit_seconds(ctx: Context, model: NetworkScore, batch: int, nfe: int, backw
             with torch.no_grad():
                 model.net(x, labels)
 
-    k = max(1, min(nfe, ctx.config.limit_calls))
+    k = ctx.config.limit_calls
     per_call, _ = time_calls(call, ctx.device, target_s=0.0, warmup=1, min_reps=k, max_reps=k)
-    return per_call * nfe
+    return per_call
 
 
 # --- sections --------------------------------------------------------------------------------
@@ -435,12 +435,14 @@ def section_ratio(ctx: Context) -> dict:
 
 def _sampler_ratio(ctx: Context, model: NetworkScore, solver: str, options: dict) -> dict:
     """One run of ``solver`` through ``bench.run`` with the limit timed right before and after it."""
-    cfg, b = ctx.config, ctx.config.batch
-    before = limit_seconds(ctx, model, b, cfg.limit_calls) / cfg.limit_calls
+    b = ctx.config.batch
+    before = forward_seconds(ctx, model, b)
     code, records = run_bench(ctx.grid(f"ratio_{solver}", [{"solver": solver, **options}]),
                               ctx.workdir / f"ratio_{solver}")
-    after = limit_seconds(ctx, model, b, cfg.limit_calls) / cfg.limit_calls
-    (rec,) = records
+    after = forward_seconds(ctx, model, b)
+    if len(records) != 1:
+        raise RuntimeError(f"bench.run (exit code {code}) wrote {len(records)} records, expected 1")
+    rec = records[0]
     nfe, forward_s = rec["nfe"], (before + after) / 2
     return {"solver": solver, "options": options, "batch": b, "status": rec["status"], "message": rec["message"][:200],
             "nfe": nfe, "sampling_s": rec["sampling_time_s"], "forward_ms": forward_s * 1e3,
@@ -460,13 +462,14 @@ def _likelihood_ratio(ctx: Context, model: NetworkScore) -> dict:
     lo, hi = model.data_range
     x = lo + (hi - lo) * torch.rand(b, *model.shape, device=ctx.device, generator=g)
     problem = Problem(model)
-    lik(problem, x[:2], SeededNoise(range(2), device=ctx.device))  # warm-up
+    lik(problem, x[:2], SeededNoise(range(2), device=ctx.device))  # warm-up of the solver's own code
+    before = forward_seconds(ctx, model, b, backward=True)  # and of the backward at this batch
     sync(ctx.device)
     t0 = time.perf_counter()
     res = lik(problem, x, SeededNoise(range(b), device=ctx.device))
     sync(ctx.device)
     solve_s = time.perf_counter() - t0
-    per_call = limit_seconds(ctx, model, b, cfg.limit_calls, backward=True) / cfg.limit_calls
+    per_call = (before + forward_seconds(ctx, model, b, backward=True)) / 2
     return {"solver": "likelihood", "options": dataclasses.asdict(lik), "batch": b, "status": str(res.status),
             "nfe": res.nfe, "n_vjp": res.n_vjp, "sampling_s": solve_s, "forward_backward_ms": per_call * 1e3,
             "limit_s": res.nfe * per_call, "ratio": solve_s / (res.nfe * per_call), "target": TARGETS["likelihood"],
