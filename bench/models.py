@@ -28,8 +28,8 @@ import torch
 
 from models.sde import make_sde
 
-__all__ = ["MODEL_KINDS", "ModelKind", "check_model_section", "load_score_model", "RunScore", "resolve_path",
-           "CKPT_ENV"]
+__all__ = ["MODEL_KINDS", "ModelKind", "ModelFacts", "check_model_section", "describe_model", "load_score_model",
+           "RunScore", "resolve_path", "CKPT_ENV"]
 
 CKPT_ENV = "SCOREBENCH_CKPT_DIR"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -93,11 +93,83 @@ def _checkpoint(section: dict, device: str, dtype: torch.dtype):
 def _check_checkpoint(section: dict, files: bool = True) -> None:
     if not isinstance(section.get("path"), str):
         raise ValueError(f"field 'path' (the checkpoint file) must be a string, got {section.get('path')!r}")
-    if files and resolve_path(section["path"], CKPT_ENV) is None:
+    if section.get("weights", "ema") not in ("ema", "raw"):
+        raise ValueError(f"field 'weights' must be one of: ema, raw; got {section['weights']!r}")
+    path = resolve_path(section["path"], CKPT_ENV)
+    if files and path is None:
         data = (section.get("data") or {}).get("dataset", "<dataset>")
         raise FileNotFoundError(
             f"checkpoint {section['path']!r} not found (nor under ${CKPT_ENV}); train one with "
             f"`python -m models.train --data {data} --sde vp --out {section['path']}` or fix the path")
+    if files:
+        _peek(path, "checkpoint")
+
+
+def _peek(path: Path, kind: str) -> dict:
+    """The checkpoint dict at ``path`` (tensors memory-mapped where the file allows, so a large file
+    costs little), checked to be of ``kind`` ('checkpoint': the project's format, 'official': score_sde's)
+    before anything runs: an empty, garbage or other-kind file is a ValueError naming the right kind."""
+    from models.checkpoint_io import FORMAT, CheckpointError, read_checkpoint
+
+    key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, kind)
+    if key in _PEEKED:
+        return _PEEKED[key]
+    if kind == "checkpoint":
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as e:
+            raise ValueError(f"{e}{'; use kind: official' if 'official score_sde' in str(e) else ''}") from e
+    else:
+        try:
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # not a zip archive: no memory map
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # empty, truncated, not a torch file, or objects outside the allowed set
+            raise ValueError(f"{path}: cannot read as a torch checkpoint "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+            raise ValueError(f"{path} is a scorebench checkpoint, not an official score_sde one; use kind: checkpoint "
+                             f"with path: {path}")
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+            got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise ValueError(f"{path} is not an official score_sde checkpoint: expected a dict with 'model' "
+                             f"(and 'ema'), got {got}")
+    _PEEKED[key] = ckpt
+    return ckpt
+
+
+_PEEKED: dict[tuple, dict] = {}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model section determines before its network is loaded, for the checks at grid load."""
+
+    shape: tuple[int, ...]  # one sample
+    sde: object  # the model's own SDE (T, eps)
+
+
+def _describe_mixture(section: dict, files: bool = True) -> ModelFacts:
+    del files
+    model = _mixture(section, "cpu", torch.float64)
+    return ModelFacts(tuple(model.shape), model.sde)
+
+
+def _describe_checkpoint(section: dict, files: bool = True) -> ModelFacts | None:
+    path = resolve_path(section["path"], CKPT_ENV)
+    if not files or path is None:
+        return None
+    spec = _peek(path, "checkpoint")["spec"]
+    return ModelFacts(tuple(spec["shape"]), make_sde(**spec["sde"]))
+
+
+def _describe_official(section: dict, files: bool = True) -> ModelFacts:
+    del files
+    from models.configs import get_config
+
+    config = get_config(section["config"])
+    return ModelFacts(tuple(config.shape), make_sde(**config.sde))
 
 
 # --- official score_sde checkpoints ---------------------------------------------------------
@@ -127,6 +199,8 @@ def _check_official(section: dict, files: bool = True) -> None:
         raise FileNotFoundError(
             f"official checkpoint {ckpt!r} not found{where}; download {section['config']}/checkpoint_<n>.pth "
             f"from the score_sde_pytorch Google Drive folder ({OFFICIAL_CHECKPOINTS_URL})")
+    if files:
+        _peek(resolve_path(ckpt, CKPT_ENV), "official")
 
 
 # --- user callables -------------------------------------------------------------------------
@@ -155,13 +229,16 @@ class ModelKind:
     keys: tuple[str, ...]  # the kind's own keys in a model section
     check: Callable[..., None]  # check(section, files): raises ValueError / FileNotFoundError
     load: Callable[[dict, str, torch.dtype], object]
+    # describe(section, files) -> ModelFacts | None: shape and SDE without loading the network (None: unknown)
+    describe: Callable[..., ModelFacts | None] | None = None
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
     "mixture": ModelKind(("sde", "means", "stds", "std", "weights", "shape", "components", "scale", "seed",
-                          "data_range"), _check_mixture, _mixture),
-    "checkpoint": ModelKind(("path", "weights"), _check_checkpoint, _checkpoint),
-    "official": ModelKind(("checkpoint", "config", "ema", "overrides"), _check_official, _official),
+                          "data_range"), _check_mixture, _mixture, _describe_mixture),
+    "checkpoint": ModelKind(("path", "weights"), _check_checkpoint, _checkpoint, _describe_checkpoint),
+    "official": ModelKind(("checkpoint", "config", "ema", "overrides"), _check_official, _official,
+                          _describe_official),
     "callable": ModelKind(("target", "options"), _check_callable, _callable),
 }
 
@@ -169,6 +246,12 @@ MODEL_KINDS: dict[str, ModelKind] = {
 def check_model_section(section: dict, files: bool = True) -> None:
     """Check a model section (names valid; with ``files``, its files exist); loads nothing heavy."""
     MODEL_KINDS[section["kind"]].check(section, files)
+
+
+def describe_model(section: dict, files: bool = True) -> ModelFacts | None:
+    """The sample shape and SDE of a checked model section, where known without loading the network."""
+    describe = MODEL_KINDS[section["kind"]].describe
+    return describe(section, files) if describe is not None else None
 
 
 class RunScore:
