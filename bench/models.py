@@ -303,11 +303,21 @@ def accelerate(model, accel: dict):
 _CACHE: dict[tuple, object] = {}
 
 
+def _file_state(section: dict) -> tuple | None:
+    """(path, size, mtime) of a section's checkpoint, so a replaced file is never served from the cache."""
+    name = section.get("path") if section.get("kind") == "checkpoint" else section.get("checkpoint")
+    path = resolve_path(name, CKPT_ENV) if isinstance(name, str) else None
+    if path is None:
+        return None
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32"):
     """Load (once per process) the model of a section, on ``device`` in ``dtype``."""
     from bench.grid import canonical
 
-    key = (canonical(section), str(device), dtype)
+    key = (canonical(section), _file_state(section), str(device), dtype)
     if key not in _CACHE:
         if len(_CACHE) >= 2:  # a worker keeps at most two models in memory
             _CACHE.pop(next(iter(_CACHE)))
