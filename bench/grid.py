@@ -234,6 +234,8 @@ def _seeds(where: _Where, v: Any, n: int) -> str:
     if isinstance(v, str) and "--" in v or isinstance(v, int) and not isinstance(v, bool) and v < 0 or \
             isinstance(v, str) and v.strip().startswith("-"):
         raise where.error(f"field 'seeds' must be non-negative integers (like '0-999'), got {v!r}")
+    if _seed_count(v) > MAX_SAMPLES:  # before expanding: '0-999999999999' is a list of 10^12 ints
+        raise where.error(f"field 'seeds' gives {_seed_count(v):.3g} seeds; at most {MAX_SAMPLES:.0e}, got {v!r}")
     try:
         seeds = parse_seeds(v)
     except (TypeError, ValueError) as e:
@@ -247,6 +249,20 @@ def _seeds(where: _Where, v: Any, n: int) -> str:
     if len(seeds) < n:
         raise where.error(f"field 'seeds' gives {len(seeds)} seeds but num_samples is {n}")
     return seed_string(seeds[:n])
+
+
+def _seed_count(v: Any) -> int:
+    """How many seeds a 'lo-hi,...' string names, without expanding it (0 where it does not parse)."""
+    if not isinstance(v, str):
+        return 0
+    total = 0
+    for part in v.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            total += max(int(hi) - int(lo) + 1, 0) if sep else 1
+        except ValueError:
+            return 0
+    return total
 
 
 def seed_string(seeds: list[int]) -> str:
@@ -414,7 +430,7 @@ def _parse_prior(where: _Where, v: Any) -> dict:
         where.choice("prior.covariance", d["covariance"], ("full", "diag"))
     for key in ("steps", "num_data", "copies"):
         if key in d:
-            where.positive_int(f"prior.{key}", d[key])
+            where.positive_int(f"prior.{key}", d[key], at_most=MAX_STEPS if key == "steps" else MAX_SAMPLES)
     if kind == "file":
         if not isinstance(d.get("path"), str):
             raise where.error("prior of kind 'file' needs a 'path'")

@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except (GridError, ValueError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while validating or hashing: nothing was written
+        print(f"{grid_path}: stopped by SIGINT while loading the grid; nothing written", file=sys.stderr)
+        return 128 + signal.SIGINT
     out = Path(args.out) if args.out else Path("results") / grid.name
     if args.dry_run:
         print(dry_run_table(grid, out))

@@ -25,29 +25,14 @@ from bench.grid import load_grid
 from bench.records import read_records, write_record
 from bench.report import build_report
 from bench.run import main
-from models.gaussian import GaussianMixture
-from models.sde import make_sde
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "models" / "weights"
 MIXTURE = {"kind": "mixture", "means": [[-0.5, 0.0], [0.5, 0.0]], "std": 0.1, "sde": {"kind": "vp"}}
 
 
-class NaNOrSlowMixture(GaussianMixture):
-    """A 2-D exact mixture score that sleeps ``delay`` s per call, or returns NaN (``nan``)."""
-
-    def __init__(self, delay: float = 0.0, nan: bool = False) -> None:
-        super().__init__(torch.tensor([[-0.5, 0.0], [0.5, 0.0]]), 0.1, make_sde("vp"))
-        self.delay, self.nan = delay, nan
-
-    def __call__(self, x, t):
-        time.sleep(self.delay)
-        s = super().__call__(x, t)
-        return s * float("nan") if self.nan else s
-
-
-def nan_or_slow(**options) -> NaNOrSlowMixture:
-    return NaNOrSlowMixture(**options)
+# A 2-D exact mixture score that sleeps `delay` s per call, or returns NaN (`nan`): tests/test_resume.py's.
+SLOW_OR_NAN = "tests.test_resume:slow_model"
 
 
 def write_grid(path: Path, models: dict | None = None, sweeps: list | None = None, **top) -> Path:
@@ -136,15 +121,28 @@ def test_replaced_checkpoint_is_a_new_run(capsys, tmp_path):
     assert second["sde"]["kind"] == "subvp"  # the new model's samples, not the old ones kept
 
 
-def test_prior_file_and_classifier_hashed(tmp_path):
-    from bench.hashing import file_sha256
+def test_every_input_file_hashed(tmp_path):
+    """Checkpoint, prior file, classifier weights and statistics, and the dataset split bpd reads."""
+    from bench.hashing import dataset_sha256, file_sha256
+    from models.fitted_priors import MomentPrior, save_prior
 
-    grid = write_grid(tmp_path / "g.yaml", models={"m": {"kind": "checkpoint", "path": str(WEIGHTS / "digits_vp.pt")}},
-                      sweeps=[{"solver": "pf_euler", "n_steps": 3, "metrics": ["fd_digits"]}])
+    prior = save_prior(MomentPrior.fit(torch.randn(64, 1, 8, 8, dtype=torch.float64), T=1.0), tmp_path / "p.pt")
+    grid = write_grid(tmp_path / "g.yaml", models={"m": {"kind": "checkpoint", "path": str(WEIGHTS / "digits_vp.pt"),
+                                                         "data": {"dataset": "digits"}}},
+                      sweeps=[{"solver": "pf_euler", "n_steps": 3, "metrics": ["fd_digits", "bpd"],
+                               "prior": {"kind": "file", "path": str(prior)}}])
     (run,) = load_grid(grid).runs
-    assert set(run.inputs) == {"checkpoint", "fd_digits:classifier", "fd_digits:train_stats"}
-    assert run.inputs["checkpoint"] == file_sha256(WEIGHTS / "digits_vp.pt")
-    assert "inputs" in run.identity()
+    assert run.inputs == {"checkpoint": file_sha256(WEIGHTS / "digits_vp.pt"), "prior_file": file_sha256(prior),
+                          "fd_digits:classifier": file_sha256(WEIGHTS.parent.parent / "bench/metrics/weights/"
+                                                              "digits_cnn.pt"),
+                          "fd_digits:train_stats": file_sha256(WEIGHTS.parent.parent / "bench/metrics/weights/"
+                                                               "digits_cnn_train_stats.npz"),
+                          "dataset:digits/test": dataset_sha256("digits", "test")}
+    assert run.inputs["prior_file"] == hashlib.sha256(prior.read_bytes()).hexdigest()
+    assert run.identity()["inputs"] == run.inputs
+    save_prior(MomentPrior.fit(torch.randn(64, 1, 8, 8, dtype=torch.float64) + 1, T=1.0), prior)  # replaced
+    (again,) = load_grid(grid).runs
+    assert again.run_id != run.run_id and again.inputs["prior_file"] != run.inputs["prior_file"]
 
 
 # --- 3. batch-coupled samplers are declared in identity, record and dry-run -------------------------
@@ -186,6 +184,10 @@ CASES = {
                             ["field 'seeds' must be non-negative"]),
     "negative seed in a list": (dict(eval={"num_samples": 2, "batch_size": 2, "seeds": [3, -1]}), "eval",
                                 ["field 'seeds' must be non-negative", "-1"]),
+    "10^12 seeds": (dict(eval={"num_samples": 4, "batch_size": 4, "seeds": "0-999999999999"}), "eval",
+                    ["field 'seeds' gives 1e+12 seeds; at most 1e+08"]),
+    "10^12 samples": (dict(eval={"num_samples": 10**12, "batch_size": 4}), "eval",
+                      ["field 'num_samples' must be at most 1e+08"]),
     "duplicate seeds": (dict(eval={"num_samples": 3, "batch_size": 3, "seeds": [0, 1, 1]}), "eval",
                         ["field 'seeds' repeats seed 1"]),
     "torchsde seed 'abc'": (dict(sweeps=[{"solver": "torchsde", "n_steps": 4, "seed": "abc"}]), "sweeps[0]",
@@ -247,7 +249,7 @@ def test_non_utf8_grid_names_the_file(capsys, tmp_path):
 # --- 5. exit status of a rerun that skips failed records -------------------------------------------
 def test_failed_earlier_exits_1_and_says_how_to_retry(capsys, tmp_path):
     grid = write_grid(tmp_path / "g.yaml", models={
-        "good": MIXTURE, "bad": {"kind": "callable", "target": f"{__name__}:nan_or_slow", "options": {"nan": True}}})
+        "good": MIXTURE, "bad": {"kind": "callable", "target": SLOW_OR_NAN, "options": {"nan": True}}})
     out = tmp_path / "out"
     code, lines = run_cli(capsys, grid, out, "--no-report")
     assert code == 1 and "2 ran (1 ok, 1 failed)" in lines[-1], lines
@@ -262,7 +264,7 @@ def test_failed_earlier_exits_1_and_says_how_to_retry(capsys, tmp_path):
 # --- 6. SIGINT / SIGTERM: one line, report rebuilt from what finished, 130 / 143 ---------------------
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_cleanly(tmp_path, sig):
-    model = {"kind": "callable", "target": "tests.test_hostile_input:nan_or_slow", "options": {"delay": 0.02}}
+    model = {"kind": "callable", "target": SLOW_OR_NAN, "options": {"delay": 0.02}}
     grid = write_grid(tmp_path / "g.yaml", models={"m": model}, sweeps=[{"solver": "pf_euler",
                                                                           "n_steps": list(range(10, 22))}])
     out = tmp_path / "out"
