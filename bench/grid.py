@@ -231,8 +231,9 @@ def _metrics(where: _Where, v: Any, what: str = "metrics") -> tuple[str, ...]:
 def _seeds(where: _Where, v: Any, n: int) -> str:
     if v is None:
         return f"0-{n - 1}"
-    if isinstance(v, str) and "--" in v or isinstance(v, int) and not isinstance(v, bool) and v < 0 or \
-            isinstance(v, str) and v.strip().startswith("-"):
+    negative = any(p.strip().startswith("-") or "--" in p for p in v.split(",")) if isinstance(v, str) else \
+        isinstance(v, int) and not isinstance(v, bool) and v < 0
+    if negative:  # parse_seeds would read '-5-3' as a range with an empty bound
         raise where.error(f"field 'seeds' must be non-negative integers (like '0-999'), got {v!r}")
     if _seed_count(v) > MAX_SAMPLES:  # before expanding: '0-999999999999' is a list of 10^12 ints
         raise where.error(f"field 'seeds' gives {_seed_count(v):.3g} seeds; at most {MAX_SAMPLES:.0e}, got {v!r}")
@@ -243,9 +244,11 @@ def _seeds(where: _Where, v: Any, n: int) -> str:
     bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
     if bad:
         raise where.error(f"field 'seeds' must be non-negative integers below 2^63, got {bad[0]!r}")
-    if len(set(seeds)) != len(seeds):
-        dup = next(s for i, s in enumerate(seeds) if s in seeds[:i])
-        raise where.error(f"field 'seeds' repeats seed {dup} (each sample needs its own seed)")
+    seen: set[int] = set()
+    for s in seeds:
+        if s in seen:
+            raise where.error(f"field 'seeds' repeats seed {s} (each sample needs its own seed)")
+        seen.add(s)
     if len(seeds) < n:
         raise where.error(f"field 'seeds' gives {len(seeds)} seeds but num_samples is {n}")
     return seed_string(seeds[:n])
@@ -436,8 +439,16 @@ def _parse_prior(where: _Where, v: Any) -> dict:
             raise where.error("prior of kind 'file' needs a 'path'")
         from bench.models import resolve_path
 
-        if resolve_path(d["path"]) is None:
+        found = resolve_path(d["path"])
+        if found is None:
             raise where.error(f"prior file {d['path']!r} not found (write one with models.fitted_priors.save_prior)")
+        from models.fitted_priors import load_prior
+
+        try:  # a weights_only load of a small file: an empty or foreign file is refused before anything runs
+            load_prior(found)
+        except Exception as e:
+            raise where.error(f"field 'prior.path': {found} is not a readable prior file "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     return d
 
 

@@ -106,9 +106,10 @@ def _check_checkpoint(section: dict, files: bool = True) -> None:
 
 
 def _peek(path: Path, kind: str) -> dict:
-    """The checkpoint dict at ``path`` (tensors memory-mapped where the file allows, so a large file
-    costs little), checked to be of ``kind`` ('checkpoint': the project's format, 'official': score_sde's)
-    before anything runs: an empty, garbage or other-kind file is a ValueError naming the right kind."""
+    """``{'spec': ...}`` of the checkpoint at ``path``, checked before anything runs to be of ``kind``
+    ('checkpoint': the project's format, 'official': score_sde's): an empty, garbage or other-kind file
+    is a ValueError naming the right kind. Read with ``weights_only=True``, tensors memory-mapped
+    where the file allows, so a large official checkpoint costs little; only the spec is kept."""
     from models.checkpoint_io import FORMAT, CheckpointError, read_checkpoint
 
     key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, kind)
@@ -135,8 +136,8 @@ def _peek(path: Path, kind: str) -> dict:
             got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"{path} is not an official score_sde checkpoint: expected a dict with 'model' "
                              f"(and 'ema'), got {got}")
-    _PEEKED[key] = ckpt
-    return ckpt
+    _PEEKED[key] = {"spec": ckpt.get("spec")}  # what the load-time checks read; the weights are let go
+    return _PEEKED[key]
 
 
 _PEEKED: dict[tuple, dict] = {}

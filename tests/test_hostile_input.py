@@ -188,6 +188,8 @@ CASES = {
                     ["field 'seeds' gives 1e+12 seeds; at most 1e+08"]),
     "10^12 samples": (dict(eval={"num_samples": 10**12, "batch_size": 4}), "eval",
                       ["field 'num_samples' must be at most 1e+08"]),
+    "negative seed after a comma": (dict(eval={"num_samples": 2, "batch_size": 2, "seeds": "0,-3"}), "eval",
+                                    ["field 'seeds' must be non-negative"]),
     "duplicate seeds": (dict(eval={"num_samples": 3, "batch_size": 3, "seeds": [0, 1, 1]}), "eval",
                         ["field 'seeds' repeats seed 1"]),
     "torchsde seed 'abc'": (dict(sweeps=[{"solver": "torchsde", "n_steps": 4, "seed": "abc"}]), "sweeps[0]",
@@ -237,6 +239,13 @@ def test_bad_checkpoint_files(capsys, tmp_path, content, kind, needle):
     line = assert_refused(capsys, tmp_path, grid, "models.m", needle)
     if kind == "checkpoint" and content == "official-file":
         assert "use kind: official" in line
+
+
+def test_bad_prior_file(capsys, tmp_path):
+    (tmp_path / "p.pt").write_bytes(b"")
+    grid = write_grid(tmp_path / "g.yaml", sweeps=[{"solver": "pf_euler", "n_steps": 3,
+                                                    "prior": {"kind": "file", "path": str(tmp_path / "p.pt")}}])
+    assert_refused(capsys, tmp_path, grid, "sweeps[0]", "field 'prior.path'", "is not a readable prior file")
 
 
 def test_non_utf8_grid_names_the_file(capsys, tmp_path):
