@@ -120,24 +120,33 @@ class TorchSDE(FixedGridSampler):
     midpoint) or 10 (srk, torchsde's SRID2 for diagonal noise), plus 1–2 start-up calls.
     SDEs: VE, VP, sub-VP. ``reusable_path`` (default) makes one Brownian path shared by every step
     count (torchsde's halfway tree; ~10–30 ms per step of overhead at batch 16–64 on 3×32×32 CPU
-    data); turn it off for speed. Each sample has its own Brownian path (:class:`PerSampleBrownian`),
-    its entropy the noise source's seed of that sample, so sample i is the same at any batch size
-    (the per-row intervals cost ~B times torchsde's per-step overhead). ``seed`` (a non-negative
-    integer) is mixed into every row's entropy, giving another set of paths for the same seeds.
+    data); turn it off for speed. With ``per_sample_path`` (default) each sample has its own Brownian
+    path (:class:`PerSampleBrownian`), its entropy the noise source's seed of that sample, so sample i
+    is the same at any batch size; the per-row intervals multiply torchsde's per-step overhead (2–4×
+    at batch 16–64 on 3×32×32, docs/performance.md). ``per_sample_path=False`` draws one path for the
+    whole batch (torchsde's own layout, entropy ``seed`` or the first sample's seed): faster, but the
+    samples then depend on the batch (``batch_invariant`` False). ``seed`` (a non-negative integer)
+    is mixed into every row's entropy, giving another set of paths for the same seeds.
     """
 
     method: str = "euler"
     seed: int | None = None
     reusable_path: bool = True
+    per_sample_path: bool = True
 
     conventions: ClassVar[tuple[str, ...]] = ("grid",)
-    batch_invariant: ClassVar[bool] = True  # per-sample Brownian paths
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether sample i is the same at any batch size: with one Brownian path per sample."""
+        return self.per_sample_path
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(type(self).__name__, "method", self.method, tuple(TORCHSDE_METHODS))
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise ValueError(f"TorchSDE: seed must be a non-negative integer or null, got {self.seed!r}")
+        check_choice(type(self).__name__, "per_sample_path", self.per_sample_path, (False, True))
         if self.schedule != "uniform":
             raise ValueError(f"TorchSDE: torchsde steps with a fixed dt; schedule must be 'uniform', "
                              f"got {self.schedule!r}")
@@ -162,9 +171,14 @@ class TorchSDE(FixedGridSampler):
         # reusable_path: a halfway tree, so the path does not depend on the query points and the same path
         # is integrated at every step count (costlier: each query descends ~log2(1/tol) levels).
         tree = {"halfway_tree": True, "tol": 1e-7} if self.reusable_path else {}
-        bm = PerSampleBrownian(row_entropies(noise, y0.shape[0], self.seed), y0.shape[1], t0=0.0,
-                               t1=(T - eps) * (1 + 1e-6), dtype=y0.dtype, device=y0.device,
-                               levy_area_approximation=levy, **tree)
+        interval = {"t0": 0.0, "t1": (T - eps) * (1 + 1e-6), "dtype": y0.dtype, "device": y0.device,
+                    "levy_area_approximation": levy, **tree}
+        entropies = row_entropies(noise, y0.shape[0], self.seed)
+        if self.per_sample_path:
+            bm = PerSampleBrownian(entropies, y0.shape[1], **interval)
+        else:  # one path for the batch: its entropy is seed, else the first sample's seed
+            bm = torchsde.BrownianInterval(size=y0.shape, entropy=self.seed if self.seed is not None else
+                                           entropies[0], **interval)
         ts = torch.tensor([0.0, T - eps], dtype=y0.dtype, device=y0.device)
         rsde = _ReversedSDE(problem, tuple(x_init.shape), sde_type)
         with torch.no_grad():

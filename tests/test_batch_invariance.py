@@ -51,7 +51,8 @@ def test_batch_16_vs_64(name):
                                          ("torchdiffeq_ode", {"per_sample": True}),
                                          ("torchdiffeq_ode", {"method": "rk4", "n_steps": 8}),
                                          ("torchsde", {"method": "srk", "seed": 7}),
-                                         ("torchsde", {"reusable_path": False})])
+                                         ("torchsde", {"reusable_path": False}),
+                                         ("torchsde", {"per_sample_path": False})])
 def test_batch_16_vs_64_variants(name, extra):
     _check(name, **extra)
 
@@ -59,6 +60,7 @@ def test_batch_16_vs_64_variants(name, extra):
 def test_declarations():
     """The three samplers whose batch coupling issue 14 measured: what they declare now."""
     assert make_sampler("torchsde").batch_invariant
+    assert not make_sampler("torchsde", per_sample_path=False).batch_invariant
     assert not make_sampler("scipy_ode").batch_invariant and make_sampler("scipy_ode", per_sample=True).batch_invariant
     assert not make_sampler("torchdiffeq_ode").batch_invariant
     assert make_sampler("torchdiffeq_ode", per_sample=True).batch_invariant
