@@ -102,7 +102,10 @@ def _check_checkpoint(section: dict, files: bool = True) -> None:
             f"checkpoint {section['path']!r} not found (nor under ${CKPT_ENV}); train one with "
             f"`python -m models.train --data {data} --sde vp --out {section['path']}` or fix the path")
     if files:
-        _peek(path, "checkpoint")
+        try:
+            _peek(path, "checkpoint")
+        except ValueError as e:
+            raise ValueError(f"field 'path': {e}") from e
 
 
 def _peek(path: Path, kind: str) -> dict:
@@ -201,7 +204,10 @@ def _check_official(section: dict, files: bool = True) -> None:
             f"official checkpoint {ckpt!r} not found{where}; download {section['config']}/checkpoint_<n>.pth "
             f"from the score_sde_pytorch Google Drive folder ({OFFICIAL_CHECKPOINTS_URL})")
     if files:
-        _peek(resolve_path(ckpt, CKPT_ENV), "official")
+        try:
+            _peek(resolve_path(ckpt, CKPT_ENV), "official")
+        except ValueError as e:
+            raise ValueError(f"field 'checkpoint': {e}") from e
 
 
 # --- user callables -------------------------------------------------------------------------

@@ -236,7 +236,8 @@ def test_bad_checkpoint_files(capsys, tmp_path, content, kind, needle):
     section = {"kind": "checkpoint", "path": str(ck)} if kind == "checkpoint" else \
         {"kind": "official", "checkpoint": str(ck), "config": "vp/cifar10_ddpmpp_continuous"}
     grid = write_grid(tmp_path / "g.yaml", models={"m": section})
-    line = assert_refused(capsys, tmp_path, grid, "models.m", needle)
+    field = "field 'path'" if kind == "checkpoint" else "field 'checkpoint'"
+    line = assert_refused(capsys, tmp_path, grid, "models.m", f"{field}: {ck}", needle)
     if kind == "checkpoint" and content == "official-file":
         assert "use kind: official" in line
 
