@@ -42,6 +42,11 @@ RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "lik
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
                     "max_steps", "h_init")
+# Upper bounds on counts that size allocations (a time grid of 10^12 steps is 8 TB), checked at load.
+MAX_STEPS = 10**6
+COUNT_OPTIONS = ("n_steps", "steps_per_level", "corrector_steps", "num_scales")
+MAX_SAMPLES = 10**8
+MAX_SEED = 2**63 - 1
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
                 "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {}}
 
@@ -84,7 +89,9 @@ class EvalSpec:
 class RunSpec:
     """One cell of a sweep: everything that determines its result (device excluded).
 
-    ``identity()`` is the canonical dict hashed into ``run_id``; ``device`` and ``timeout_s`` are
+    ``identity()`` is the canonical dict hashed into ``run_id``: the spec, the content hashes of the
+    files the run reads (``inputs``) and, for a batch-coupled sampler, ``batch_invariant: false`` beside
+    the batch size and seeds that fix the batches' composition. ``device`` and ``timeout_s`` are
     carried but do not change a run's identity.
     """
 
@@ -104,6 +111,11 @@ class RunSpec:
     dtype: str
     metrics: tuple[str, ...]
     likelihood: dict = field(default_factory=dict)  # ProbabilityFlowLikelihood options for 'bpd'
+    # {role: sha256} of every file the result depends on (bench.hashing.run_inputs): part of the identity.
+    inputs: dict = field(default_factory=dict)
+    # False: the sampler couples the samples of a batch, so the batch composition (batch_size, seeds)
+    # is part of the result; True: sample i is the same at any batch size.
+    batch_invariant: bool = True
     device: str = "auto"
     timeout_s: float | None = None
     save_samples: int = 64
@@ -114,7 +126,9 @@ class RunSpec:
         uses_data = bool({"bpd", "fid", "kid"} & set(self.metrics))  # fd_* and exact metrics ship their references
         # Mixed precision changes the numbers; channels_last, compile and batch splitting do not.
         autocast = self.accel.get("autocast", "none")
-        return ({"autocast": autocast} if autocast != "none" else {}) | {
+        return ({"autocast": autocast} if autocast != "none" else {}) | (
+                {"inputs": self.inputs} if self.inputs else {}) | (
+                {} if self.batch_invariant else {"batch_invariant": False}) | {
                 "model": self.model, "data": self.data if uses_data else {}, "solver": self.solver,
                 "options": self.options, "T": self.T, "eps": self.eps, "prior": self.prior,
                 "num_samples": self.num_samples, "batch_size": self.batch_size, "seeds": self.seeds,
@@ -148,6 +162,7 @@ class GridSpec:
     eval: EvalSpec
     sweeps: tuple[dict, ...]
     runs: tuple[RunSpec, ...] = field(default_factory=tuple)
+    model_facts: dict = field(default_factory=dict)  # name -> bench.models.ModelFacts, or None
 
 
 # --- small checkers --------------------------------------------------------------------------
@@ -171,9 +186,20 @@ class _Where:
             raise self.error(f"unknown key {unknown[0]!r} in {what}; expected one of: {', '.join(valid)}")
         return d
 
-    def positive_int(self, name: str, v: Any) -> int:
+    def positive_int(self, name: str, v: Any, at_most: int | None = None) -> int:
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise self.error(f"field {name!r} must be a positive integer, got {v!r}")
+        if at_most is not None and v > at_most:
+            raise self.error(f"field {name!r} must be at most {at_most:.0e}, got {v!r}")
+        return v
+
+    def name(self, field_name: str, v: Any) -> str:
+        """A value that becomes part of a file name (bench.safety.check_name)."""
+        from bench.safety import check_name
+
+        why = check_name(v)
+        if why is not None:
+            raise self.error(f"field {field_name!r} {why}")
         return v
 
     def positive(self, name: str, v: Any) -> float:
@@ -205,13 +231,41 @@ def _metrics(where: _Where, v: Any, what: str = "metrics") -> tuple[str, ...]:
 def _seeds(where: _Where, v: Any, n: int) -> str:
     if v is None:
         return f"0-{n - 1}"
+    negative = any(p.strip().startswith("-") or "--" in p for p in v.split(",")) if isinstance(v, str) else \
+        isinstance(v, int) and not isinstance(v, bool) and v < 0
+    if negative:  # parse_seeds would read '-5-3' as a range with an empty bound
+        raise where.error(f"field 'seeds' must be non-negative integers (like '0-999'), got {v!r}")
+    if _seed_count(v) > MAX_SAMPLES:  # before expanding: '0-999999999999' is a list of 10^12 ints
+        raise where.error(f"field 'seeds' gives {_seed_count(v):.3g} seeds; at most {MAX_SAMPLES:.0e}, got {v!r}")
     try:
         seeds = parse_seeds(v)
     except (TypeError, ValueError) as e:
         raise where.error(f"field 'seeds' must be like '0-999', an int or a list of ints, got {v!r} ({e})") from e
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise where.error(f"field 'seeds' must be non-negative integers below 2^63, got {bad[0]!r}")
+    seen: set[int] = set()
+    for s in seeds:
+        if s in seen:
+            raise where.error(f"field 'seeds' repeats seed {s} (each sample needs its own seed)")
+        seen.add(s)
     if len(seeds) < n:
         raise where.error(f"field 'seeds' gives {len(seeds)} seeds but num_samples is {n}")
     return seed_string(seeds[:n])
+
+
+def _seed_count(v: Any) -> int:
+    """How many seeds a 'lo-hi,...' string names, without expanding it (0 where it does not parse)."""
+    if not isinstance(v, str):
+        return 0
+    total = 0
+    for part in v.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            total += max(int(hi) - int(lo) + 1, 0) if sep else 1
+        except ValueError:
+            return 0
+    return total
 
 
 def seed_string(seeds: list[int]) -> str:
@@ -236,7 +290,7 @@ def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalS
         if v is not None:
             raw[k] = v
     d = {**DEFAULT_EVAL, **raw}
-    n = where.positive_int("num_samples", d["num_samples"])
+    n = where.positive_int("num_samples", d["num_samples"], at_most=MAX_SAMPLES)
     bs = where.positive_int("batch_size", d["batch_size"])
     seeds = _seeds(where, d["seeds"], n)
     timeout = d["timeout_s"]
@@ -276,6 +330,13 @@ def _parse_data(where: _Where, raw: Any) -> dict:
     for k in ("dataset", "root", "split", "fid_split", "mode", "ref_path", "inception"):
         if k in d and not isinstance(d[k], str):
             raise where.error(f"field {k!r} must be a string, got {d[k]!r}")
+    for k in ("split", "fid_split"):  # part of reference-statistics file names
+        if k in d:
+            where.name(k, d[k])
+    if "mode" in d:
+        from bench.metrics.assets import MODES
+
+        where.choice("mode", d["mode"], MODES)
     if "dataset" in d:
         from models.datasets import DATASETS
 
@@ -300,6 +361,7 @@ def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) 
     out = {}
     for name, section in sections.items():
         w = where.at(f"models.{name}" if "models" in raw else "model")
+        w.name("model name" if "models" in raw else "name", str(name))  # it names plot files
         if not isinstance(section, dict):
             raise w.error(f"must be a mapping, got {section!r}")
         kind = w.choice("model kind", section.get("kind"), tuple(MODEL_KINDS))
@@ -313,9 +375,40 @@ def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) 
         try:
             check_model_section(section, files)
         except (TypeError, ValueError, FileNotFoundError) as e:
-            raise w.error(str(e)) from e
+            raise w.error(" ".join(str(e).split())) from e
         out[str(name)] = section
     return out
+
+
+def _model_facts(where: _Where, models: dict, files: bool) -> dict:
+    """name -> bench.models.ModelFacts (shape, SDE) where known without loading a network."""
+    from bench.models import describe_model
+
+    facts = {}
+    for name, section in models.items():
+        try:
+            facts[name] = describe_model({k: v for k, v in section.items() if k not in ("metrics", "data")}, files)
+        except (TypeError, ValueError, KeyError) as e:
+            raise where.at(f"models.{name}").error(" ".join(str(e).split())) from e
+    return facts
+
+
+def _metric_applies(metric: str, kind: str, shape: tuple[int, ...] | None) -> str | None:
+    """Why ``metric`` cannot apply to a model of ``kind`` with samples of ``shape``, or None."""
+    from bench.metrics.classifier import CLASSIFIERS
+
+    if metric in ("fd_exact", "sw2_exact", "loglik_exact"):
+        return None if kind in ("mixture", "callable") else "it needs an exact mixture model (kind: mixture)"
+    if shape is None:
+        return None
+    shown = "x".join(map(str, shape))
+    if metric in ("fd_digits", "fd_fashion"):
+        size = CLASSIFIERS[metric.removeprefix("fd_")]["arch"]["size"]
+        if tuple(shape) != (1, size, size):
+            return f"its classifier reads 1x{size}x{size} images; the model's samples are {shown}"
+    if metric in ("fid", "kid") and not (len(shape) == 3 and shape[0] in (1, 3)):
+        return f"it needs images of 1 or 3 channels (CxHxW); the model's samples are {shown}"
+    return None
 
 
 def _parse_prior(where: _Where, v: Any) -> dict:
@@ -340,14 +433,22 @@ def _parse_prior(where: _Where, v: Any) -> dict:
         where.choice("prior.covariance", d["covariance"], ("full", "diag"))
     for key in ("steps", "num_data", "copies"):
         if key in d:
-            where.positive_int(f"prior.{key}", d[key])
+            where.positive_int(f"prior.{key}", d[key], at_most=MAX_STEPS if key == "steps" else MAX_SAMPLES)
     if kind == "file":
         if not isinstance(d.get("path"), str):
             raise where.error("prior of kind 'file' needs a 'path'")
         from bench.models import resolve_path
 
-        if resolve_path(d["path"]) is None:
+        found = resolve_path(d["path"])
+        if found is None:
             raise where.error(f"prior file {d['path']!r} not found (write one with models.fitted_priors.save_prior)")
+        from models.fitted_priors import load_prior
+
+        try:  # a weights_only load of a small file: an empty or foreign file is refused before anything runs
+            load_prior(found)
+        except Exception as e:
+            raise where.error(f"field 'prior.path': {found} is not a readable prior file "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     return d
 
 
@@ -382,6 +483,19 @@ def _check_time(where: _Where, T: Any, eps: Any) -> None:
             raise where.error(f"field 'T' must be in (eps={lo:g}, 1], got {T!r}")
 
 
+def _check_run_time(where: _Where, name: str, sde, T: Any, eps: Any) -> None:
+    """``T`` and ``eps`` against the SDE of model ``name``: eps < T <= the SDE's T, as the run's SDE needs."""
+    T_run = sde.T if T is None else float(T)
+    eps_run = sde.eps if eps is None else float(eps)
+    if not eps_run < T_run:
+        if T is None:
+            raise where.error(f"field 'eps' must be below T={sde.T:g} (model {name!r}), got {eps!r}")
+        src = f"eps={eps_run:g}" if eps is not None else f"the SDE's default eps={sde.eps:g} (model {name!r})"
+        raise where.error(f"field 'T' must be above {src}, got {T!r}; set a smaller 'eps' or a larger 'T'")
+    if T_run > sde.T:
+        raise where.error(f"field 'T' must be at most the SDE's T={sde.T:g} (model {name!r}), got {T!r}")
+
+
 def expand_entry(where: _Where, entry: dict) -> list[dict]:
     """The cartesian product of an entry's list-valued keys (``metrics`` is not an axis)."""
     axes = {k: v for k, v in entry.items() if isinstance(v, list) and k != "metrics"}
@@ -395,7 +509,8 @@ def expand_entry(where: _Where, entry: dict) -> list[dict]:
     return cells
 
 
-def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, ev: EvalSpec) -> list[RunSpec]:
+def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, ev: EvalSpec,
+                   facts: dict | None = None) -> list[RunSpec]:
     solver = cell.get("solver")
     if solver is None:
         raise where.error(f"missing field 'solver'; expected one of: {', '.join(SAMPLERS)}")
@@ -407,13 +522,16 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
             raise where.error(f"unknown option {k!r} for solver {solver!r}; expected one of: {', '.join(valid)}")
         if k in POSITIVE_OPTIONS and v is not None:
             if k in ("n_steps", "steps_per_level", "corrector_steps", "max_steps"):
-                where.positive_int(k, v)
+                where.positive_int(k, v, at_most=MAX_STEPS if k in COUNT_OPTIONS else None)
             else:
                 where.positive(k, v)
+        if k in COUNT_OPTIONS and _is_number(v) and v > MAX_STEPS:
+            where.positive_int(k, v, at_most=MAX_STEPS)
     try:
-        make_sampler(solver, **options)
+        sampler = make_sampler(solver, **options)
     except (TypeError, ValueError) as e:
         raise where.error(f"solver {solver!r}: {e}") from e
+    batch_invariant = bool(getattr(sampler, "batch_invariant", True))
     T, eps = cell.get("T"), cell.get("eps")
     _check_time(where, T, eps)
     step_rule = cell.get("step_rule")
@@ -441,11 +559,19 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         else:
             metrics = ev.metrics
         model = {k: v for k, v in section.items() if k not in ("metrics", "data")}
+        fact = (facts or {}).get(name)
+        if fact is not None:
+            _check_run_time(where, name, fact.sde, T, eps)
+        for m in metrics:
+            why = _metric_applies(m, model["kind"], None if fact is None else fact.shape)
+            if why is not None:
+                raise where.error(f"metric {m!r} cannot apply to model {name!r}: {why}")
         runs.append(RunSpec(grid=grid, entry=i, model_name=name, model=model, data=section["data"], solver=solver,
                             options=options, T=None if T is None else float(T),
                             eps=None if eps is None else float(eps), prior=prior, num_samples=ev.num_samples,
                             batch_size=ev.batch_size, seeds=ev.seeds, dtype=ev.dtype, metrics=metrics,
                             likelihood=likelihood if "bpd" in metrics else {}, device=ev.device,
+                            batch_invariant=batch_invariant,
                             timeout_s=ev.timeout_s, save_samples=ev.save_samples,
                             threads=ev.threads, accel=ev.accel))
     return runs
@@ -458,7 +584,7 @@ def expand(spec: GridSpec) -> tuple[RunSpec, ...]:
     for i, entry in enumerate(spec.sweeps):
         w = where.at(f"sweeps[{i}]")
         for cell in expand_entry(w, entry):
-            for run in _run_from_cell(w, spec.name, i, cell, spec.models, spec.eval):
+            for run in _run_from_cell(w, spec.name, i, cell, spec.models, spec.eval, spec.model_facts):
                 if run.run_id not in seen:
                     seen.add(run.run_id)
                     runs.append(run)
@@ -480,8 +606,7 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None, fi
     where = _Where(path)
     where.keys(raw, TOP_KEYS, "the grid")
     name = raw.get("name")
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise where.error(f"field 'name' must be a non-empty string without '/', got {name!r}")
+    where.name("name", name)  # the default results folder is results/<name>
     eval_raw = dict(raw.get("eval") or {})
     if "metrics" in raw:
         eval_raw.setdefault("metrics", raw["metrics"])
@@ -494,8 +619,22 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None, fi
     for i, entry in enumerate(sweeps):
         if not isinstance(entry, dict):
             raise where.at(f"sweeps[{i}]").error(f"must be a mapping, got {entry!r}")
-    spec = GridSpec(name=name, path=path, models=models, data=data, eval=ev, sweeps=tuple(sweeps))
-    return dataclasses.replace(spec, runs=expand(spec))
+    spec = GridSpec(name=name, path=path, models=models, data=data, eval=ev, sweeps=tuple(sweeps),
+                    model_facts=_model_facts(where, models, files))
+    return dataclasses.replace(spec, runs=_with_inputs(expand(spec)))
+
+
+def _with_inputs(runs: tuple[RunSpec, ...]) -> tuple[RunSpec, ...]:
+    """Each run with the content hashes of the files it reads (bench.hashing; once per file)."""
+    from bench.hashing import run_inputs
+
+    out, seen = [], set()
+    for run in runs:
+        run = run.replace(inputs=run_inputs(run.model, run.data, run.prior, run.metrics))
+        if run.run_id not in seen:
+            seen.add(run.run_id)
+            out.append(run)
+    return tuple(out)
 
 
 def load_grid(path: str | Path, overrides: dict | None = None, files: bool = True) -> GridSpec:
@@ -505,7 +644,14 @@ def load_grid(path: str | Path, overrides: dict | None = None, files: bool = Tru
     if not path.is_file():
         raise GridError(f"{shown}: grid file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GridError(f"{shown}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        f"save the grid as UTF-8 YAML") from e
+    except OSError as e:
+        raise GridError(f"{shown}: cannot read the grid file ({e.strerror})") from e
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -31,8 +31,8 @@ import torch
 from bench import model_kinds
 from models.sde import make_sde
 
-__all__ = ["MODEL_KINDS", "ModelKind", "check_model_section", "load_score_model", "RunScore", "resolve_path",
-           "CKPT_ENV"]
+__all__ = ["MODEL_KINDS", "ModelKind", "ModelFacts", "check_model_section", "describe_model", "load_score_model",
+           "RunScore", "resolve_path", "CKPT_ENV"]
 
 CKPT_ENV = "SCOREBENCH_CKPT_DIR"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -96,11 +96,87 @@ def _checkpoint(section: dict, device: str, dtype: torch.dtype):
 def _check_checkpoint(section: dict, files: bool = True) -> None:
     if not isinstance(section.get("path"), str):
         raise ValueError(f"field 'path' (the checkpoint file) must be a string, got {section.get('path')!r}")
-    if files and resolve_path(section["path"], CKPT_ENV) is None:
+    if section.get("weights", "ema") not in ("ema", "raw"):
+        raise ValueError(f"field 'weights' must be one of: ema, raw; got {section['weights']!r}")
+    path = resolve_path(section["path"], CKPT_ENV)
+    if files and path is None:
         data = (section.get("data") or {}).get("dataset", "<dataset>")
         raise FileNotFoundError(
             f"checkpoint {section['path']!r} not found (nor under ${CKPT_ENV}); train one with "
             f"`python -m models.train --data {data} --sde vp --out {section['path']}` or fix the path")
+    if files:
+        try:
+            _peek(path, "checkpoint")
+        except ValueError as e:
+            raise ValueError(f"field 'path': {e}") from e
+
+
+def _peek(path: Path, kind: str) -> dict:
+    """``{'spec': ...}`` of the checkpoint at ``path``, checked before anything runs to be of ``kind``
+    ('checkpoint': the project's format, 'official': score_sde's): an empty, garbage or other-kind file
+    is a ValueError naming the right kind. Read with ``weights_only=True``, tensors memory-mapped
+    where the file allows, so a large official checkpoint costs little; only the spec is kept."""
+    from models.checkpoint_io import FORMAT, CheckpointError, read_checkpoint
+
+    key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, kind)
+    if key in _PEEKED:
+        return _PEEKED[key]
+    if kind == "checkpoint":
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as e:
+            raise ValueError(f"{e}{'; use kind: official' if 'official score_sde' in str(e) else ''}") from e
+    else:
+        try:
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # not a zip archive: no memory map
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # empty, truncated, not a torch file, or objects outside the allowed set
+            raise ValueError(f"{path}: cannot read as a torch checkpoint "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+            raise ValueError(f"{path} is a scorebench checkpoint, not an official score_sde one; use kind: checkpoint "
+                             f"with path: {path}")
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+            got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise ValueError(f"{path} is not an official score_sde checkpoint: expected a dict with 'model' "
+                             f"(and 'ema'), got {got}")
+    _PEEKED[key] = {"spec": ckpt.get("spec")}  # what the load-time checks read; the weights are let go
+    return _PEEKED[key]
+
+
+_PEEKED: dict[tuple, dict] = {}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model section determines before its network is loaded, for the checks at grid load."""
+
+    shape: tuple[int, ...]  # one sample
+    sde: object  # the model's own SDE (T, eps)
+
+
+def _describe_mixture(section: dict, files: bool = True) -> ModelFacts:
+    del files
+    model = _mixture(section, "cpu", torch.float64)
+    return ModelFacts(tuple(model.shape), model.sde)
+
+
+def _describe_checkpoint(section: dict, files: bool = True) -> ModelFacts | None:
+    path = resolve_path(section["path"], CKPT_ENV)
+    if not files or path is None:
+        return None
+    spec = _peek(path, "checkpoint")["spec"]
+    return ModelFacts(tuple(spec["shape"]), make_sde(**spec["sde"]))
+
+
+def _describe_official(section: dict, files: bool = True) -> ModelFacts:
+    del files
+    from models.configs import get_config
+
+    config = get_config(section["config"])
+    return ModelFacts(tuple(config.shape), make_sde(**config.sde))
 
 
 # --- official score_sde checkpoints ---------------------------------------------------------
@@ -130,6 +206,11 @@ def _check_official(section: dict, files: bool = True) -> None:
         raise FileNotFoundError(
             f"official checkpoint {ckpt!r} not found{where}; download {section['config']}/checkpoint_<n>.pth "
             f"from the score_sde_pytorch Google Drive folder ({OFFICIAL_CHECKPOINTS_URL})")
+    if files:
+        try:
+            _peek(resolve_path(ckpt, CKPT_ENV), "official")
+        except ValueError as e:
+            raise ValueError(f"field 'checkpoint': {e}") from e
 
 
 # --- user callables -------------------------------------------------------------------------
@@ -158,13 +239,16 @@ class ModelKind:
     keys: tuple[str, ...]  # the kind's own keys in a model section
     check: Callable[..., None]  # check(section, files): raises ValueError / FileNotFoundError
     load: Callable[[dict, str, torch.dtype], object]
+    # describe(section, files) -> ModelFacts | None: shape and SDE without loading the network (None: unknown)
+    describe: Callable[..., ModelFacts | None] | None = None
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
     "mixture": ModelKind(("sde", "means", "stds", "std", "weights", "shape", "components", "scale", "seed",
-                          "data_range"), _check_mixture, _mixture),
-    "checkpoint": ModelKind(("path", "weights"), _check_checkpoint, _checkpoint),
-    "official": ModelKind(("checkpoint", "config", "ema", "overrides"), _check_official, _official),
+                          "data_range"), _check_mixture, _mixture, _describe_mixture),
+    "checkpoint": ModelKind(("path", "weights"), _check_checkpoint, _checkpoint, _describe_checkpoint),
+    "official": ModelKind(("checkpoint", "config", "ema", "overrides"), _check_official, _official,
+                          _describe_official),
     "edm": ModelKind(model_kinds.EDM_KEYS, model_kinds.check_edm, model_kinds.load_edm_section),
     "diffusers": ModelKind(model_kinds.DIFFUSERS_KEYS, model_kinds.check_diffusers, model_kinds.load_diffusers_section),
     "callable": ModelKind(("target", "options"), _check_callable, _callable),
@@ -174,6 +258,12 @@ MODEL_KINDS: dict[str, ModelKind] = {
 def check_model_section(section: dict, files: bool = True) -> None:
     """Check a model section (names valid; with ``files``, its files exist); loads nothing heavy."""
     MODEL_KINDS[section["kind"]].check(section, files)
+
+
+def describe_model(section: dict, files: bool = True) -> ModelFacts | None:
+    """The sample shape and SDE of a checked model section, where known without loading the network."""
+    describe = MODEL_KINDS[section["kind"]].describe
+    return describe(section, files) if describe is not None else None
 
 
 class RunScore:
@@ -225,11 +315,21 @@ def accelerate(model, accel: dict):
 _CACHE: dict[tuple, object] = {}
 
 
+def _file_state(section: dict) -> tuple | None:
+    """(path, size, mtime) of a section's checkpoint, so a replaced file is never served from the cache."""
+    name = section.get("path") if section.get("kind") == "checkpoint" else section.get("checkpoint")
+    path = resolve_path(name, CKPT_ENV) if isinstance(name, str) else None
+    if path is None:
+        return None
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32"):
     """Load (once per process) the model of a section, on ``device`` in ``dtype``."""
     from bench.grid import canonical
 
-    key = (canonical(section), str(device), dtype)
+    key = (canonical(section), _file_state(section), str(device), dtype)
     if key not in _CACHE:
         if len(_CACHE) >= 2:  # a worker keeps at most two models in memory
             _CACHE.pop(next(iter(_CACHE)))

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.records import RUNS_DIR, read_records, samples_path
+from bench.safety import file_component, inside
 
 __all__ = ["build_report", "family", "pareto_front", "flatten", "main"]
 
@@ -125,7 +126,8 @@ def _plot(out: Path, model: str, rows: list[dict], y: str, ylabel: str, lower: b
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    path = out / "plots" / f"{y.replace('_time_s', '')}_vs_nfe_{model}.png"
+    # Records are data: the model key and metric name are made safe before they become a file name.
+    path = inside(out, out / "plots" / file_component(f"{y.replace('_time_s', '')}_vs_nfe_{model}.png"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -207,7 +209,7 @@ def build_report(out: str | Path) -> dict:
     pngs = []
     for r in records:
         src = samples_path(out, r["run_id"])
-        dest = out / "samples" / f"{r['run_id']}.png"
+        dest = inside(out, out / "samples" / file_component(f"{r['run_id']}.png"))
         if src.is_file() and (not dest.is_file() or dest.stat().st_mtime < src.stat().st_mtime):
             pngs.append(sample_png(r, src, dest))
     return {"runs_csv": out / "runs.csv", "summary_csv": out / "summary.csv",

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -389,20 +390,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dry_run_table(grid: GridSpec, out: Path) -> str:
+    """The expanded runs; ``batch_invariant`` says whether a run's samples depend on its batches (then
+    the batch size and seeds are part of its result and identity)."""
     records = read_records(out)
-    rows = [("run_id", "model", "solver", "options", "T", "metrics", "samples", "batch", "status")]
+    rows = [("run_id", "model", "solver", "options", "T", "metrics", "samples", "batch", "batch_invariant",
+             "status")]
     for r in grid.runs:
         opts = " ".join(f"{k}={v}" for k, v in sorted(r.options.items()))
         rec = records.get(r.run_id)
         rows.append((r.run_id, r.model_name, r.solver, opts, "" if r.T is None else f"{r.T:g}",
-                     ",".join(r.metrics), str(r.num_samples), str(r.batch_size), rec["status"] if rec else "todo"))
+                     ",".join(r.metrics), str(r.num_samples), str(r.batch_size),
+                     "true" if r.batch_invariant else "false", rec["status"] if rec else "todo"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines) + f"\n{len(grid.runs)} runs of grid {grid.name!r} -> {out}"
+    coupled = sum(not r.batch_invariant for r in grid.runs)
+    note = f" ({coupled} batch-dependent: their samples depend on batch size and seeds)" if coupled else ""
+    return "\n".join(lines) + f"\n{len(grid.runs)} runs of grid {grid.name!r}{note} -> {out}"
+
+
+class Stopped(BaseException):
+    """SIGTERM (or SIGINT) asked the sweep to stop; a BaseException, so no run records it as its failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    del frame
+    raise Stopped(signum)
+
+
+def _stop_cleanly(grid: GridSpec, out: Path, signum: int, report: bool) -> int:
+    """After SIGINT/SIGTERM: one line, the report rebuilt from the records that finished, 128 + signum."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while rebuilding ends it at once
+        signal.signal(sig, signal.SIG_DFL)
+    done = [r for r in read_records(out).values() if r.get("grid") == grid.name]
+    what = "no report (--no-report)"
+    if report and done:
+        from bench.report import build_report
+
+        build_report(out)
+        what = "report rebuilt"
+    elif report:
+        what = "no records to report"
+    print(f"{grid.name}: stopped by {signal.Signals(signum).name}; {len(done)} of {len(grid.runs)} runs have a "
+          f"record (the run in progress was dropped, rerun to resume), {what} -> {out}", file=sys.stderr)
+    return 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns 0 (all runs ok), 1 (some run failed) or 2 (bad input, nothing written)."""
+    """CLI entry point; returns 0 (every run of the grid ok), 1 (some run failed, now or in an earlier
+    invocation), 2 (bad input, nothing written), 130 / 143 (stopped by SIGINT / SIGTERM: the records
+    that finished are kept and the report rebuilt from them)."""
     args = build_parser().parse_args(argv)
     grid_path = args.grid or str(DEFAULT_GRID)
     overrides = {"num_samples": args.samples, "batch_size": args.batch_size, "device": args.device}
@@ -413,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except (GridError, ValueError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while validating or hashing: nothing was written
+        print(f"{grid_path}: stopped by SIGINT while loading the grid; nothing written", file=sys.stderr)
+        return 128 + signal.SIGINT
     out = Path(args.out) if args.out else Path("results") / grid.name
     if args.dry_run:
         print(dry_run_table(grid, out))
@@ -423,12 +466,23 @@ def main(argv: list[str] | None = None) -> int:
         if not ray_available():
             print("error: --executor ray needs Ray: pip install 'scorebench[ray]'", file=sys.stderr)
             return 2
-    counts = run_grid(grid, out, args.executor, args.address, args.retry_failed,
-                      progress=False if args.no_progress else None, report=not args.no_report)
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        counts = run_grid(grid, out, args.executor, args.address, args.retry_failed,
+                          progress=False if args.no_progress else None, report=not args.no_report)
+    except KeyboardInterrupt:
+        return _stop_cleanly(grid, out, signal.SIGINT, not args.no_report)
+    except Stopped as e:
+        return _stop_cleanly(grid, out, e.signum, not args.no_report)
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _raise_stopped:
+            signal.signal(signal.SIGTERM, previous)
+    failed = counts["failed"] + counts["skipped_failed"]
+    retry = f"; {failed} not ok: rerun with --retry-failed to retry them" if failed else ""
     print(f"{grid.name}: {counts['ran']} ran ({counts['ok']} ok, {counts['failed']} failed), "
-          f"{counts['skipped_ok']} already ok, {counts['skipped_failed']} failed earlier (use --retry-failed) "
+          f"{counts['skipped_ok']} already ok, {counts['skipped_failed']} failed earlier{retry} "
           f"-> {out}", file=sys.stderr)
-    return 1 if counts["failed"] else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

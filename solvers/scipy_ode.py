@@ -23,9 +23,39 @@ __all__ = ["ScipyProbabilityFlow", "ScipyResult", "integrate_scipy", "SCIPY_METH
 
 # method → (order, right-hand-side evaluations per attempted step). Explicit methods only: the implicit
 # ones (Radau, BDF, LSODA) would estimate a (B·D)×(B·D) Jacobian by finite differences. Each solve
-# also makes 2 start-up evaluations (f(t0, y0) and one inside the initial step selection).
+# also makes 2 start-up evaluations (f(t0, y0) and one inside the initial step selection). The
+# evaluations per step are documentation and a test's expectation; attempted steps are counted.
 SCIPY_METHODS: dict[str, tuple[int, int]] = {"RK23": (3, 3), "RK45": (5, 6), "DOP853": (8, 12)}
 SCIPY_STARTUP_NFE = 2
+
+
+class _CountsAttempts:
+    """Counts attempted and rejected steps where SciPy decides them: each attempt of an explicit
+    Runge–Kutta step estimates its error norm once, and SciPy rejects the attempt when it is >= 1."""
+
+    n_attempted = 0
+    n_rejected = 0
+
+    def _estimate_error_norm(self, K, h, scale):
+        norm = super()._estimate_error_norm(K, h, scale)
+        self.n_attempted += 1
+        self.n_rejected += int(not norm < 1)
+        return norm
+
+
+class _RK23(_CountsAttempts, scipy.integrate.RK23):
+    pass
+
+
+class _RK45(_CountsAttempts, scipy.integrate.RK45):
+    pass
+
+
+class _DOP853(_CountsAttempts, scipy.integrate.DOP853):
+    pass
+
+
+_COUNTING_SOLVERS = {"RK23": _RK23, "RK45": _RK45, "DOP853": _DOP853}
 
 
 @dataclass
@@ -35,7 +65,8 @@ class ScipyResult:
     y: Tensor  # [n] float64, state at t1 (on the device of y0)
     nfev: int  # right-hand-side evaluations, as SciPy counts them
     n_accepted: int
-    n_attempted: int  # accepted + rejected, from nfev and the method's stages
+    n_attempted: int  # accepted + rejected, counted at SciPy's error-norm evaluations
+    n_rejected: int  # attempts whose error norm was >= 1
     status: int  # 0 reached t1, -1 failed, 1 stopped by max_steps
     message: str
     t: Tensor  # [n_accepted + 1] float64 accepted times, t0 first
@@ -67,7 +98,7 @@ def integrate_scipy(fun: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: flo
         return dy.detach().to(torch.float64).cpu().numpy()
 
     y_np = y0.detach().to(torch.float64).cpu().numpy().copy()
-    solver = getattr(scipy.integrate, method)(rhs, t0, y_np, t1, rtol=rtol, atol=atol)
+    solver = _COUNTING_SOLVERS[method](rhs, t0, y_np, t1, rtol=rtol, atol=atol)
     ts = [t0]
     status, message = 0, "The solver successfully reached the end of the integration interval."
     while solver.status == "running":
@@ -79,10 +110,9 @@ def integrate_scipy(fun: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: flo
             status, message = -1, str(err)
             break
         ts.append(solver.t)
-    n_stages = SCIPY_METHODS[method][1]
     return ScipyResult(
         y=torch.from_numpy(np.array(solver.y, dtype=np.float64)).to(device), nfev=int(solver.nfev),
-        n_accepted=len(ts) - 1, n_attempted=(int(solver.nfev) - SCIPY_STARTUP_NFE) // n_stages,
+        n_accepted=len(ts) - 1, n_attempted=solver.n_attempted, n_rejected=solver.n_rejected,
         status=status, message=message, t=torch.tensor(ts, dtype=torch.float64))
 
 
@@ -96,10 +126,12 @@ class ScipyProbabilityFlow:
     counter, never from a formula. SDEs: VE, VP, sub-VP. Reference: score_sde ``sampling.py``
     ``get_ode_sampler`` (REFERENCE §1.5).
 
-    As score_sde, the whole batch is one flattened float64 state with one step size, so the NFE and
-    the samples depend on the batch size and composition (``stats.extra['batch_size']`` records it);
-    the drift is evaluated in the model's dtype (the dtype of ``x_init``: float32 as score_sde).
-    ``per_sample=True`` solves each sample alone instead (independent of the batch; NFE per sample in
+    As score_sde, the whole batch is one flattened float64 state with one step size (error norm over
+    the whole batch), so the NFE and the samples depend on the batch size and composition:
+    ``batch_invariant`` is False, which the harness puts in the run's identity and record
+    (``stats.extra['batch_size']`` records the batch). The drift is evaluated in the model's dtype
+    (the dtype of ``x_init``: float32 as score_sde). ``per_sample=True`` solves each sample alone
+    instead (batch-invariant; each sample's NFE counted around its own solve in
     ``stats.nfe_per_sample``, ``stats.nfe`` the total number of calls).
 
     Args:
@@ -124,6 +156,11 @@ class ScipyProbabilityFlow:
 
     order: ClassVar[float] = 5.0
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether sample i is the same at any batch size: only with one solve per sample."""
+        return self.per_sample
+
     def __post_init__(self) -> None:
         name = type(self).__name__
         check_choice(name, "method", self.method, tuple(SCIPY_METHODS))
@@ -145,25 +182,34 @@ class ScipyProbabilityFlow:
         counter = problem.counter
         nfe0, B = counter.nfe, x_init.shape[0]
         if self.per_sample:
-            outs = [self._solve(problem, x_init[i : i + 1]) for i in range(B)]
+            outs, per_nfe = [], []
+            for i in range(B):
+                before = counter.rows
+                outs.append(self._solve(problem, x_init[i : i + 1]))
+                per_nfe.append(counter.rows - before)  # rows evaluated during sample i's own solve
             x = torch.cat([o[0] for o in outs])
             results = [o[1] for o in outs]
         else:
+            before = counter.rows
             x, res = self._solve(problem, x_init)
             results = [res]
+            rows = counter.rows - before  # every call evaluates all B samples
+            per_nfe = [rows // B] * B
         failed = [r for r in results if r.status != 0]
+        rows = counter.rows
         with torch.no_grad():
             x = ode_denoise(problem, x, self.denoise if not failed else "none", self.num_scales)
-        denoise_nfe = int(self.denoise != "none" and not failed)
+        denoise_nfe = (counter.rows - rows) // B
         nfev = [r.nfev for r in results]
-        per = torch.tensor(nfev if self.per_sample else nfev * B, dtype=torch.long) + denoise_nfe
+        per = torch.tensor(per_nfe, dtype=torch.long) + denoise_nfe
         n_acc = sum(r.n_accepted for r in results)
         n_att = sum(r.n_attempted for r in results)
+        n_rej = sum(r.n_rejected for r in results)
         extra = {"nfev": sum(nfev), "batch_size": B, "per_sample": self.per_sample, "method": self.method,
                  "scipy_status": min(r.status for r in results),
                  "scipy_message": results[0].message if not failed else failed[0].message,
                  "denoise_nfe": denoise_nfe}
-        stats = SolveStats(nfe=counter.nfe - nfe0, n_steps=n_att, n_accepted=n_acc, n_rejected=n_att - n_acc,
+        stats = SolveStats(nfe=counter.nfe - nfe0, n_steps=n_att, n_accepted=n_acc, n_rejected=n_rej,
                            nfe_per_sample=per, extra=extra)
         if failed:
             status = Status.MAX_STEPS if all(r.status == 1 for r in failed) else Status.SOLVER_FAILED

@@ -128,7 +128,11 @@ class TorchdiffeqProbabilityFlow:
     included), plus 2 start-up calls (f(T, x_T) and the initial-step selection); fixed-grid methods:
     the stages (euler 1, midpoint 2, rk4 4) and no start-up call. The counted NFE includes every call.
     SDEs: VE, VP, sub-VP. Reference: torchdiffeq ``odeint`` (Chen et al. 2018); the drift and the
-    flattened-batch layout follow score_sde's ODE sampler, so the whole batch shares one step size.
+    flattened-batch layout follow score_sde's ODE sampler, so with an adaptive method the whole batch
+    shares one step size and one error norm: the samples and the NFE then depend on the batch size
+    and composition (``batch_invariant`` False, put in the run's identity and record by the harness).
+    ``per_sample=True`` solves each sample alone (batch-invariant; NFE of each sample counted around
+    its own solve). The fixed-grid methods are batch-invariant either way.
 
     Args:
         method: a key of ``TORCHDIFFEQ_METHODS`` (default 'dopri5').
@@ -138,6 +142,7 @@ class TorchdiffeqProbabilityFlow:
             drift is always evaluated in ``x_init``'s dtype (the model's).
         denoise, num_scales: as :class:`~solvers.scipy_ode.ScipyProbabilityFlow`.
         max_steps: attempted-step limit of the adaptive methods (Status.SOLVER_FAILED beyond it).
+        per_sample: one solve per sample instead of one for the flattened batch.
     """
 
     method: str = "dopri5"
@@ -148,10 +153,12 @@ class TorchdiffeqProbabilityFlow:
     denoise: str = "none"
     num_scales: int = 1000
     max_steps: int = 100_000
+    per_sample: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         check_choice(name, "method", self.method, tuple(TORCHDIFFEQ_METHODS))
+        check_choice(name, "per_sample", self.per_sample, (False, True))
         check_tolerances(name, self.rtol, self.atol)
         check_choice(name, "dtype", self.dtype, (None, "float32", "float64"))
         check_choice(name, "denoise", self.denoise, ODE_DENOISE)
@@ -173,25 +180,46 @@ class TorchdiffeqProbabilityFlow:
     def order(self) -> float:
         return float(TORCHDIFFEQ_METHODS[self.method][0])
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether sample i is the same at any batch size: fixed grids, or one solve per sample."""
+        return self.per_sample or not self.adaptive
+
+    def _solve(self, problem: Problem, x: Tensor) -> tuple[Tensor, TorchdiffeqResult]:
+        sde = problem.sde
+        dtype = getattr(torch, self.dtype) if self.dtype else x.dtype
+        rhs = flat_drift(problem, tuple(x.shape), x.dtype)
+        res = integrate_torchdiffeq(rhs, x.reshape(-1).to(dtype), sde.T, sde.eps, method=self.method,
+                                    rtol=self.rtol, atol=self.atol, n_steps=self.n_steps, max_steps=self.max_steps)
+        return res.y.reshape(x.shape).to(x.dtype), res
+
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
         del noise  # deterministic
-        counter, sde = problem.counter, problem.sde
+        counter = problem.counter
         nfe0, B = counter.nfe, x_init.shape[0]
-        dtype = getattr(torch, self.dtype) if self.dtype else x_init.dtype
-        rhs = flat_drift(problem, tuple(x_init.shape), x_init.dtype)
-        res = integrate_torchdiffeq(rhs, x_init.reshape(-1).to(dtype), sde.T, sde.eps, method=self.method,
-                                    rtol=self.rtol, atol=self.atol, n_steps=self.n_steps, max_steps=self.max_steps)
-        x = res.y.reshape(x_init.shape).to(x_init.dtype)
-        failed = res.status != 0
+        parts = [x_init[i : i + 1] for i in range(B)] if self.per_sample else [x_init]
+        outs, per_nfe = [], []
+        for part in parts:
+            before = counter.rows
+            outs.append(self._solve(problem, part))
+            # Rows evaluated during this solve, per sample in it (each call sees every sample of the part).
+            per_nfe += [(counter.rows - before) // part.shape[0]] * part.shape[0]
+        x = torch.cat([o[0] for o in outs])
+        results = [o[1] for o in outs]
+        failed = [r for r in results if r.status != 0]
+        rows = counter.rows
         with torch.no_grad():
             x = ode_denoise(problem, x, "none" if failed else self.denoise, self.num_scales)
-        denoise_nfe = int(self.denoise != "none" and not failed)
-        nfe = counter.nfe - nfe0
-        extra = {"batch_size": B, "method": self.method, "denoise_nfe": denoise_nfe,
+        denoise_nfe = (counter.rows - rows) // B
+        extra = {"batch_size": B, "method": self.method, "denoise_nfe": denoise_nfe, "per_sample": self.per_sample,
                  "startup_nfe": TORCHDIFFEQ_METHODS[self.method][3]}
-        stats = SolveStats(nfe=nfe, n_steps=res.n_steps, n_accepted=res.n_accepted, n_rejected=res.n_rejected,
-                           nfe_per_sample=torch.full((B,), nfe, dtype=torch.long), extra=extra)
+        stats = SolveStats(nfe=counter.nfe - nfe0, n_steps=sum(r.n_steps for r in results),
+                           n_accepted=sum(r.n_accepted for r in results),
+                           n_rejected=sum(r.n_rejected for r in results),
+                           nfe_per_sample=torch.tensor(per_nfe, dtype=torch.long) + denoise_nfe, extra=extra)
         if failed:
-            return Solution(x, stats, Status.SOLVER_FAILED, res.message)
+            message = failed[0].message if len(results) == 1 else \
+                f"{len(failed)} of {len(results)} solves: {failed[0].message}"
+            return Solution(x, stats, Status.SOLVER_FAILED, message)
         status, message = finite_status(x)
         return Solution(x, stats, status, message)

@@ -23,8 +23,6 @@ CHEAP = {
     "adaptive_improved_euler": {"rtol": 0.05},
     "adaptive_em": {"rtol": 0.05},
 }
-# Samplers whose samples depend on the batch by design (documented): one shared step size or noise path.
-BATCH_COUPLED = {"torchsde", "scipy_ode", "torchdiffeq_ode"}
 
 
 def options(name):
@@ -64,10 +62,10 @@ def test_shape_dtype_status_and_counted_nfe(name, dtype):
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_same_seed_same_output_and_batch_invariance(name):
-    _, _, _, a = run(name, range(6))
+    sampler, _, _, a = run(name, range(6))
     _, _, _, b = run(name, range(6))
     assert torch.equal(a.x, b.x)
-    if name not in BATCH_COUPLED:
+    if getattr(sampler, "batch_invariant", True):  # declared dependence: tests/test_batch_invariance.py
         _, _, _, c = run(name, [2, 3])
         torch.testing.assert_close(c.x, a.x[2:4], rtol=1e-5, atol=1e-5)
 

@@ -32,7 +32,9 @@ def test_replay_ode_fixture(name, denoise):
     assert sol.stats.extra["batch_size"] == settings["batch"]
     assert sol.stats.extra["scipy_status"] == fx["solver_status"] == 0
     assert sol.stats.n_accepted + sol.stats.n_rejected == sol.stats.n_steps
-    # RK45: 6 evaluations per attempted step + 2 at start-up.
+    # Accepted steps against the official run's accepted times (10 steps), attempts counted at SciPy's
+    # error-norm evaluations: RK45 makes 6 evaluations per attempted step + 2 at start-up (98 = 6·16 + 2).
+    assert sol.stats.n_accepted == len(fx["solver_t_float64"]) - 1
     assert sol.stats.extra["nfev"] == 6 * sol.stats.n_steps + 2
 
 

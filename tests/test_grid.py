@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from bench.grid import GridError, expand, load_grid, parse_grid
@@ -77,6 +78,10 @@ def test_cifar10_grid_covers_the_study(monkeypatch, tmp_path):
         (tmp_path / section["checkpoint"]).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / section["checkpoint"]).write_bytes(b"")
     monkeypatch.setenv("SCOREBENCH_CKPT_DIR", str(tmp_path))
+    with pytest.raises(GridError, match="cannot read as a torch checkpoint"):  # empty files are refused at load
+        load_grid(ROOT / "grids" / "cifar10.yaml")
+    for section in spec.models.values():  # the official layout (network keys are checked when it loads)
+        torch.save({"model": {}, "ema": {}, "optimizer": {}, "step": 0}, tmp_path / section["checkpoint"])
     assert len(load_grid(ROOT / "grids" / "cifar10.yaml").runs) == len(spec.runs)
 
 

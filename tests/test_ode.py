@@ -11,6 +11,7 @@ import torch
 from models.gaussian import GaussianMixture
 from models.sde import VESDE, VPSDE, SubVPSDE
 from solvers import Problem, SeededNoise, make_sampler
+from solvers.scipy_ode import SCIPY_METHODS
 from solvers.torchdiffeq_ode import TORCHDIFFEQ_METHODS
 
 MU, S0 = 0.25, 0.5
@@ -59,11 +60,29 @@ def test_scipy_per_sample_and_batch():
     per = make_sampler("scipy_ode", per_sample=True, denoise="tweedie_ggf").sample(problem, x_T, None)
     batch = make_sampler("scipy_ode", denoise="tweedie_ggf").sample(Problem(model), x_T, None)
     torch.testing.assert_close(per.x, batch.x, rtol=0, atol=1e-4)
-    # Per-sample solves: total counted calls = sum of each sample's solves + one batched denoise call.
+    # Per-sample solves: total counted calls = sum of each sample's solves + one batched denoise call;
+    # the per-sample NFE (counted around each solve) against SciPy's own nfev.
     assert per.stats.nfe == problem.counter.nfe == int(per.stats.nfe_per_sample.sum()) - 3 + 1
     assert per.stats.extra["nfev"] == int(per.stats.nfe_per_sample.sum()) - 3
+    assert per.stats.nfe_per_sample.unique().numel() > 1  # the samples really took different solves
     assert (batch.stats.nfe_per_sample == batch.stats.nfe).all()
     assert batch.stats.nfe == batch.stats.extra["nfev"] + 1 and batch.stats.extra["batch_size"] == 3
+
+
+@pytest.mark.parametrize("method", sorted(SCIPY_METHODS))
+def test_scipy_attempted_steps_counted(method):
+    """Attempted and rejected steps counted where SciPy decides them, checked against SciPy's nfev and
+    against the accepted steps (the stages per step are the only formula, in the assertion)."""
+    sde = VPSDE()
+    model = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=torch.float64), 0.05, sde)
+    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    problem = Problem(model)
+    # A two-mode mixture with narrow modes: 16, 6 and 5 of 58, 17 and 13 attempts rejected (RK23, RK45, DOP853).
+    sol = make_sampler("scipy_ode", method=method, rtol=1e-5, atol=1e-5).sample(problem, x_T, None)
+    stages = SCIPY_METHODS[method][1]
+    assert sol.stats.extra["nfev"] == problem.counter.nfe == stages * sol.stats.n_steps + 2
+    assert sol.stats.n_accepted + sol.stats.n_rejected == sol.stats.n_steps
+    assert sol.stats.n_rejected > 0  # the problem makes SciPy reject (else the count is untested)
 
 
 def test_scipy_max_steps_status():
