@@ -121,7 +121,8 @@ class Adaptive:
     A subclass provides ``rule``: an embedded pair with ``order``, ``stochastic`` (one normal draw
     per attempt and sample), ``end_tol``, ``span(problem, t)`` (what is left to the end, in the unit
     of h), ``advance(problem, t, h, last)`` (t_next) and ``step(problem, x, t, t_next, state, z) ->
-    Step`` with ``error`` and ``x_check``.
+    Step`` with ``error`` and ``x_check``; ``step`` also gets ``h=`` (the step in the rule's unit: in
+    float32, t − t_next has lost h's low bits).
 
     Args:
         controller: the :class:`IntegralController` (grids give its fields flat: rtol, atol, …).
@@ -199,7 +200,7 @@ class Adaptive:
                                  index=idx if self.per_sample_eval else None) if rule.stochastic else None
                 # Attempt one step; count the calls it made, each on every selected row.
                 calls, rows = counter.nfe, counter.rows
-                out = rule.step(problem, xs, ts, ts_next, state, z)
+                out = rule.step(problem, xs, ts, ts_next, state, z, h=hs)
                 calls, rows = counter.nfe - calls, counter.rows - rows
                 if rows != calls * len(idx):
                     raise RuntimeError(f"{type(self).__name__}: a step evaluated {rows} rows in {calls} calls "
@@ -280,9 +281,10 @@ class ImprovedEulerRule(_ReverseSDEPair):
     Source: Jolicoeur-Martineau et al. 2021, Algorithm 1 (``sde_improved_euler=True``).
     """
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, z: Tensor) -> Step:
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, z: Tensor,
+             h: Tensor | None = None) -> Step:
         g = problem.sde.diffusion
-        h = t - t_next
+        h = t - t_next if h is None else h
         sqrt_h, h_x = expand_like(h.sqrt(), x), expand_like(h, x)
         k1 = -h_x * _reverse_drift(problem, x, t) + expand_like(g(t), x) * sqrt_h * z
         x_em = x + k1
@@ -304,8 +306,9 @@ class LambaEMRule(_ReverseSDEPair):
     sub-VP. Source: Lamba 2003 as used by Jolicoeur-Martineau et al. 2021.
     """
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, z: Tensor) -> Step:
-        h = t - t_next
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, z: Tensor,
+             h: Tensor | None = None) -> Step:
+        h = t - t_next if h is None else h
         h_x = expand_like(h, x)
         d1 = _reverse_drift(problem, x, t)
         x_mean = x - h_x * d1

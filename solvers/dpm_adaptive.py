@@ -49,10 +49,11 @@ class DPMSolverPair:
         t_next = time_of_log_snr(problem.sde, log_snr(problem.sde, t) + h).to(t.dtype)
         return torch.where(last, torch.full_like(t, problem.sde.eps), t_next)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise,
+             h: Tensor | None = None) -> Step:
         del noise  # deterministic
         pred, lam = self.prediction, log_snr(problem.sde, t)
-        h = log_snr(problem.sde, t_next) - lam
+        h = log_snr(problem.sde, t_next) - lam if h is None else h.to(lam.dtype)
         m0 = model_output(problem, x, t, pred)
         if self.solver_order == 2:
             x_lower = exp_integrator_step(problem, pred, x, t, t_next, h, [m0])

@@ -36,9 +36,12 @@ class IPNDM(Multistep):
     lower_order_final: bool = False
     schedule: str = "karras"
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4)
-    order: ClassVar[float] = 2.0
     warmups: ClassVar[tuple[str, ...]] = ("lower_order",)
     predictions: ClassVar[tuple[str, ...]] = ("noise",)
+
+    @property
+    def order(self) -> float:  # type: ignore[override]
+        return 1.0 if self.solver_order == 1 else 2.0
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         del lams, lam_next, noise
