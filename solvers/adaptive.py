@@ -194,7 +194,7 @@ class Adaptive:
                 # Select the samples to evaluate: the running ones, or the whole batch (GGF).
                 idx = running.nonzero().squeeze(1) if self.per_sample_eval else torch.arange(B, device=device)
                 xs, ts, xps, ls = x[idx], t[idx], x_prev[idx], left[idx]
-                hs = torch.minimum(h[idx], ls)  # the last step lands on the end
+                hs = torch.minimum(h[idx], ls.clamp(min=0))  # the last step lands on the end
                 ts_next = rule.advance(problem, ts, hs, hs >= ls)
                 z = noise.normal(tuple(xs.shape), dtype=x.dtype, device=device,
                                  index=idx if self.per_sample_eval else None) if rule.stochastic else None
