@@ -58,9 +58,6 @@ class Problem:
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(α_t, σ_t) of the SDE at times t [B]."""
         return self.sde.marginal(t)
-        value = self.sde.marginal(t)
-        self._marginals = [(t, t._version, value), *self._marginals[:3]]
-        return value
 
     @property
     def sde(self):
