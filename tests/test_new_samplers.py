@@ -235,5 +235,6 @@ def test_h_min_stops_a_shrinking_step_but_not_the_last_one():
     tight = make_sampler("adaptive_improved_euler", rtol=1e-6, atol=1e-6, h_min=1e-3).sample(problem, x_T, noise)
     assert tight.status == "dt_min" and "h_min=0.001" in tight.message
     # A proposal above h_min everywhere: the run ends normally, however short its last (capped) step.
-    ok = make_sampler("adaptive_improved_euler", rtol=0.1, atol=0.01, h_min=1e-9).sample(problem, x_T, SeededNoise(range(4)))
+    ok = make_sampler("adaptive_improved_euler", rtol=0.1, atol=0.01, h_min=1e-9).sample(problem, x_T,
+                                                                                       SeededNoise(range(4)))
     assert ok.status == "ok"
