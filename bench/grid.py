@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from solvers import SAMPLERS, make_sampler, sampler_options
+from solvers import SAMPLERS, make_sampler, sampler_class, sampler_options
 from solvers.noise import parse_seeds
 
 __all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES"]
@@ -514,7 +514,13 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
     solver = cell.get("solver")
     if solver is None:
         raise where.error(f"missing field 'solver'; expected one of: {', '.join(SAMPLERS)}")
-    where.choice("solver", solver, tuple(SAMPLERS))
+    if isinstance(solver, str) and ":" in solver:  # a user's sampler class, "package.module:Class"
+        try:
+            sampler_class(solver)
+        except ValueError as e:
+            raise where.error(str(e)) from e
+    else:
+        where.choice("solver", solver, tuple(SAMPLERS))
     options = {k: v for k, v in cell.items() if k not in RUN_KEYS}
     valid = sampler_options(solver)
     for k, v in options.items():

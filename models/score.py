@@ -76,7 +76,6 @@ class NetworkScore:
             betas = torch.linspace(sde.beta_min / num_scales, sde.beta_max / num_scales, num_scales)
             self._sqrt_1m_alphas_cumprod = (1 - torch.cumprod(1 - betas, 0)).sqrt()
         self._param = next(iter(net.parameters()), None)
-        self._last: tuple | None = None  # (t, (version, dtype, dim, device), prepared labels/divisor)
 
     def _labels_and_scale(self, t: Tensor) -> tuple[Tensor, Tensor | None, bool]:
         """(labels, divisor or None, negate) for the network call at times t [B]."""
@@ -91,29 +90,13 @@ class NetworkScore:
             return labels, table[labels.long()].to(t.dtype), True
         return torch.round((sde.T - t) * (N - 1)).long(), None, False
 
-    def _prepared(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None, bool]:
-        """(labels in x's dtype, signed divisor shaped like x or None, negate). Reused while the
-        same time tensor comes back unchanged (a predictor–corrector step, Langevin steps at one
-        level, the next step's t that was this step's t_next): the last t is held, so its identity
-        cannot be recycled, and its version counter catches in-place changes. (Inference-mode
-        tensors have no version counter: never reused.)"""
-        key = None if t.is_inference() else (t._version, x.dtype, x.dim(), x.device)
-        if key is not None and self._last is not None and self._last[0] is t and self._last[1] == key:
-            return self._last[2]
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         labels, divisor, negate = self._labels_and_scale(t)
         if labels.is_floating_point():
             labels = labels.to(x.dtype)
-        if divisor is not None:  # −(out / d) computed as out / (−d): one pass, the same bits
-            divisor = expand_like(-divisor if negate else divisor, x)
-        prepared = (labels, divisor, negate)
-        self._last = None if key is None else (t, key, prepared)
-        return prepared
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        labels, divisor, negate = self._prepared(x, t)
         out = self.net(x, labels)  # grad mode is the caller's (samplers run under no_grad)
-        if divisor is not None:
-            return out / divisor
+        if divisor is not None:  # −(out / d) computed as out / (−d): one pass, the same bits
+            return out / expand_like(-divisor if negate else divisor, x)
         return -out if negate else out
 
 

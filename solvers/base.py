@@ -1,10 +1,16 @@
-"""The one solver interface: Problem in, Solution out; NFE read from the counting wrapper.
+"""The one solver protocol: Problem in, Solution out; NFE read from the counting wrapper.
 
-Every sampler is a frozen dataclass whose fields are its options (validated in ``__post_init__``)
-and which implements ``sample(problem, x_init, noise) -> Solution``. Steppers (one step of a fixed-
-grid method) implement ``step(problem, x, t, t_next, noise, coef=()) -> Step`` (``coef``: the step's
-coefficients when the driver precomputed them, see ``FixedGridSampler.coefficients``) and declare
-``nfe_per_step`` and ``order``; adaptive steppers also return a per-sample error estimate.
+A sampler is a **stepping rule** run by one of three **drivers** (diffrax's separation):
+
+* the rule (:class:`SteppingRule`) declares ``order`` and ``nfe_per_step``, builds its state with
+  ``init(problem, x, ts)`` and makes one step with ``step(problem, x, t, t_next, state, noise) ->
+  Step`` (new x, its noise-free mean, the new state and, for embedded pairs, an error estimate);
+* the driver owns the loop: :class:`solvers.fixed.FixedGrid` (a grid from a schedule),
+  :class:`solvers.multistep.Multistep` (the same loop; the rule's state is its history) and
+  :class:`solvers.adaptive.Adaptive` (per-sample t and h, one controller).
+
+Every registered sampler is a frozen dataclass whose fields are its options (validated in
+``__post_init__``), a driver subclass whose ``rule`` is usually itself. See docs/adding_a_sampler.md.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import Tensor
 from models.priors import GaussianPrior
 from models.score import CountingScore, ScoreModel
 
-__all__ = ["Problem", "Step", "SolveStats", "Solution", "Status", "Sampler", "Stepper"]
+__all__ = ["Problem", "Step", "SolveStats", "Solution", "Status", "Sampler", "SteppingRule"]
 
 
 class Status(StrEnum):
@@ -42,7 +48,6 @@ class Problem:
 
     score: ScoreModel
     prior: object | None = None
-    _marginals: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.score, CountingScore):
@@ -51,18 +56,8 @@ class Problem:
             self.prior = GaussianPrior(self.sde)
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``sde.marginal(t)`` = (α_t, σ_t), remembered for the last four time tensors: the stages of
-        a multistep step ask for the same t objects several times. Each remembered t is held, so its
-        identity cannot be recycled, and its version counter catches in-place changes. (Inference-mode
-        tensors have no version counter: never remembered.)"""
-        if t.is_inference():
-            return self.sde.marginal(t)
-        for held, version, value in self._marginals:
-            if held is t and version == t._version:
-                return value
-        value = self.sde.marginal(t)
-        self._marginals = [(t, t._version, value), *self._marginals[:3]]
-        return value
+        """(α_t, σ_t) of the SDE at times t [B]."""
+        return self.sde.marginal(t)
 
     @property
     def sde(self):
@@ -81,7 +76,9 @@ class Problem:
 class Step:
     x: Tensor  # [B, ...] state at t_next
     x_mean: Tensor  # the same without the last noise injection
-    error: Tensor | None = None  # [B] local error estimate (adaptive steppers only)
+    state: object = None  # the rule's state after the step (a multistep history, ...)
+    error: Tensor | None = None  # [B, ...] local error estimate (embedded pairs only)
+    x_check: Tensor | None = None  # [B, ...] the state the relative tolerance is measured on
 
 
 @dataclass
@@ -117,12 +114,16 @@ class Sampler(Protocol):
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution: ...
 
 
-class Stepper(Protocol):
+class SteppingRule(Protocol):
+    """One step of a method. ``t``, ``t_next``: [B] float64; ``state``: what ``init`` (or the last
+    step) returned; ``noise``: a NoiseSource (or, in the adaptive driver, the attempt's normal draw)."""
+
     nfe_per_step: int
     order: float
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step: ...
+    def init(self, problem: Problem, x: Tensor, ts: Tensor | None) -> object: ...
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step: ...
 
 
 def finite_status(x: Tensor) -> tuple[Status, str]:

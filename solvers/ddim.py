@@ -10,7 +10,7 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice, check_positive
-from solvers.fixed import FixedGridSampler
+from solvers.fixed import FixedGrid
 
 __all__ = ["DDIM", "DDIM_ALPHAS"]
 
@@ -18,7 +18,7 @@ DDIM_ALPHAS = ("continuous", "table")
 
 
 @dataclass(frozen=True, kw_only=True)
-class DDIM(FixedGridSampler):
+class DDIM(FixedGrid):
     """DDIM's generalised reverse process (Song et al. 2021, Eq. 12 and Eq. 16).
 
     With ε̂ = −σ_t s(x, t) and x̂₀ = (x − σ_t ε̂)/α_t, one step from t to t_next is
@@ -59,7 +59,7 @@ class DDIM(FixedGridSampler):
         if self.alphas == "table" and problem.sde.kind != "vp":
             raise ValueError(f"DDIM: alphas='table' is the discrete DDPM table of a VP SDE; got {problem.sde.kind!r}")
 
-    def _coefficients(self, problem: Problem, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _alpha_sigma(self, problem: Problem, t: Tensor) -> tuple[Tensor, Tensor]:
         """(α, σ) at times t [B]."""
         sde = problem.sde
         if self.alphas == "continuous":
@@ -69,11 +69,9 @@ class DDIM(FixedGridSampler):
         alphas_cumprod = torch.cumprod(1 - betas, 0)[sde.index(t, N)]
         return alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        del coef
-        alpha_t, sigma_t = self._coefficients(problem, t)
-        alpha_n, sigma_n = self._coefficients(problem, t_next)
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        alpha_t, sigma_t = self._alpha_sigma(problem, t)
+        alpha_n, sigma_n = self._alpha_sigma(problem, t_next)
         eps_hat = -expand_like(sigma_t, x) * problem.score(x, t)
         x0 = (x - expand_like(sigma_t, x) * eps_hat) / expand_like(alpha_t, x)
         # σ_η: η times the posterior std of x_next given (x_t, x₀).
@@ -81,6 +79,6 @@ class DDIM(FixedGridSampler):
         sigma_eta = self.eta * sigma_n * (1 - ratio**2).sqrt()
         x_mean = expand_like(alpha_n, x) * x0 + expand_like((sigma_n**2 - sigma_eta**2).sqrt(), x) * eps_hat
         if self.eta == 0:
-            return Step(x_mean, x_mean)
+            return Step(x_mean, x_mean, state)
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
-        return Step(x_mean + expand_like(sigma_eta, x) * z, x_mean)
+        return Step(x_mean + expand_like(sigma_eta, x) * z, x_mean, state)

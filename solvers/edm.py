@@ -21,7 +21,7 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem, Step
 from solvers.denoiser import Denoiser
-from solvers.fixed import FixedGridSampler
+from solvers.fixed import FixedGrid
 
 __all__ = ["EDMHeun", "EDMStochastic"]
 
@@ -36,7 +36,7 @@ def _heun(D: Denoiser, x_ve: Tensor, sigma: Tensor, t: Tensor, sigma_next: Tenso
 
 
 @dataclass(frozen=True, kw_only=True)
-class EDMHeun(FixedGridSampler):
+class EDMHeun(FixedGrid):
     """EDM's deterministic sampler: Heun's 2nd-order method in σ (Karras et al. 2022, Algorithm 1).
 
     Integrates: the probability-flow ODE, written as dx_ve/dσ = (x_ve − D(x_ve; σ))/σ. Order: 2.
@@ -50,17 +50,16 @@ class EDMHeun(FixedGridSampler):
     order: ClassVar[float] = 2.0
     conventions: ClassVar[tuple[str, ...]] = ("grid",)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        del noise, coef
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        del noise
         D = Denoiser(problem)
         x_ve = _heun(D, D.to_ve(x, t), D.sigma(t), t, D.sigma(t_next), t_next)
         x = D.from_ve(x_ve, t_next)
-        return Step(x, x)
+        return Step(x, x, state)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EDMStochastic(FixedGridSampler):
+class EDMStochastic(FixedGrid):
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2): churn, then a Heun step.
 
     At each step with σ_i ∈ [S_tmin, S_tmax]: γ = min(S_churn/N, √2 − 1) (N = ``n_steps``, the number
@@ -99,9 +98,7 @@ class EDMStochastic(FixedGridSampler):
         if self.S_tmin > self.S_tmax:
             raise ValueError(f"{name}: need S_tmin <= S_tmax, got {self.S_tmin} > {self.S_tmax}")
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        del coef
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         D = Denoiser(problem)
         sigma, sigma_next = D.sigma(t), D.sigma(t_next)
         x_ve = D.to_ve(x, t)
@@ -120,4 +117,4 @@ class EDMStochastic(FixedGridSampler):
         # Heun step of the ODE from σ̂ to σ_next.
         x_ve = _heun(D, x_ve, sigma, t_hat, sigma_next, t_next)
         x = D.from_ve(x_ve, t_next)
-        return Step(x, x)
+        return Step(x, x, state)

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice, check_positive
-from solvers.fixed import FixedGridSampler
+from solvers.fixed import FixedGrid
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
 
-__all__ = ["LangevinCorrector", "PredictorCorrector", "AnnealedLangevin", "ncsnv2_step_size"]
+__all__ = ["LangevinCorrector", "Composed", "PredictorCorrector", "AnnealedLangevin", "ncsnv2_step_size"]
 
 NORMS = ("batch_mean", "per_sample")
 PREDICTORS = {"euler_maruyama": EulerMaruyama, "reverse_diffusion": ReverseDiffusion,
@@ -26,11 +26,13 @@ CORRECTORS = ("langevin", "ald", "none")
 class LangevinCorrector:
     """Langevin MCMC at fixed t: x ← x + ε s(x, t) + √(2ε) z, ``n_steps`` times (1 NFE each).
 
+    A stepping rule that stays at t (t_next is ignored), so that it composes with a predictor.
     ``kind='langevin'`` (Song et al. 2021, Algorithm 4; score_sde ``LangevinCorrector``):
     ε = 2 α_i (snr ‖z‖ / ‖s‖)², with score_sde's batch means of the per-sample L2 norms (one scalar per
     batch, so results depend on the batch) or, with ``norm='per_sample'``, per-sample norms.
     ``kind='ald'`` (score_sde ``AnnealedLangevinDynamics``, NCSN/NCSNv2): ε = 2 α_i (snr σ_t)² per sample.
     α_i = 1 − β_i for VP/sub-VP, 1 for VE (``sde.langevin_alpha``, N = the sampler's n_steps).
+    Order: none (MCMC). NFE per step: ``n_steps``.
     """
 
     kind: str = "langevin"
@@ -39,39 +41,84 @@ class LangevinCorrector:
     norm: str = "batch_mean"
     N: int = 1000
 
-    def coefficients(self, problem: Problem, t: Tensor) -> tuple[Tensor]:
-        """'langevin': (2 α_i snr²,), ε = that × (‖z‖/‖s‖)²; 'ald': (ε,) = (2 α_i (snr σ_t)²,)."""
+    order: ClassVar[float] = 0.0
+
+    @property
+    def nfe_per_step(self) -> int:
+        return self.n_steps
+
+    def check(self, problem: Problem) -> None:
+        sde = problem.sde
+        alpha = sde.langevin_alpha(torch.tensor([sde.T], dtype=torch.float64), self.N)
+        if not bool((alpha > 0).all()):
+            raise ValueError(f"LangevinCorrector: the corrector's α_i = 1 − β_i of score_sde's table is "
+                             f"≤ 0 for n_steps={self.N} on this SDE (β_i ≥ 1); use more steps")
+
+    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> None:
+        del problem, x, ts
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         sde = problem.sde
         alpha = sde.langevin_alpha(t, self.N)
-        if self.kind == "ald":
-            return (2 * alpha * (self.snr * sde.marginal(t)[1]) ** 2,)
-        return (2 * self.snr**2 * alpha,)
-
-    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise, coef: tuple[Tensor, ...] = ()) -> Tensor:
-        (c,) = coef or tuple(expand_like(v, x) for v in self.coefficients(problem, t))
         for _ in range(self.n_steps):
             s = problem.score(x, t)
             z = noise.normal(x.shape, dtype=x.dtype, device=x.device)
             if self.kind == "ald":
-                eps = c
+                eps = 2 * alpha * (self.snr * sde.marginal(t)[1]) ** 2
             else:
                 s_norm = torch.linalg.vector_norm(s.flatten(1), dim=1)
                 z_norm = torch.linalg.vector_norm(z.flatten(1), dim=1)
                 if self.norm == "batch_mean":
                     s_norm, z_norm = s_norm.mean(), z_norm.mean()
-                eps = c * expand_like((z_norm / s_norm) ** 2, x)
-            x = torch.addcmul(x, eps, s).addcmul_((2 * eps).sqrt(), z)
-        return x
+                eps = 2 * alpha * (self.snr * z_norm / s_norm) ** 2
+            eps = expand_like(eps, x)
+            x = x + eps * s + (2 * eps).sqrt() * z
+        return Step(x, x, state)
+
+
+@dataclass(frozen=True)
+class Composed:
+    """Predictor–corrector as one stepping rule: the corrector at t, then the predictor from t to
+    t_next (score_sde's order). Order: the predictor's; NFE per step: the sum of the parts'."""
+
+    predictor: object | None
+    corrector: object | None
+
+    @property
+    def parts(self) -> tuple:
+        return tuple(p for p in (self.corrector, self.predictor) if p is not None)
+
+    @property
+    def order(self) -> float:
+        return 0.0 if self.predictor is None else self.predictor.order
+
+    @property
+    def nfe_per_step(self) -> int:
+        return sum(p.nfe_per_step for p in self.parts)
+
+    def check(self, problem: Problem) -> None:
+        for p in self.parts:
+            p.check(problem)
+
+    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> tuple:
+        return tuple(p.init(problem, x, ts) for p in self.parts)
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        out, states = Step(x, x), []
+        for part, s in zip(self.parts, state):
+            out = part.step(problem, out.x, t, t_next, s, noise)
+            states.append(out.state)
+        return Step(out.x, out.x_mean, tuple(states))
 
 
 @dataclass(frozen=True, kw_only=True)
-class PredictorCorrector(FixedGridSampler):
+class PredictorCorrector(FixedGrid):
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1; score_sde ``get_pc_sampler``).
 
     Integrates: the reverse SDE (predictor) with Langevin correction towards p_t at each grid time;
-    the corrector runs first, then the predictor, both at t. Order: that of the predictor.
-    NFE per step: [predictor ≠ none] + corrector_steps·[corrector ≠ none]. SDEs: those of the parts.
-    ``predictor='none'`` gives corrector-only sampling (the paper's C2000).
+    the corrector runs first, then the predictor, both at t (:class:`Composed`). Order: that of the
+    predictor. NFE per step: [predictor ≠ none] + corrector_steps·[corrector ≠ none]. SDEs: those of
+    the parts. ``predictor='none'`` gives corrector-only sampling (the paper's C2000).
     """
 
     predictor: str = "reverse_diffusion"
@@ -93,52 +140,26 @@ class PredictorCorrector(FixedGridSampler):
             raise ValueError(f"{name}: predictor and corrector cannot both be 'none'")
         if self.probability_flow and self.predictor != "reverse_diffusion":
             raise ValueError(f"{name}: probability_flow=True needs predictor 'reverse_diffusion'")
-        common = dict(n_steps=self.n_steps, schedule=self.schedule, convention=self.convention,
-                      denoise=self.denoise)
-        pred = PREDICTORS[self.predictor]
-        extra = {"probability_flow": True} if self.probability_flow else {}
-        object.__setattr__(self, "_predictor", pred(**common, **extra) if pred else None)
-        corr = None if self.corrector == "none" else LangevinCorrector(
-            self.corrector, self.snr, self.corrector_steps, self.corrector_norm, self.n_steps)
-        object.__setattr__(self, "_corrector", corr)
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
-        return (self._predictor is not None) + (self._corrector is not None) * self.corrector_steps
+    def rule(self) -> Composed:
+        """The predictor and corrector rules, built from this sampler's options."""
+        pred = PREDICTORS[self.predictor]
+        extra = {"probability_flow": True} if self.probability_flow else {}
+        predictor = pred(n_steps=self.n_steps, schedule=self.schedule, convention=self.convention, denoise="none",
+                         **extra) \
+            if pred else None
+        corrector = None if self.corrector == "none" else LangevinCorrector(
+            self.corrector, self.snr, self.corrector_steps, self.corrector_norm, self.n_steps)
+        return Composed(predictor, corrector)
 
     @property
     def order(self) -> float:  # type: ignore[override]
-        return self._predictor.order if self._predictor is not None else 0.0
+        return self.rule.order
 
-    def check(self, problem: Problem) -> None:
-        if self._predictor is not None:
-            self._predictor.check(problem)
-        if self._corrector is not None:
-            sde = problem.sde
-            alpha = sde.langevin_alpha(torch.tensor([sde.T], dtype=torch.float64), self.n_steps)
-            if not bool((alpha > 0).all()):
-                raise ValueError(f"PredictorCorrector: the corrector's α_i = 1 − β_i of score_sde's table is "
-                                 f"≤ 0 for n_steps={self.n_steps} on this SDE (β_i ≥ 1); use more steps")
-
-    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
-        """The predictor's coefficients, then the corrector's."""
-        pred = () if self._predictor is None else self._predictor.coefficients(problem, t, t_next)
-        return pred + (() if self._corrector is None else self._corrector.coefficients(problem, t))
-
-    def _split(self, coef: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-        k = len(coef) - (self._corrector is not None)
-        return (coef[:k], coef[k:]) if coef else ((), ())
-
-    def correct(self, problem: Problem, x: Tensor, t: Tensor, noise, coef: tuple[Tensor, ...] = ()) -> Tensor:
-        if self._corrector is None:
-            return x
-        return self._corrector.correct(problem, x, t, noise, self._split(coef)[1])
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        if self._predictor is None:
-            return Step(x, x)
-        return self._predictor.step(problem, x, t, t_next, noise, self._split(coef)[0])
+    @property
+    def nfe_per_step(self) -> int:  # type: ignore[override]
+        return self.rule.nfe_per_step
 
 
 def ncsnv2_step_size(sigma_min: float, gamma: float, steps_per_level: int) -> float:
@@ -168,7 +189,7 @@ def ncsnv2_step_size(sigma_min: float, gamma: float, steps_per_level: int) -> fl
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnnealedLangevin(FixedGridSampler):
+class AnnealedLangevin(FixedGrid):
     """Annealed Langevin dynamics of NCSNv2 (Song & Ermon 2020, Algorithm 1 with Technique 4).
 
     Integrates: Langevin MCMC at each noise level σ_i of the geometric sequence σ(T) … σ(eps) (the
@@ -210,19 +231,23 @@ class AnnealedLangevin(FixedGridSampler):
         gamma = (sigma_max / sigma_min) ** (1 / (self.n_steps - 1))
         return ncsnv2_step_size(sigma_min, gamma, self.steps_per_level)
 
-    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
-        """(α_i,) = (ε σ_i² / σ_L²,) at each level t."""
-        sde = problem.sde
-        sigma = sde.marginal(t)[1]
-        sigma_L = sde.marginal(torch.full_like(t, sde.eps))[1]
-        return (self.epsilon(problem) * sigma**2 / sigma_L**2,)
+    def grid(self, problem: Problem) -> Tensor:
+        """The n_steps levels and a virtual end point past eps (the last level is eps)."""
+        ts = super().grid(problem)
+        return torch.cat([ts, (2 * ts[-1] - ts[-2]).clamp(min=0.0)[None]])
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        # Grid points are the noise levels; the 'step' at each level is the Langevin loop (no predictor).
-        (alpha,) = self._row(problem, x, t, t_next, coef)
+    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> float:
+        """ε (Technique 4 unless ``step_size`` is given), found once per solve."""
+        return self.epsilon(problem)
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        # Grid points are the noise levels; the 'step' at each level is the Langevin loop (no predictor),
+        # with α_i = ε σ_i² / σ_L² (ε = the state).
+        sde = problem.sde
+        sigma_L = sde.marginal(torch.full_like(t, sde.eps))[1]
+        alpha = expand_like(state * sde.marginal(t)[1] ** 2 / sigma_L**2, x)
         for _ in range(self.steps_per_level):
             s = problem.score(x, t)
             z = noise.normal(x.shape, dtype=x.dtype, device=x.device)
-            x = torch.addcmul(x, alpha, s).addcmul_((2 * alpha).sqrt(), z)
-        return Step(x, x)
+            x = x + alpha * s + (2 * alpha).sqrt() * z
+        return Step(x, x, state)

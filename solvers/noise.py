@@ -39,32 +39,11 @@ def parse_seeds(spec: str | int | Iterable[int]) -> list[int]:
     return [int(s) for s in spec]
 
 
-# Number of tensors sharing a storage (views included). A private torch function: where a torch lacks
-# it, every refill after a whole-batch draw copies the buffer instead (always safe).
-_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
 class _Chunks:
     """One (sample shape, dtype)'s chunk buffer [B, chunk, ...] and each sample's next position."""
 
     def __init__(self, buf: Tensor, pos: list[int]) -> None:
-        self.pos, self.lent = pos, False
-        self._own(buf)
-
-    def _own(self, buf: Tensor) -> None:
-        self.buf = buf
-        self.base = self._users()
-
-    def _users(self) -> int:
-        return -1 if _storage_use_count is None else _storage_use_count(self.buf.untyped_storage()._cdata)
-
-    def release(self) -> None:
-        """Before a refill: if a draw handed out as a view of the buffer (or any view of such a draw) is
-        still alive, move to a copy of the buffer so that the refill cannot change it. In a sampler
-        loop the draws are gone by then: no copy."""
-        if self.lent and (_storage_use_count is None or self._users() > self.base):
-            self._own(self.buf.clone())
-        self.lent = False
+        self.buf, self.pos = buf, pos
 
 
 class SeededNoise:
@@ -75,8 +54,8 @@ class SeededNoise:
     on the sequence of shapes asked for, never on the batch it is in. ``chunk`` defaults to
     max(1, min(16, 65536 // numel)) of the sample shape, a function of the shape only.
 
-    A draw for the whole batch is a view into the chunk buffer (no copy); the buffer is never
-    refilled in place while such a view is alive.
+    A draw for the whole batch is a view into the chunk buffer (no copy); a refill writes a new
+    buffer, never the one such views point into.
     """
 
     def __init__(self, seeds: str | int | Iterable[int], device: str | torch.device = "cpu",
@@ -106,15 +85,15 @@ class SeededNoise:
         chunks = self._buffers[key]
         k = chunks.buf.shape[1]
         empty = [b for b in rows if chunks.pos[b] >= k]
-        if empty:
-            chunks.release()
-            for b in empty:  # refill the samples whose chunk is used up
+        if empty:  # refill the samples whose chunk is used up, in a new buffer
+            buf = torch.empty_like(chunks.buf) if len(empty) == len(self.seeds) else chunks.buf.clone()
+            for b in empty:
                 torch.randn((k, *sample_shape), generator=self.generators[b], dtype=dtype,
-                            device=self.device, out=chunks.buf[b])
+                            device=self.device, out=buf[b])
                 chunks.pos[b] = 0
+            chunks.buf = buf
         if index is None and len(set(chunks.pos)) == 1:
             z = chunks.buf[:, chunks.pos[0]]  # a view, no copy (each position is handed out once)
-            chunks.lent = True
         else:
             z = chunks.buf[torch.tensor(rows), torch.tensor([chunks.pos[b] for b in rows])]
         for b in rows:

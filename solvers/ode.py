@@ -9,7 +9,7 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step
-from solvers.fixed import FixedGridSampler
+from solvers.fixed import FixedGrid
 
 __all__ = ["ProbabilityFlowEuler", "ProbabilityFlowHeun", "probability_flow_drift"]
 
@@ -22,7 +22,7 @@ def probability_flow_drift(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProbabilityFlowEuler(FixedGridSampler):
+class ProbabilityFlowEuler(FixedGrid):
     """Euler's method on the probability-flow ODE (Song et al. 2021, Eq. 13), on the grid's spacing.
 
     Integrates: the probability-flow ODE. Order: 1. NFE per step: 1. SDEs: VE, VP, sub-VP.
@@ -31,15 +31,14 @@ class ProbabilityFlowEuler(FixedGridSampler):
     order: ClassVar[float] = 1.0
     conventions: ClassVar[tuple[str, ...]] = ("grid",)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        del noise, coef
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        del noise
         x = x - probability_flow_drift(problem, x, t) * expand_like(t - t_next, x)
-        return Step(x, x)
+        return Step(x, x, state)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProbabilityFlowHeun(FixedGridSampler):
+class ProbabilityFlowHeun(FixedGrid):
     """Heun's method (explicit trapezoid) on the probability-flow ODE (as EDM's Algorithm 1 with the
     time variable t).
 
@@ -50,12 +49,11 @@ class ProbabilityFlowHeun(FixedGridSampler):
     order: ClassVar[float] = 2.0
     conventions: ClassVar[tuple[str, ...]] = ("grid",)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        del noise, coef
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        del noise
         dt = expand_like(t - t_next, x)
         d1 = probability_flow_drift(problem, x, t)
         x_euler = x - d1 * dt
         d2 = probability_flow_drift(problem, x_euler, t_next)
         x = x - 0.5 * (d1 + d2) * dt
-        return Step(x, x)
+        return Step(x, x, state)

@@ -13,34 +13,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from models.sde import expand_like
 from solvers.base import Problem, check_positive
-from solvers.fixed import tweedie
+from solvers.denoise import final_denoise
 from solvers.ode import probability_flow_drift
 
 __all__ = ["ODE_DENOISE", "ode_denoise", "flat_drift", "check_tolerances"]
 
-# 'none': return the ODE's state at eps (score_sde's get_ode_sampler default).
-# 'reverse_diffusion': score_sde's denoise (noise_removal=True): one reverse-diffusion *mean* step at
-#     eps from the SDE's discrete table with N = num_scales (REFERENCE §1.5). 1 score call, which
-#     scorebench counts (score_sde does not); score_sde also draws one unused normal, which is not
-#     drawn here.
-# 'tweedie': E[x_0 | x_eps] = (x + σ_eps² s) / α_eps. 'tweedie_ggf': x + σ_eps² s (Gotta Go Fast's
-#     ODE denoise, no division by α_eps). 1 score call each.
+# The choices of the final denoise valid for the ODE samplers (vocabulary: solvers.denoise).
+# 'reverse_diffusion' is score_sde's denoise (noise_removal=True, REFERENCE §1.5): 1 score call,
+# which scorebench counts (score_sde does not); score_sde also draws one unused normal, not drawn here.
 ODE_DENOISE = ("none", "reverse_diffusion", "tweedie", "tweedie_ggf")
 
 
 def ode_denoise(problem: Problem, x: Tensor, kind: str, num_scales: int) -> Tensor:
     """Apply the final denoising ``kind`` (one of ``ODE_DENOISE``) at t = eps; [B, ...] → [B, ...]."""
-    if kind == "none":
-        return x
-    t = torch.full((x.shape[0],), problem.sde.eps, dtype=torch.float64, device=x.device)
-    if kind in ("tweedie", "tweedie_ggf"):
-        return tweedie(problem, x, t, divide_by_alpha=kind == "tweedie")
-    # Reverse-diffusion mean step: with the forward step x_{i+1} = x_i + c_i x_i + G_i z,
-    # x_mean = x − c_i x + G_i² s(x, eps).
-    c, G = problem.sde.discretize(t, num_scales)
-    return x - expand_like(c, x) * x + expand_like(G**2, x) * problem.score(x, t)
+    return final_denoise(problem, x, kind, num_scales=num_scales)
 
 
 def flat_drift(problem: Problem, shape: tuple[int, ...],

@@ -12,8 +12,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
-from solvers.fixed import FixedGridSampler
+from solvers.fixed import FixedGrid
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "AncestralSampling"]
 
@@ -41,7 +42,7 @@ def _check_discretization(sampler) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EulerMaruyama(FixedGridSampler):
+class EulerMaruyama(FixedGrid):
     """Euler–Maruyama on the reverse SDE.
 
     Integrates: the reverse SDE. Order: strong 1.0 (additive noise; 0.5 in general). NFE per step: 1.
@@ -52,23 +53,18 @@ class EulerMaruyama(FixedGridSampler):
 
     order: ClassVar[float] = 1.0
 
-    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
-        """x_mean = x − (f_coef·x − g² s)·dt = (1 − f_coef·dt)·x + g²·dt·s; noise std g·√dt."""
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         sde = problem.sde
         dt = t - t_next if self.convention == "grid" else torch.full_like(t, sde.T / self.n_steps)
         g = sde.diffusion(t)
-        return 1 - sde.drift_coef(t) * dt, g**2 * dt, g * dt.sqrt()
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        cx, cs, std = self._row(problem, x, t, t_next, coef)
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
-        x_mean = (x * cx).addcmul_(cs, problem.score(x, t))
-        return Step(torch.addcmul(x_mean, std, z), x_mean)
+        # x_mean = x − (f − g² s)·dt, written as (1 − f_coef·dt)·x + g²·dt·s.
+        x_mean = expand_like(1 - sde.drift_coef(t) * dt, x) * x + expand_like(g**2 * dt, x) * problem.score(x, t)
+        return Step(x_mean + expand_like(g * dt.sqrt(), x) * z, x_mean, state)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReverseDiffusion(FixedGridSampler):
+class ReverseDiffusion(FixedGrid):
     """Reverse diffusion: the reverse of the forward process' own discretisation.
 
     Integrates: the reverse SDE, or with ``probability_flow=True`` the probability-flow ODE (the
@@ -91,8 +87,7 @@ class ReverseDiffusion(FixedGridSampler):
     def check(self, problem: Problem) -> None:
         _check_table(self, problem)
 
-    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
-        """(−c, scale·G², G): x_mean = x + (−c)·x + scale·G² s, noise std G."""
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         if self.discretization == "table":
             c, G = problem.sde.discretize(t, self.n_steps)
             G2 = G**2
@@ -100,20 +95,15 @@ class ReverseDiffusion(FixedGridSampler):
             a, G2 = problem.sde.transition(t, t_next)
             c = a - 1
         scale = 0.5 if self.probability_flow else 1.0
-        return -c, scale * G2, G2.sqrt()
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        neg_c, cs, std = self._row(problem, x, t, t_next, coef)
-        x_mean = torch.addcmul(x, neg_c, x).addcmul_(cs, problem.score(x, t))
+        x_mean = x - expand_like(c, x) * x + expand_like(scale * G2, x) * problem.score(x, t)
         if self.probability_flow:
-            return Step(x_mean, x_mean)
+            return Step(x_mean, x_mean, state)
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
-        return Step(torch.addcmul(x_mean, std, z), x_mean)
+        return Step(x_mean + expand_like(G2.sqrt(), x) * z, x_mean, state)
 
 
 @dataclass(frozen=True, kw_only=True)
-class AncestralSampling(FixedGridSampler):
+class AncestralSampling(FixedGrid):
     """Ancestral sampling (DDPM for VP, SMLD for VE).
 
     Integrates: the reverse Markov chain of the discretised forward process. Order: strong 1.0.
@@ -136,19 +126,13 @@ class AncestralSampling(FixedGridSampler):
                              f"{type(problem.sde).__name__} has none")
         _check_table(self, problem)
 
-    def coefficients(self, problem: Problem, t: Tensor, t_next: Tensor) -> tuple[Tensor, ...]:
-        """(x coefficient, score coefficient, noise std)."""
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         sde = problem.sde
         if self.discretization == "table":
-            return sde.ancestral(t, self.n_steps)
-        a, v = sde.transition(t, t_next)
-        sigma_t, sigma_next = sde.marginal(t)[1], sde.marginal(t_next)[1]
-        return 1 / a, v / a, sigma_next * v.sqrt() / sigma_t
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, noise,
-             coef: tuple[Tensor, ...] = ()) -> Step:
-        cx, cs, std = self._row(problem, x, t, t_next, coef)
-        x_mean = (x * cx).addcmul_(cs, problem.score(x, t))
+            cx, cs, std = sde.ancestral(t, self.n_steps)
+        else:
+            a, v = sde.transition(t, t_next)
+            cx, cs, std = 1 / a, v / a, sde.marginal(t_next)[1] * v.sqrt() / sde.marginal(t)[1]
+        x_mean = expand_like(cx, x) * x + expand_like(cs, x) * problem.score(x, t)
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
-        return Step(torch.addcmul(x_mean, std, z), x_mean)
-
+        return Step(x_mean + expand_like(std, x) * z, x_mean, state)

@@ -14,7 +14,8 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem, check_choice
 from solvers.denoiser import phi
-from solvers.dpm_solver import MultistepSampler, _check_bool, exp_integrator_step
+from solvers.exp_integrator import exp_integrator_step
+from solvers.multistep import Multistep, check_bool
 
 __all__ = ["UniPC", "UNIPC_VARIANTS"]
 
@@ -52,7 +53,7 @@ def unified_update(problem: Problem, prediction: str, variant: str, x: Tensor, t
 
 
 @dataclass(frozen=True, kw_only=True)
-class UniPC(MultistepSampler):
+class UniPC(Multistep):
     """UniPC-p: the predictor UniP-p (p − 1 previous outputs) and the corrector UniC-p.
 
     Step i: evaluate the model at the predicted state x̃_i (1 NFE), correct x̃_i with UniC using that
@@ -71,8 +72,9 @@ class UniPC(MultistepSampler):
         variant: 'bh1' (paper's choice for unconditional sampling at very few steps) or 'bh2'.
         use_corrector: apply UniC (default True).
         prediction: 'data' (default, as the paper's image results) or 'noise'.
-        lower_order_final: lower orders on the last steps of short (< 15 step) grids.
-        warmup: 'lower_order' (the paper's code) or 'singlestep' (see :class:`MultistepSampler`).
+        lower_order_final: order ≤ steps left on the last steps of every grid, as the official UniPC
+            code (``uni_pc.py``: ``if lower_order_final: step_order = min(order, steps + 1 - step)``).
+        warmup: 'lower_order' (the paper's code) or 'singlestep' (see :class:`solvers.multistep.Multistep`).
     """
 
     variant: str = "bh2"
@@ -82,7 +84,7 @@ class UniPC(MultistepSampler):
         super().__post_init__()
         name = type(self).__name__
         check_choice(name, "variant", self.variant, UNIPC_VARIANTS)
-        _check_bool(name, "use_corrector", self.use_corrector)
+        check_bool(name, "use_corrector", self.use_corrector)
 
     @property
     def order(self) -> float:  # type: ignore[override]
@@ -91,13 +93,13 @@ class UniPC(MultistepSampler):
         p = self.solver_order + self.use_corrector
         return float(p if self.warmup == "singlestep" else min(p, 2 + self.use_corrector))
 
-    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise, mids=None):
-        del noise, mids
+    def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
+        del noise
         # UniP: the older outputs (λ_{i−m}, m_{i−m}), m = 1..p−1.
         return unified_update(problem, self.prediction, self.variant, x, t, t_next, lams[0], lam_next, outs[0],
                               list(zip(lams[1:], outs[1:])))
 
-    def revise(self, problem, x, out, memo):
+    def correct(self, problem, x, out, memo):
         if memo is None or not self.use_corrector:
             return x
         # UniC: redo the previous step from its corrected start, with the new output at r = 1.

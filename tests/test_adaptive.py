@@ -11,8 +11,8 @@ import torch
 
 from models.gaussian import GaussianMixture
 from models.sde import VESDE, VPSDE
-from solvers import PIController, Problem, RecordedNoise, SeededNoise, Status, make_sampler
-from solvers.adaptive import ImprovedEulerStepper
+from solvers import IntegralController, Problem, RecordedNoise, SeededNoise, Status, make_sampler
+from solvers.adaptive import ImprovedEulerRule
 
 MU, S0 = 0.25, 0.5  # exact in float32 (GaussianMixture.isotropic builds its means in float32)
 
@@ -24,25 +24,26 @@ def test_error_norms_by_hand():
     x_prev = torch.tensor([[0.5, 0.2]])
     # δ = max(0.01, 0.1·max(|x_prev|, |x_check|)) = [0.1, 0.02]  →  E/δ = [0.1, 1.0]
     for norm, expected in [("l2_scaled", math.sqrt(0.505)), ("l2", math.sqrt(1.01)), ("linf", 1.0)]:
-        got = PIController(rtol=0.1, atol=0.01, norm=norm).error_norm(error, x_check, x_prev)
+        got = IntegralController(rtol=0.1, atol=0.01, norm=norm).error_norm(error, x_check, x_prev)
         assert got.item() == pytest.approx(expected, rel=1e-6)
     # Without x_prev (GGF error_use_prev=False): δ = [0.1, 0.01] → E/δ = [0.1, 2.0]
-    got = PIController(rtol=0.1, atol=0.01, norm="linf").error_norm(error, x_check, None)
+    got = IntegralController(rtol=0.1, atol=0.01, norm="linf").error_norm(error, x_check, None)
     assert got.item() == pytest.approx(2.0, rel=1e-6)
 
 
 def test_propose_by_hand():
-    ctrl = PIController(rtol=0.1, atol=0.01)  # θ = 0.9, r = 0.9
-    h = torch.tensor([0.1, 0.1, 0.0, 0.5], dtype=torch.float64)
-    err = torch.tensor([0.5, 4.0, 0.0, 0.1], dtype=torch.float64)
-    t_left = torch.tensor([1.0, 1.0, 0.0, 0.6], dtype=torch.float64)
-    accept, h_next = ctrl.propose(h, err, t_left)
-    assert accept.tolist() == [True, False, True, True]
+    ctrl = IntegralController(rtol=0.1, atol=0.01)  # θ = 0.9, r = 0.9
+    h = torch.tensor([0.1, 0.1, 0.5], dtype=torch.float64)
+    err = torch.tensor([0.5, 4.0, 0.0], dtype=torch.float64)
+    accept, h_next = ctrl.propose(h, err)
+    assert accept.tolist() == [True, False, True]
     expected = [0.9 * 0.1 * 0.5**-0.9,  # accepted: grows
                 0.9 * 0.1 * 4.0**-0.9,  # rejected: shrinks, t unchanged
-                0.0,  # a finished sample keeps h = 0 (no 0·∞)
-                0.1]  # capped at the time left after the step, 0.6 − 0.5
+                0.9 * 0.5 * 1e-10**-0.9]  # E₂ = 0: floored at 1e-10 (the driver caps h at what is left)
     torch.testing.assert_close(h_next, torch.tensor(expected, dtype=torch.float64))
+    # exponent=None: 1/order of the rule (DPM-Solver's 1/k).
+    _, h_k = IntegralController(exponent=None).propose(h[:1], err[:1], order=3.0)
+    assert h_k.item() == pytest.approx(0.9 * 0.1 * 0.5 ** (-1 / 3))
 
 
 def test_invalid_options_name_choices():
@@ -136,7 +137,7 @@ def test_loop_matches_transcription(name, extrapolation, x_prev, norm, per_sampl
     expected, iterations = _ggf_reference(x0.tolist(), draws.tolist(), eps=eps, improved_euler=name.endswith("euler"),
                                           extrapolation=extrapolation, x_prev=x_prev, norm=norm, **kw)
     sampler = make_sampler(name, extrapolation=extrapolation, x_prev=x_prev, norm=norm,
-                           per_sample_eval=per_sample_eval, **kw)
+                           per_sample_eval=per_sample_eval, denoise="tweedie_ggf", **kw)
     sol = sampler.sample(Problem(model), x0, RecordedNoise(draws))
     assert sol.status == Status.OK
     assert sol.stats.n_steps == iterations
@@ -193,7 +194,7 @@ def test_stepper_error_is_half_the_stage_difference():
     x = torch.tensor([[0.4, -1.0]], dtype=torch.float64)
     t, t_next = torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.45], dtype=torch.float64)
     z = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
-    out = ImprovedEulerStepper().step(problem, x, t, t_next, z)
+    out = ImprovedEulerRule().step(problem, x, t, t_next, None, z)
     torch.testing.assert_close(out.error, out.x - out.x_check)
     fr = torch.tensor([_reverse_drift(x[0].tolist(), 0.5)], dtype=torch.float64)
     k1 = -0.05 * fr + _vp_coefs(0.5)[1] * math.sqrt(0.05) * z

@@ -125,5 +125,5 @@ def test_score_sde_convention_nfe():
     """score_sde's loop: N predictor(+corrector) steps and no extra denoise call."""
     for name, opts, per_step in [("euler_maruyama", {}, 1), ("pc", {"corrector_steps": 2}, 3),
                                  ("pc", {"predictor": "none", "corrector": "ald"}, 1)]:
-        sampler, problem, _, sol = run(name, range(3), n_steps=27, convention="score_sde", **opts)
+        sampler, problem, _, sol = run(name, range(3), n_steps=27, convention="score_sde", denoise="x_mean", **opts)
         assert sol.stats.nfe == 27 * per_step == sampler.expected_nfe
