@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from solvers.base import Problem, Solution, SolveStats, Status, check_choice, check_positive, finite_status
+from solvers.denoise import DEFAULT_DENOISE
 from solvers.ode_common import ODE_DENOISE, check_tolerances, flat_drift, ode_denoise
 
 __all__ = ["ScipyProbabilityFlow", "ScipyResult", "integrate_scipy", "SCIPY_METHODS"]
@@ -137,9 +138,10 @@ class ScipyProbabilityFlow:
     Args:
         method: 'RK45' (default, the paper's), 'RK23' or 'DOP853'.
         rtol, atol: SciPy tolerances (score_sde: 1e-5 both).
-        denoise: final step at eps: 'none' (score_sde's ``get_ode_sampler`` default),
-            'reverse_diffusion' (score_sde's ``noise_removal``: one reverse-diffusion mean step with
-            the N = ``num_scales`` table), 'tweedie' or 'tweedie_ggf'. Each costs 1 counted call
+        denoise: final step at eps, the default of every sampler (``solvers.denoise.DEFAULT_DENOISE``,
+            'tweedie'); 'none' (score_sde's ``get_ode_sampler`` default), 'reverse_diffusion' (score_sde's
+            ``noise_removal``: one reverse-diffusion mean step with the N = ``num_scales`` table) or
+            'tweedie_ggf'. Each costs 1 counted call
             (score_sde does not count its denoise call).
         num_scales: N of the discrete table used by ``denoise='reverse_diffusion'``.
         per_sample: one solve per sample instead of one for the batch.
@@ -149,7 +151,7 @@ class ScipyProbabilityFlow:
     method: str = "RK45"
     rtol: float = 1e-5
     atol: float = 1e-5
-    denoise: str = "none"
+    denoise: str = DEFAULT_DENOISE
     num_scales: int = 1000
     per_sample: bool = False
     max_steps: int = 100_000

@@ -16,6 +16,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from solvers.base import Problem, Solution, SolveStats, Status, check_choice, check_positive, finite_status
+from solvers.denoise import DEFAULT_DENOISE
 from solvers.ode_common import ODE_DENOISE, check_tolerances, flat_drift, ode_denoise
 
 __all__ = ["TorchdiffeqProbabilityFlow", "TorchdiffeqResult", "integrate_torchdiffeq", "TORCHDIFFEQ_METHODS"]
@@ -150,7 +151,7 @@ class TorchdiffeqProbabilityFlow:
     atol: float = 1e-5
     n_steps: int | None = None
     dtype: str | None = None
-    denoise: str = "none"
+    denoise: str = DEFAULT_DENOISE
     num_scales: int = 1000
     max_steps: int = 100_000
     per_sample: bool = False

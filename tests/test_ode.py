@@ -32,7 +32,7 @@ def _exact_flow(sde, x_T):
 def test_exact_affine_flow(sampler, sde):
     model = GaussianMixture.isotropic(sde, MU, S0, shape=(1, 2, 2))
     x_T = sde.prior_std() * torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    sol = make_sampler(sampler, rtol=1e-6, atol=1e-6).sample(Problem(model), x_T, None)
+    sol = make_sampler(sampler, rtol=1e-6, atol=1e-6, denoise="none").sample(Problem(model), x_T, None)
     assert sol.status == "ok"
     err = (sol.x - _exact_flow(sde, x_T)).abs().max().item()
     assert err < 1e-4, err
@@ -78,7 +78,7 @@ def test_scipy_attempted_steps_counted(method):
     x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     problem = Problem(model)
     # A two-mode mixture with narrow modes: 16, 6 and 5 of 58, 17 and 13 attempts rejected (RK23, RK45, DOP853).
-    sol = make_sampler("scipy_ode", method=method, rtol=1e-5, atol=1e-5).sample(problem, x_T, None)
+    sol = make_sampler("scipy_ode", method=method, rtol=1e-5, atol=1e-5, denoise="none").sample(problem, x_T, None)
     stages = SCIPY_METHODS[method][1]
     assert sol.stats.extra["nfev"] == problem.counter.nfe == stages * sol.stats.n_steps + 2
     assert sol.stats.n_accepted + sol.stats.n_rejected == sol.stats.n_steps
@@ -116,7 +116,7 @@ def test_mixture_moments(sampler):
     model = GaussianMixture(means, torch.tensor([0.15, 0.15]), sde, weights=torch.tensor([0.3, 0.7]))
     B = 2000
     x_T = SeededNoise(range(B)).normal((B, 1, 4, 4), dtype=torch.float64)
-    sol = make_sampler(sampler).sample(Problem(model), x_T, None)
+    sol = make_sampler(sampler, denoise="none").sample(Problem(model), x_T, None)
     x = sol.x.flatten(1)
     cov = model.covariance(sde.eps)
     sd = cov.diagonal().sqrt()
