@@ -1,4 +1,11 @@
-"""Shared test fixtures: float64 by default for solver tests, and the reference fixtures' location."""
+"""Shared test fixtures: the reference fixtures' location, one thread, a fixed seed; and CI's strict
+mode, in which no test may skip.
+
+Tests choose their dtype themselves (the exact-score problems are float64 where an order or a
+tolerance needs it; samplers follow the dtype of x_T). Strict mode (``SCOREBENCH_REQUIRE_FIXTURES=1``,
+set by .ci/run, where the extras, the fixtures and Fashion-MNIST are installed): every skip is a
+failure, whatever raised it (:func:`missing`, ``pytest.importorskip``, a ``skipif`` mark, a skip at
+collection)."""
 
 from __future__ import annotations
 
@@ -17,15 +24,49 @@ def fixtures_root() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "fixtures"
 
 
+def strict() -> bool:
+    """CI's strict mode: nothing may skip."""
+    return os.environ.get("SCOREBENCH_REQUIRE_FIXTURES") == "1"
+
+
+def missing(msg: str) -> None:
+    """Something a test needs is absent: skip with the reason, or fail under CI's strict mode."""
+    if strict():
+        pytest.fail(f"{msg} (SCOREBENCH_REQUIRE_FIXTURES=1: nothing may skip)")
+    pytest.skip(msg)
+
+
 def require_fixture(relpath: str) -> Path:
     """Path of a reference fixture; skip with a reason where absent, fail under CI's strict mode."""
     path = fixtures_root() / relpath
     if not path.exists():
-        msg = f"reference fixture {path} not found (set SCOREBENCH_FIXTURES to shared/fixtures)"
-        if os.environ.get("SCOREBENCH_REQUIRE_FIXTURES") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(f"reference fixture {path} not found (set SCOREBENCH_FIXTURES to shared/fixtures)")
     return path
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _fail_skip(report) -> None:
+    if report.skipped and strict() and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under SCOREBENCH_REQUIRE_FIXTURES=1, where nothing may skip: {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Strict mode: a test that skips (importorskip, skipif, pytest.skip) fails instead."""
+    outcome = yield
+    _fail_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Strict mode: a module that skips at import (a module-level importorskip) fails instead."""
+    outcome = yield
+    _fail_skip(outcome.get_result())
 
 
 @pytest.fixture(autouse=True, scope="session")

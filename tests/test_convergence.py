@@ -91,18 +91,26 @@ def test_samples_match_exact_mixture(sde, name, opts):
     assert (d_mean < bias).all() and (d_std < bias).all(), (d_mean, d_std)
 
 
+SHRINK_CASES = [(sde, i, name) for sde, i in zip(SDES, IDS)
+                for name in ["euler_maruyama", "reverse_diffusion", "ancestral_sampling", "pc"]
+                if not (name == "ancestral_sampling" and i == "subvp")]  # refused for sub-VP
+# Where 25 steps is already within the Monte-Carlo bounds of 20k samples (measured 2026-12-01: sub-VP
+# PC, beyond-MC error 0; the corrector needs n_steps > 20 there, so no coarser grid), only the fine run
+# is checked. Elsewhere the 25-step error beyond MC was 2.5e-4 (VE EM) to 9.3e-2 (VE RD).
+UNRESOLVED_AT_25 = {("subvp", "pc")}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sde", SDES, ids=IDS)
-@pytest.mark.parametrize("name", ["euler_maruyama", "reverse_diffusion", "ancestral_sampling", "pc"])
-def test_error_shrinks_as_steps_grow(sde, name):
-    """Moment errors at 1000 steps are within Monte-Carlo error (20k samples) and below those at 25 steps."""
-    if name == "ancestral_sampling" and sde.kind == "subvp":
-        pytest.skip("ancestral sampling is refused for sub-VP")
+@pytest.mark.parametrize("sde, kind, name", SHRINK_CASES, ids=[f"{i}-{n}" for _, i, n in SHRINK_CASES])
+def test_error_shrinks_as_steps_grow(sde, kind, name):
+    """Moment errors at 1000 steps are within Monte-Carlo error (20k samples); at 25 steps they are
+    measurably beyond it, and larger than at 1000."""
     coarse = _moment_check(sde, name, {"n_steps": 25}, 20_000, 0.0)
     fine = _moment_check(sde, name, {"n_steps": 1000}, 20_000, 0.003)
     assert (fine[0] < fine[2]).all() and (fine[1] < fine[2]).all(), fine
     err = lambda c: (c[0].clamp(min=0) + c[1].clamp(min=0)).sum()  # noqa: E731
-    assert err(fine) <= err(coarse)
+    if (kind, name) not in UNRESOLVED_AT_25:
+        assert err(coarse) > 0 and err(fine) < err(coarse), (coarse, fine)
 
 
 @pytest.mark.parametrize("method", ["euler", "milstein"])

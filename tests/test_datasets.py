@@ -12,6 +12,7 @@ import torch
 
 from models import datasets
 from models.datasets import DATASETS, Dataset, DatasetNotFoundError, load_dataset, read_idx
+from tests.conftest import missing
 
 
 @pytest.fixture(autouse=True)
@@ -144,8 +145,9 @@ def test_fashion_mnist_download_path(tmp_path, monkeypatch):
     assert len(ds) == 2 and len(fetched) == 2 and fetched[0].startswith(datasets.FASHION_MNIST_URL)
 
 
-@pytest.mark.skipif(not datasets.FASHION_MNIST_DIR.exists(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_debian_package():
+    if not datasets.FASHION_MNIST_DIR.exists():
+        missing(f"{datasets.FASHION_MNIST_DIR} not found (apt-get install dataset-fashion-mnist)")
     ds = load_dataset("fashion_mnist", "test")
     assert ds.data.shape == (10000, 1, 28, 28) and ds.data.dtype == torch.uint8 and ds.levels == 256
     assert set(ds.labels.unique().tolist()) == set(range(10))

@@ -15,7 +15,7 @@ import torch
 
 from models.gaussian import GaussianMixture
 from models.sde import VESDE, VPSDE, SubVPSDE
-from solvers import SAMPLERS, Problem, SeededNoise, make_sampler
+from solvers import Problem, SeededNoise, make_sampler
 from solvers.denoiser import Denoiser, log_snr, phi, time_of_sigma, time_of_sigma_bisection, ve_sigma
 from solvers.grids import SCHEDULES
 
@@ -107,29 +107,42 @@ def test_schedules_end_points_monotone_and_definitions(kind):
 
 
 # ---- orders on the exact Gaussian flow ---------------------------------------------------------
-# (registry name, options, fitted-order band). Bands: declared order −0.3 … +0.5, except where the
-# measurement (docs/fast_samplers.md) shows superconvergence on this linear problem: the 3M methods
-# with accurate starting values come out at 3.9–4.1 (upper band +1.2).
+# (registry name, options, problem). Every declared order is fitted in the default run and must lie in
+# the symmetric band declared ± ORDER_TOL. ORDER_TOL = 0.4: the fits over n = 17, 33, 65 come out
+# within 0.34 of the declared order (DPM-Solver-3 singlestep on VP: 3.34, still pre-asymptotic), and a
+# method one order off (e.g. 4 declared 3) falls outside. 'mixture': the 3M methods with accurate
+# starting values are fourth order on the linear Gaussian flow (measured 4.01 / 4.03), so their declared
+# order 3 is fitted on a two-component mixture, against a SciPy RK45 solution at rtol = atol = 1e-12.
 DETERMINISTIC = [
-    ("ddim", {}, (0.7, 1.5)),
-    ("edm_heun", {}, (1.7, 2.5)),
-    ("dpm_solver", {"solver_order": 1}, (0.7, 1.5)),
-    ("dpm_solver", {"solver_order": 2}, (1.7, 2.5)),
-    ("dpm_solver", {"solver_order": 3}, (2.7, 3.6)),
-    ("dpm_solver", {"solver_order": 2, "method": "multistep"}, (1.7, 2.5)),
-    ("dpm_solver_pp", {}, (1.7, 2.5)),
-    ("dpm_solver_pp", {"method": "singlestep"}, (1.7, 2.5)),
-    ("dpm_solver_pp", {"solver_order": 3, "warmup": "singlestep"}, (2.7, 4.2)),
-    ("unipc", {"solver_order": 1}, (1.7, 2.5)),
-    ("unipc", {"variant": "bh1"}, (2.7, 3.5)),
-    ("unipc", {"variant": "bh2"}, (2.7, 3.5)),
+    ("ddim", {}, "gaussian"),
+    ("edm_heun", {}, "gaussian"),
+    ("dpm_solver", {"solver_order": 1}, "gaussian"),
+    ("dpm_solver", {"solver_order": 2}, "gaussian"),
+    ("dpm_solver", {"solver_order": 3}, "gaussian"),
+    ("dpm_solver", {"solver_order": 2, "method": "multistep"}, "gaussian"),
+    ("dpm_solver_pp", {}, "gaussian"),
+    ("dpm_solver_pp", {"method": "singlestep"}, "gaussian"),
+    ("dpm_solver_pp", {"solver_order": 3, "warmup": "singlestep"}, "mixture"),
+    ("unipc", {"solver_order": 1}, "gaussian"),
+    ("unipc", {"variant": "bh1"}, "gaussian"),
+    ("unipc", {"variant": "bh2"}, "gaussian"),
 ]
-ORDER_NS = [17, 33, 65]
-SLOW_ORDERS = {2, 3, 5, 7, 9, 10}  # variants covered by their siblings in the default run (all run under -m slow)
+ORDER_NS = {"gaussian": [17, 33, 65], "mixture": [65, 129, 257]}  # mixture: 17–65 is pre-asymptotic (2.5)
+ORDER_TOL = 0.4
 
 
-def _errors(name, opts, kind, ns=ORDER_NS):
-    problem, noise, x_T, exact = gaussian_setup(SDES[kind])
+def mixture_setup(sde, n=8):
+    """A two-component 2-d mixture (non-affine flow) and a SciPy RK45 solution at rtol = atol = 1e-12."""
+    means = torch.tensor([[-0.5, 0.3], [0.4, -0.2]], dtype=torch.float64).reshape(2, 1, 1, 2)
+    problem = Problem(GaussianMixture(means, torch.tensor([0.2, 0.3]), sde, weights=torch.tensor([0.4, 0.6])))
+    noise = SeededNoise(range(n))
+    x_T = problem.prior_sample(n, noise, dtype=torch.float64)
+    ref = make_sampler("scipy_ode", rtol=1e-12, atol=1e-12, denoise="none").sample(problem, x_T, noise).x
+    return problem, noise, x_T, ref
+
+
+def _errors(name, opts, kind, ns=ORDER_NS["gaussian"], setup=gaussian_setup):
+    problem, noise, x_T, exact = setup(SDES[kind])
     errs = []
     for n in ns:
         sampler = make_sampler(name, n_steps=n, denoise="none", **opts)
@@ -141,14 +154,13 @@ def _errors(name, opts, kind, ns=ORDER_NS):
 
 
 @pytest.mark.parametrize("kind", ["vp", "ve"])
-@pytest.mark.parametrize("name, opts, band", [pytest.param(*c, marks=pytest.mark.slow) if i in SLOW_ORDERS else c
-                                              for i, c in enumerate(DETERMINISTIC)],
+@pytest.mark.parametrize("name, opts, problem", DETERMINISTIC,
                          ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for n, o, _ in DETERMINISTIC])
-def test_deterministic_order(name, opts, band, kind):
-    sampler, errs = _errors(name, opts, kind)
-    fit = fitted_order(ORDER_NS, errs)
-    assert band[0] == pytest.approx(sampler.order - 0.3)  # the band starts 0.3 below the declared order
-    assert band[0] <= fit <= band[1], (fit, errs)
+def test_deterministic_order(name, opts, problem, kind):
+    ns = ORDER_NS[problem]
+    sampler, errs = _errors(name, opts, kind, ns, gaussian_setup if problem == "gaussian" else mixture_setup)
+    fit = fitted_order(ns, errs)
+    assert abs(fit - sampler.order) < ORDER_TOL, (sampler.order, fit, errs)
     print(f"{name} {opts} {kind}: declared {sampler.order}, fitted {fit:.2f}, errors {errs}")
 
 
@@ -157,12 +169,16 @@ def test_deterministic_order(name, opts, band, kind):
                          ids=["pp3m", "dpm3m"])
 def test_multistep_lower_order_warmup_caps_declared_order(name, opts):
     """The reference codes' warm-up (first step first order) makes 3M asymptotically second order:
-    declared 2; on VE (where the first step's error shows) 'singlestep' warm-up, declared 3, is ≥ 5× more
-    accurate at n = 65."""
-    sampler, errs = _errors(name, opts, "ve")
-    assert sampler.order == 2.0  # measured errors are not monotone in n here (2.8e-4, 2.1e-4, 5.8e-5)
-    s3, errs3 = _errors(name, {**opts, "warmup": "singlestep"}, "ve")
-    assert s3.order == 3.0 and errs3[-1] < errs[-1] / 5, (errs3, errs)
+    declared 2, fitted on VE (where the first step's error shows) over n = 65…513, where the error is
+    asymptotic (at n = 17, 33, 65 it is not even monotone: 2.8e-4, 2.1e-4, 5.8e-5); measured 2.03
+    (pp3m) and 2.08 (dpm3m). The 'singlestep' warm-up (declared 3, fitted in test_deterministic_order)
+    is ≥ 5× more accurate at n = 65."""
+    ns = [65, 129, 257, 513]
+    sampler, errs = _errors(name, opts, "ve", ns)
+    fit = fitted_order(ns, errs)
+    assert abs(fit - sampler.order) < 0.3, (sampler.order, fit, errs)
+    s3, errs3 = _errors(name, {**opts, "warmup": "singlestep"}, "ve", [65])
+    assert s3.order > sampler.order and errs3[-1] < errs[0] / 5, (errs3, errs)
 
 
 def test_ddim_eta_one_is_ancestral_sampling_with_exact_transitions():
@@ -239,21 +255,20 @@ def test_adaptive_dpm_solver_meets_tolerance_and_counts(order, kind):
         problem.counter.reset()
         sol = sampler.sample(problem, x_T, noise)
         assert sol.status == "ok" and sol.stats.nfe == problem.counter.nfe
-        per = sol.stats.nfe_per_sample
-        assert per.max() == sol.stats.nfe  # the slowest sample ran every iteration
-        assert (per % order == 0).all() and sol.stats.n_accepted + sol.stats.n_rejected == per.sum() // order
+        # Per-sample NFE against an independent count: each sample solved alone (the step control is
+        # per sample, so its path does not depend on the batch), its calls counted by the wrapper.
+        solo = []
+        for i in range(len(x_T)):
+            alone = Problem(problem.counter.model)
+            sampler.sample(alone, x_T[i:i + 1], SeededNoise([i]))
+            solo.append(alone.counter.nfe)
+        assert torch.as_tensor(sol.stats.nfe_per_sample).tolist() == solo
+        assert sol.stats.nfe == max(solo)  # the batch runs until its slowest sample is done
         errs.append((sol.x - exact).abs().max().item())
         nfes.append(sol.stats.nfe)
     assert errs[1] < errs[0] / 3 and errs[1] < 3e-3 and nfes[1] > nfes[0], (errs, nfes)
     tiny = make_sampler("dpm_solver_adaptive", rtol=1e-8, atol=1e-8, max_steps=3).sample(problem, x_T, noise)
     assert tiny.status == "max_steps" and "unfinished" in tiny.message
-
-
-def test_registry_names_and_docstrings():
-    for name in ("ddim", "edm_heun", "edm_stochastic", "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_sde",
-                 "dpm_solver_adaptive", "unipc"):
-        doc = SAMPLERS[name].__doc__
-        assert "Integrates" in doc and "Order" in doc and "NFE" in doc and "SDEs" in doc, name
 
 
 # ---- the NFE × sampler table (docs/fast_samplers.md) -------------------------------------------

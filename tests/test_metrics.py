@@ -17,6 +17,7 @@ from bench.metrics.frechet import frechet_distance
 from bench.metrics.stats import StreamingStats
 from models.gaussian import GaussianMixture
 from models.sde import VPSDE
+from tests.conftest import missing
 
 # ---- streaming statistics ------------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ def _split(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         ds = load_dataset({"digits": "digits", "fashion": "fashion_mnist"}[name], split)
     except DatasetNotFoundError as err:
-        pytest.skip(str(err))
+        missing(str(err))
     return ds.to_model_range(data_range=(0.0, 1.0)), ds.labels
 
 

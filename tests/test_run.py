@@ -17,6 +17,7 @@ from bench.records import read_records
 from bench.run import main
 from models.gaussian import GaussianMixture
 from models.sde import make_sde
+from tests.conftest import missing
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "grids" / "quickstart.yaml"
@@ -40,7 +41,7 @@ def quickstart_local(tmp_path_factory):
     """The quickstart grid, reduced to 2 samples in one batch, run once with the local executor."""
     reason = quickstart_missing()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     if "local" not in _QUICKSTART_RUN:
         out = tmp_path_factory.mktemp("quickstart") / "local"
         rc = main(["--grid", str(QUICKSTART), "--out", str(out), *QUICK_ARGS])

@@ -1,5 +1,6 @@
 """``tox -e bench``: run the pytest-benchmark suite with timings and compare with this machine's baseline.
 
+* Times are CPU time of the process (``--benchmark-timer=time.process_time``; see conftest.py).
 * Results: ``.benchmarks/<machine id>/`` (pytest-benchmark's storage, auto-saved per run) and
   ``results/bench/latest.json`` (with every benchmark's ``extra_info``: NFE, batch, ratios).
 * If a saved run exists for this machine, the new run is compared against the latest one and fails
@@ -8,10 +9,13 @@
   several space-separated expressions in ONE option, and swallows any positional argument after it —
   so it is given last, as a single ``=``-joined option.
 * ``--save-baseline`` forces a fresh baseline (no comparison).
+* Fails (non-zero exit) when a run / limit ratio exceeds its bound in ``tests/benchmarks/bounds.py``.
+* The load averages at the start and the end of the run go into the JSON's ``machine_info``.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +33,13 @@ def main(argv: list[str]) -> int:
     has_baseline = any(storage.glob("*/*.json")) if storage.exists() else False
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "benchmarks"), "--benchmark-enable",
            "-p", "no:cacheprovider", f"--benchmark-storage=file://{storage}", "--benchmark-autosave",
-           f"--benchmark-json={out}", "--benchmark-sort=name", *extra]
+           f"--benchmark-json={out}", "--benchmark-sort=name", "--benchmark-timer=time.process_time", *extra]
     if has_baseline and not save_only:
         cmd += ["--benchmark-compare", f"--benchmark-compare-fail={THRESHOLD}"]
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"load average at start: {load}", flush=True)
     print(" ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=ROOT)
+    return subprocess.call(cmd, cwd=ROOT, env={**os.environ, "SCOREBENCH_BENCH_LOADAVG_START": load})
 
 
 if __name__ == "__main__":
