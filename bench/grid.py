@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,16 @@ from typing import Any
 
 import yaml
 
+from bench.records import canonical
+from bench.seeds import SeedRanges
 from solvers import SAMPLERS, make_sampler, sampler_options
-from solvers.noise import parse_seeds
 
-__all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES"]
+__all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES",
+           "canonical"]
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics", "sweeps")
 EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
-             "threads", "accel")
+             "threads", "accel", "shard_size")
 ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths (models.accel)
 AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
@@ -43,7 +44,8 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
                     "max_steps", "h_init")
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
-                "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {}}
+                "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {},
+                "shard_size": None}
 
 
 def _metric_names() -> tuple[str, ...]:
@@ -57,11 +59,6 @@ METRIC_NAMES = _metric_names()
 
 class GridError(ValueError):
     """A grid file that cannot be loaded; the message is one line naming file, entry and field."""
-
-
-def canonical(obj: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, floats as repr (the basis of ``run_id``)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)
@@ -78,6 +75,7 @@ class EvalSpec:
     save_samples: int  # samples kept beside each record for the sample-grid PNG
     threads: int | None
     accel: dict = field(default_factory=dict)  # autocast / channels_last / compile / max_batch
+    shard_size: int | None = None  # samples per shard (None: bench.shards.DEFAULT_SHARD_SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -109,6 +107,7 @@ class RunSpec:
     save_samples: int = 64
     threads: int | None = None
     accel: dict = field(default_factory=dict)
+    shard_size: int | None = None  # a shard holds whole batches, so its size never changes a result
 
     def identity(self) -> dict:
         uses_data = bool({"bpd", "fid", "kid"} & set(self.metrics))  # fd_* and exact metrics ship their references
@@ -203,22 +202,16 @@ def _metrics(where: _Where, v: Any, what: str = "metrics") -> tuple[str, ...]:
 
 
 def _seeds(where: _Where, v: Any, n: int) -> str:
+    """The first ``n`` seeds as a range spec ('0-999', '0-9,20'): never expanded to a list."""
     if v is None:
         return f"0-{n - 1}"
     try:
-        seeds = parse_seeds(v)
+        seeds = SeedRanges.parse(v)
     except (TypeError, ValueError) as e:
         raise where.error(f"field 'seeds' must be like '0-999', an int or a list of ints, got {v!r} ({e})") from e
     if len(seeds) < n:
         raise where.error(f"field 'seeds' gives {len(seeds)} seeds but num_samples is {n}")
-    return seed_string(seeds[:n])
-
-
-def seed_string(seeds: list[int]) -> str:
-    """Compact form of a seed list: '0-99' when contiguous, else comma-separated."""
-    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"{seeds[0]}-{seeds[-1]}"
-    return ",".join(map(str, seeds))
+    return str(seeds.head(n))
 
 
 def _device(where: _Where, v: Any) -> str:
@@ -248,9 +241,12 @@ def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalS
     threads = d["threads"]
     if threads is not None:
         where.positive_int("threads", threads)
+    if d["shard_size"] is not None:
+        where.positive_int("shard_size", d["shard_size"])
     return EvalSpec(num_samples=n, batch_size=bs, seeds=seeds, device=_device(where, d["device"]),
                     dtype=where.choice("dtype", d["dtype"], DTYPES), metrics=_metrics(where, d["metrics"]),
-                    timeout_s=timeout, save_samples=save, threads=threads, accel=_accel(where, d["accel"]))
+                    timeout_s=timeout, save_samples=save, threads=threads, accel=_accel(where, d["accel"]),
+                    shard_size=d["shard_size"])
 
 
 def _accel(where: _Where, raw: Any) -> dict:
@@ -447,7 +443,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             batch_size=ev.batch_size, seeds=ev.seeds, dtype=ev.dtype, metrics=metrics,
                             likelihood=likelihood if "bpd" in metrics else {}, device=ev.device,
                             timeout_s=ev.timeout_s, save_samples=ev.save_samples,
-                            threads=ev.threads, accel=ev.accel))
+                            threads=ev.threads, accel=ev.accel, shard_size=ev.shard_size))
     return runs
 
 

@@ -222,7 +222,7 @@ _CACHE: dict[tuple, object] = {}
 
 def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32"):
     """Load (once per process) the model of a section, on ``device`` in ``dtype``."""
-    from bench.grid import canonical
+    from bench.records import canonical
 
     key = (canonical(section), str(device), dtype)
     if key not in _CACHE:

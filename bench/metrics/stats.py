@@ -122,13 +122,10 @@ class StreamingStats:
     # ---- files in clean-fid's format (mu, sigma) plus the count --------------------------------
     def save(self, path: str | Path, **extra: object) -> None:
         """Write ``mu``, ``sigma`` and ``n`` (and string ``extra`` fields) to an npz, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=self.mean, sigma=self.covariance, n=np.int64(self.n),
-                     **{k: np.asarray(str(v)) for k, v in extra.items()})
-        tmp.replace(path)
+        from bench.records import atomic_write
+
+        atomic_write(Path(path), lambda f: np.savez(f, mu=self.mean, sigma=self.covariance, n=np.int64(self.n),
+                                                    **{k: np.asarray(str(v)) for k, v in extra.items()}))
 
     @staticmethod
     def load_moments(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | None]:
