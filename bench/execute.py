@@ -198,7 +198,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 for metric in metrics.values():
                     metric.update(sol.x, ids)
                 metric_s += time.perf_counter() - t0
-                room = run.save_samples - lo - sum(k.shape[0] for k in kept)  # positions < save_samples
+                room = run.save_samples - lo  # keep the samples at positions < save_samples
                 if room > 0:
                     kept.append(sol.x[:room].detach().float().cpu())
             bar.close()

@@ -98,13 +98,16 @@ class InlinePool:
 
 
 class ProcessPool:
-    """``n`` spawned worker processes, each taking one shard at a time.
+    """``n`` spawned worker processes; each holds its running shard and one queued behind it, so a
+    worker never waits for the driver to write a result before starting its next shard.
 
     Args:
         n: number of workers.
         threads: torch threads per worker (CPU).
         gpus: pin worker i to GPU ``i % gpus`` (0: no pinning).
     """
+
+    DEPTH = 2  # shards handed to a worker at once: the running one and the next
 
     def __init__(self, n: int, threads: int, gpus: int = 0) -> None:
         import multiprocessing as mp
@@ -119,14 +122,14 @@ class ProcessPool:
         p = self.ctx.Process(target=_worker, args=(i, self.threads, i % self.gpus if self.gpus else None, tasks,
                                                    self.results), daemon=True)
         p.start()
-        return {"i": i, "proc": p, "tasks": tasks, "key": None}
+        return {"i": i, "proc": p, "tasks": tasks, "keys": []}
 
     def free(self) -> bool:
-        return any(w["key"] is None for w in self.workers)
+        return any(len(w["keys"]) < self.DEPTH for w in self.workers)
 
     def submit(self, key, run: RunSpec, shard: Shard, budget_s: float | None) -> None:
-        w = next(w for w in self.workers if w["key"] is None)
-        w["key"] = key
+        w = min(self.workers, key=lambda w: len(w["keys"]))
+        w["keys"].append((key, (key, run.to_dict(), shard, budget_s)))
         w["tasks"].put((key, run.to_dict(), shard, budget_s))
 
     def wait(self, timeout: float | None) -> list:
@@ -135,15 +138,20 @@ class ProcessPool:
             item = self.results.get(timeout=timeout)
             while True:
                 i, key, state = item
-                self.workers[i]["key"] = None
+                keys = self.workers[i]["keys"]
+                self.workers[i]["keys"] = [k for k in keys if k[0] != key]
                 out.append((key, state))
                 item = self.results.get_nowait()
         except queue.Empty:
             pass
         for k, w in enumerate(self.workers):
-            if w["key"] is not None and not w["proc"].is_alive():
-                out.append((w["key"], _failed_state(f"worker process died (exit code {w['proc'].exitcode})")))
+            if w["keys"] and not w["proc"].is_alive():
+                (key, _), *queued = w["keys"]  # the running shard fails; the queued ones move on
+                out.append((key, _failed_state(f"worker process died (exit code {w['proc'].exitcode})")))
                 self.workers[k] = self._start(w["i"])
+                for key, task in queued:
+                    self.workers[k]["keys"].append((key, task))
+                    self.workers[k]["tasks"].put(task)
         return out
 
     def close(self) -> None:

@@ -35,20 +35,22 @@ _NFE_CACHE: dict[str, tuple[float | None, bool]] = {}
 
 def _model_sde_and_shape(run: RunSpec):
     """(SDE, sample shape) of the run's model without its network where possible."""
+    from bench.bounds import sample_shape
+    from bench.execute import resolve_device
     from bench.models import load_score_model, resolve_path
+    from models.sde import make_sde
 
     m = run.model
+    if m["kind"] == "mixture":
+        return make_sde(**m.get("sde", {"kind": "vp"})), sample_shape(run)
     if m["kind"] == "official":
         from models.configs import get_config
 
         config = get_config(m["config"])
         return config.make_sde(), tuple(config.shape)
     if m["kind"] == "checkpoint" and resolve_path(m["path"]) is None:
-        from bench.bounds import sample_shape
-        from models.sde import make_sde
-
         return make_sde("vp"), sample_shape(run) or (1, 8, 8)
-    model = load_score_model(m, "cpu", "float64" if m["kind"] == "mixture" else run.dtype)
+    model = load_score_model(m, resolve_device(run.device), run.dtype)  # the key the shards load it with
     return model.sde, tuple(model.shape)
 
 
@@ -202,9 +204,9 @@ def plan_table(grid: GridSpec, timing: bool = True) -> str:
     estimated = sum(1 for r in known if not r["exact"])
     timed = [r for r in rows if r["seconds"] is not None]
     device = resolve_device(grid.runs[0].device) if grid.runs else "cpu"
+    missing = f"; {len(rows) - len(known)} runs not estimated" if len(known) < len(rows) else ""
     lines.append(f"{len(rows)} runs, {sum(r['shards'] for r in rows)} shards, {total:.3g} network evaluations"
-                 f" ({estimated} runs estimated: adaptive solvers and bits/dim, '~'"
-                 f"{f'; {len(rows) - len(known)} runs not estimated' if len(known) < len(rows) else ''})")
+                 f" ({estimated} runs estimated: adaptive solvers and bits/dim, '~'{missing})")
     if timed:
         lines.append(f"≈ {_duration(sum(r['seconds'] for r in timed))} of network time on this device ({_device_name(device)}) for the "
                      f"{len(timed)} runs whose model loads here")

@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = run_grid(grid, out, args.executor, args.address, args.retry_failed,
                       progress=False if args.no_progress else None, report=not args.no_report,
                       workers=args.workers)
-    print(f"{grid.name}: {counts['ran']} ran ({counts['ok']} ok, {counts['failed']} failed), "
+    print(f"{grid.name}: {counts['ran']} ran ({counts['ok']} ok, {counts['failed']} failed; "
+          f"{counts['shards_computed']} shards computed here), "
           f"{counts['skipped_ok']} already ok, {counts['skipped_failed']} failed earlier (use --retry-failed) "
           f"-> {out}", file=sys.stderr)
     return 1 if counts["failed"] else 0

@@ -198,7 +198,8 @@ def merge_record(run, states: list[dict], metrics: dict,
             kept.append(s["samples"])
     record["shards"] = {"count": len(run_shards(run)), "samples_per_shard": shard_size(run),
                         "merged": [s["index"] for s in order],
-                        "workers": sorted({s.get("worker", "") for s in order} - {""})}
+                        "workers": sorted({s.get("worker", "") for s in order} - {""}),
+                        "spans": [[s["index"], s.get("created"), s.get("finished"), s.get("worker")] for s in order]}
     if failure is not None:
         record["status"], record["message"] = failure["status"], failure["message"]
     else:

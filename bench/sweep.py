@@ -81,6 +81,7 @@ class Sweep:
                             key=lambda sh: -costs[(sh.run_id, sh.name)])
         self.computed: list[str] = []  # shards this invocation computed (for tests and the summary)
         self.started = now()
+        self._to_merge: list[_RunState] = []
 
     # --- state on disk -----------------------------------------------------------------------------
     def _record_ok(self, run_id: str) -> bool:
@@ -104,27 +105,37 @@ class Sweep:
         pending = list(self.queue)
         waiting: list[Shard] = []  # claimed by a live worker elsewhere
         inflight: dict[tuple[str, str], Shard] = {}
+
+        def fill() -> None:
+            while pending and pool.free():
+                sh = pending.pop(0)
+                rs = self.runs[sh.run_id]
+                if rs.finished:
+                    continue
+                state = self._take(sh)
+                if state == "done":
+                    self._to_merge.append(rs)
+                elif state == "busy":
+                    waiting.append(sh)
+                else:
+                    budget = None if rs.run.timeout_s is None else rs.run.timeout_s - rs.spent_s
+                    pool.submit((sh.run_id, sh.name), rs.run, sh, budget)
+                    inflight[(sh.run_id, sh.name)] = sh
+
         try:
             while True:
-                while pending and pool.free():
-                    sh = pending.pop(0)
-                    rs = self.runs[sh.run_id]
-                    if rs.finished:
-                        continue
-                    state = self._take(sh)
-                    if state == "done":
-                        self._on_done(rs)
-                    elif state == "busy":
-                        waiting.append(sh)
-                    else:
-                        budget = None if rs.run.timeout_s is None else rs.run.timeout_s - rs.spent_s
-                        pool.submit((sh.run_id, sh.name), rs.run, sh, budget)
-                        inflight[(sh.run_id, sh.name)] = sh
-                if not (pending or waiting or inflight or self._unfinished()):
+                fill()
+                if not (pending or waiting or inflight or self._unfinished() or self._to_merge):
                     break
+                for rs in self._to_merge:  # after the pool was refilled: merging never idles a worker
+                    self._on_done(rs)
+                self._to_merge = []
                 results = pool.wait(POLL_S) if inflight else []
+                for key, _ in results:
+                    inflight.pop(key)
+                fill()  # freed workers get their next shard before results are written
                 for key, result in results:
-                    self._finish(inflight.pop(key), result)
+                    self._finish(self._shard(key), result)
                 still = []
                 for sh in waiting:
                     rs = self.runs[sh.run_id]
@@ -145,6 +156,9 @@ class Sweep:
                     time.sleep(POLL_S)
         finally:
             self.claims.release_all()
+
+    def _shard(self, key: tuple[str, str]) -> Shard:
+        return next(sh for sh in self.runs[key[0]].shards if sh.name == key[1])
 
     def _unfinished(self) -> bool:
         return any(not rs.finished for rs in self.runs.values())
@@ -167,7 +181,7 @@ class Sweep:
             write_shard(self.out, sh, state)
             self.computed.append(f"{sh.run_id}/{sh.name}")
             self.claims.release(self._claim_path(sh))
-            self._on_done(rs)
+            self._to_merge.append(rs)
         else:
             self.claims.release(self._claim_path(sh))
             if not rs.finished:
