@@ -47,12 +47,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -142,7 +142,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
         model = accelerate(load_score_model(run.model, device, run.dtype), run.accel)
         sde = run_sde(model, run.T, run.eps)
         info = state["info"]
-        info.update(sde=sde_to_dict(sde), device_name=_device_name(device), data_range=list(model.data_range),
+        info.update(sde=sde_to_dict(sde), device_name=device_name(device), data_range=list(model.data_range),
                     shape=list(model.shape))
         phase = "building the prior"
         prior = build_prior(run.prior, model, sde, run.data, device, model_key=canonical(run.model))
@@ -178,13 +178,13 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 phase = (f"sampling batch {first_batch + j} ({B} samples of shape {list(model.shape)}, "
                          f"{run.dtype}, one generator each)")
                 noise = SeededNoise(batch_seeds, device=device)
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 x_init = problem.prior_sample(B, noise, dtype=dtype, device=device)
                 # Network passes of a fitted prior are not score calls: counted apart from NFE.
                 state["prior_network_calls"] += getattr(prior, "network_calls", 0)
                 sol = sampler.sample(problem, x_init, noise)
-                _sync(device)
+                synchronize(device)
                 sampling_s += time.perf_counter() - t0
                 _batch_stats(state, sol.stats, B)
                 if sol.status != Status.OK:

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from bench.execute import execute_shard
 from bench.grid import RunSpec
 from bench.shards import Shard
+from bench.sweep import Sweep
 
 __all__ = ["EXECUTORS", "make_executor", "LocalExecutor", "RayExecutor", "ray_available", "available_cores",
            "cpu_threads", "RAY_MAX_RETRIES"]
@@ -81,8 +83,6 @@ class InlinePool:
         self._task = (key, run, shard, budget_s)
 
     def wait(self, timeout: float | None) -> list:
-        from bench.execute import execute_shard
-
         del timeout
         if self._task is None:
             return []
@@ -169,8 +169,6 @@ def _worker(i: int, threads: int, gpu: int | None, tasks, results) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     torch.set_num_threads(threads)
-    from bench.execute import execute_shard
-
     while (item := tasks.get()) is not None:
         key, spec, shard, budget = item
         run = RunSpec.from_dict(spec)
@@ -199,8 +197,6 @@ class LocalExecutor:
 
     def run(self, runs: Sequence[RunSpec], out: Path, on_record: OnRecord) -> list[str]:
         """Compute and merge ``runs`` into ``out``; returns the shards computed here."""
-        from bench.sweep import Sweep
-
         sweep = Sweep(out, list(runs), on_record, executor_name="local")
         pool = self.pool(runs)
         try:
@@ -213,8 +209,6 @@ class LocalExecutor:
 # --- Ray -----------------------------------------------------------------------------------------
 def _ray_task(spec: dict, shard: Shard, budget_s: float | None, threads: int) -> dict:
     torch.set_num_threads(threads)
-    from bench.execute import execute_shard
-
     state = execute_shard(RunSpec.from_dict(spec), shard, budget_s, progress=False)
     try:
         import ray
@@ -278,8 +272,6 @@ class RayExecutor:
 
     def run(self, runs: Sequence[RunSpec], out: Path, on_record: OnRecord) -> list[str]:
         import ray
-
-        from bench.sweep import Sweep
 
         if not ray.is_initialized():
             ray.init(address=self.address, log_to_driver=False)

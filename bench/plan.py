@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from bench.execute import device_name, synchronize, resolve_device
 from bench.grid import GridSpec, RunSpec
 from bench.records import canonical
 from bench.shards import BPD, run_shards, samples_drawn
@@ -36,7 +37,6 @@ _NFE_CACHE: dict[str, tuple[float | None, bool]] = {}
 def _model_sde_and_shape(run: RunSpec):
     """(SDE, sample shape) of the run's model without its network where possible."""
     from bench.bounds import sample_shape
-    from bench.execute import resolve_device
     from bench.models import load_score_model, resolve_path
     from models.sde import make_sde
 
@@ -125,7 +125,6 @@ _TIME_CACHE: dict[tuple, float | None] = {}
 def time_per_call(run: RunSpec, batch: int) -> float | None:
     """Seconds per forward pass of the run's model at ``batch`` on its device (3 timed passes after a
     warm-up), or None where the model cannot be loaded here."""
-    from bench.execute import _sync, resolve_device
     from bench.models import DTYPES, load_score_model
 
     device = resolve_device(run.device)
@@ -137,11 +136,11 @@ def time_per_call(run: RunSpec, batch: int) -> float | None:
             t = torch.full((batch,), 0.5, dtype=DTYPES[run.dtype], device=device)
             with torch.no_grad():
                 model(x, t)
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 for _ in range(3):
                     model(x, t)
-                _sync(device)
+                synchronize(device)
             _TIME_CACHE[key] = (time.perf_counter() - t0) / 3
         except Exception:  # noqa: BLE001  (missing checkpoint, no device): no time estimate
             _TIME_CACHE[key] = None
@@ -186,8 +185,6 @@ def _duration(seconds: float | None) -> str:
 
 def plan_table(grid: GridSpec, timing: bool = True) -> str:
     """The ``--plan`` text: one line per run, then the totals."""
-    from bench.execute import _device_name, resolve_device
-
     rows = plan_rows(grid, timing)
     table = [("run_id", "model", "solver", "options", "samples", "shards", "nfe/batch", "evaluations", "time")]
     for r in rows:
@@ -208,7 +205,8 @@ def plan_table(grid: GridSpec, timing: bool = True) -> str:
     lines.append(f"{len(rows)} runs, {sum(r['shards'] for r in rows)} shards, {total:.3g} network evaluations"
                  f" ({estimated} runs estimated: adaptive solvers and bits/dim, '~'{missing})")
     if timed:
-        lines.append(f"≈ {_duration(sum(r['seconds'] for r in timed))} of network time on this device ({_device_name(device)}) for the "
+        hours = _duration(sum(r["seconds"] for r in timed))
+        lines.append(f"≈ {hours} of network time on this device ({device_name(device)}) for the "
                      f"{len(timed)} runs whose model loads here")
     else:
         lines.append("no time estimate: no model of this grid loads here (checkpoints absent)")

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.claims import Claims
+from bench.execute import merge_states
 from bench.grid import RunSpec
+from bench.plan import estimate_nfe
 from bench.records import OK, now, read_record, record_path
 from bench.shards import BPD, Shard, read_shard, remove_shards, run_shards, shard_dir, shard_path, write_shard
 
@@ -37,8 +39,6 @@ POLL_S = 0.2
 
 def shard_costs(runs: list[RunSpec]) -> dict[tuple[str, str], float]:
     """Estimated cost of every shard: samples × NFE estimate × per-call weight (network 1, mixture small)."""
-    from bench.plan import estimate_nfe
-
     costs = {}
     for run in runs:
         nfe, _ = estimate_nfe(run)
@@ -198,8 +198,6 @@ class Sweep:
             self._finalize(rs)
 
     def _finalize(self, rs: _RunState, failure: dict | None = None) -> None:
-        from bench.execute import merge_states
-
         run = rs.run
         claim = shard_dir(self.out, run.run_id) / "record.claim"
         if not self.claims.try_claim(claim):
