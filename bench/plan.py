@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from bench.execute import device_name, synchronize, resolve_device
+from bench.execute import device_name, resolve_device, synchronize
 from bench.grid import GridSpec, RunSpec
 from bench.records import canonical
 from bench.shards import BPD, run_shards, samples_drawn
