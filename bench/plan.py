@@ -154,19 +154,21 @@ def plan_rows(grid: GridSpec, timing: bool = True) -> list[dict]:
         nfe, exact = estimate_nfe(run)
         n = samples_drawn(run)
         evals = None if nfe is None else nfe * n
-        seconds = None
+        seconds = 0.0 if timing and n == 0 else None
         if timing and nfe is not None and n:
             per = time_per_call(run, run.batch_size)
             seconds = None if per is None else per * nfe * math.ceil(n / run.batch_size)
+        nfe_exact = exact
         if BPD in run.metrics:
             b = _bpd_evaluations(run)
-            exact = exact and b is None
+            exact = False  # the likelihood solve's NFE is an estimate
             evals = None if evals is None or b is None else evals + b
             if seconds is not None and b is not None:
                 per = time_per_call(run, int(run.data.get("bpd_batch_size", run.batch_size)))
                 seconds = None if per is None else seconds + per * b / int(run.data.get("bpd_batch_size",
                                                                                          run.batch_size))
-        rows.append({"run": run, "nfe": nfe, "exact": exact, "evaluations": evals, "seconds": seconds,
+        rows.append({"run": run, "nfe": nfe, "nfe_exact": nfe_exact, "exact": exact, "evaluations": evals,
+                     "seconds": seconds,
                      "shards": len(run_shards(run))})
     return rows
 
@@ -192,7 +194,7 @@ def plan_table(grid: GridSpec, timing: bool = True) -> str:
         opts = " ".join(f"{k}={v}" for k, v in sorted(run.options.items()))
         bpd = " +bpd" if BPD in run.metrics else ""
         table.append((run.run_id, run.model_name, run.solver + bpd, opts, str(samples_drawn(run)), str(r["shards"]),
-                      _fmt(r["nfe"], r["exact"]), _fmt(r["evaluations"], r["exact"]),
+                      _fmt(r["nfe"], r["nfe_exact"]), _fmt(r["evaluations"], r["exact"]),
                       _duration(r["seconds"])))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]

@@ -184,7 +184,8 @@ def merge_record(run, states: list[dict], metrics: dict,
     info = first.get("info", {})
     record = run_skeleton(run, info.get("device", run.device))
     record.update({k: v for k, v in info.items() if k != "device"})
-    record.update(_nfe_rows=0.0, sampling_time_s=0.0, metric_time_s=0.0, wall_time_s=0.0, peak_memory_mb=None,
+    record.update(accel=dict(run.accel), _nfe_rows=0.0, sampling_time_s=0.0, metric_time_s=0.0, wall_time_s=0.0,
+                  peak_memory_mb=None,
                   peak_memory_kind=None, oom_splits=0)
     if order and order[0].get("created"):
         record["created"] = min(s["created"] for s in order if s.get("created"))
