@@ -27,6 +27,7 @@ from bench.records import read_records, samples_path
 from bench.run import main, run_grid
 from bench.seeds import SeedRanges
 from bench.shards import run_shards, shard_dir
+from tests.test_resume import SlowMixture
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
@@ -209,3 +210,34 @@ def test_what_the_machine_cannot_hold_exits_2_at_once(tmp_path, capsys, monkeypa
     assert expect in err and str(grid) in err, err
     assert elapsed < 1.0, elapsed
     assert not (tmp_path / "out").exists()
+
+
+class _OomMixture(SlowMixture):
+    """Runs out of host memory on its first call: ``MemoryError`` or C++'s ``std::bad_alloc``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def __call__(self, x, t):
+        if self.kind == "bad_alloc":
+            raise RuntimeError("std::bad_alloc")
+        raise MemoryError()
+
+
+def oom_model(kind: str) -> _OomMixture:
+    return _OomMixture(kind)
+
+
+@pytest.mark.parametrize("kind", ["memory_error", "bad_alloc"])
+def test_out_of_host_memory_is_status_oom_saying_what_was_allocated(tmp_path, kind):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "oom", "metrics": ["fd_exact"], "eval": {"num_samples": 6, "batch_size": 3, "device": "cpu"},
+        "model": {"kind": "callable", "target": f"{__name__}:oom_model", "options": {"kind": kind}},
+        "sweeps": [{"solver": "pf_euler", "n_steps": 4}]}))
+    out = tmp_path / "out"
+    assert main(["--grid", str(grid), "--out", str(out), "--no-progress", "--no-report"]) == 1
+    (r,) = read_records(out).values()
+    assert r["status"] == "oom", r["message"]
+    assert "while sampling batch 0 (3 samples of shape [2], float32" in r["message"], r["message"]
