@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,16 @@ from typing import Any
 
 import yaml
 
+from bench.records import canonical
+from bench.seeds import SeedRanges
 from solvers import SAMPLERS, make_sampler, sampler_class, sampler_options
-from solvers.noise import parse_seeds
 
-__all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES"]
+__all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES",
+           "canonical"]
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics", "sweeps")
 EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
-             "threads", "accel")
+             "threads", "accel", "shard_size")
 ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths (models.accel)
 AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
@@ -48,7 +49,8 @@ COUNT_OPTIONS = ("n_steps", "steps_per_level", "corrector_steps", "num_scales")
 MAX_SAMPLES = 10**8
 MAX_SEED = 2**63 - 1
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
-                "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {}}
+                "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {},
+                "shard_size": None}
 
 
 def _metric_names() -> tuple[str, ...]:
@@ -62,11 +64,6 @@ METRIC_NAMES = _metric_names()
 
 class GridError(ValueError):
     """A grid file that cannot be loaded; the message is one line naming file, entry and field."""
-
-
-def canonical(obj: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, floats as repr (the basis of ``run_id``)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)
@@ -83,6 +80,7 @@ class EvalSpec:
     save_samples: int  # samples kept beside each record for the sample-grid PNG
     threads: int | None
     accel: dict = field(default_factory=dict)  # autocast / channels_last / compile / max_batch
+    shard_size: int | None = None  # samples per shard (None: bench.shards.DEFAULT_SHARD_SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -121,6 +119,7 @@ class RunSpec:
     save_samples: int = 64
     threads: int | None = None
     accel: dict = field(default_factory=dict)
+    shard_size: int | None = None  # a shard holds whole batches, so its size never changes a result
 
     def identity(self) -> dict:
         uses_data = bool({"bpd", "fid", "kid"} & set(self.metrics))  # fd_* and exact metrics ship their references
@@ -229,50 +228,28 @@ def _metrics(where: _Where, v: Any, what: str = "metrics") -> tuple[str, ...]:
 
 
 def _seeds(where: _Where, v: Any, n: int) -> str:
+    """The first ``n`` seeds as a range spec ('0-999', '0-9,20'): never expanded to a list."""
     if v is None:
         return f"0-{n - 1}"
     negative = any(p.strip().startswith("-") or "--" in p for p in v.split(",")) if isinstance(v, str) else \
         isinstance(v, int) and not isinstance(v, bool) and v < 0
     if negative:  # parse_seeds would read '-5-3' as a range with an empty bound
         raise where.error(f"field 'seeds' must be non-negative integers (like '0-999'), got {v!r}")
-    if _seed_count(v) > MAX_SAMPLES:  # before expanding: '0-999999999999' is a list of 10^12 ints
-        raise where.error(f"field 'seeds' gives {_seed_count(v):.3g} seeds; at most {MAX_SAMPLES:.0e}, got {v!r}")
     try:
-        seeds = parse_seeds(v)
+        seeds = SeedRanges.parse(v)
     except (TypeError, ValueError) as e:
         raise where.error(f"field 'seeds' must be like '0-999', an int or a list of ints, got {v!r} ({e})") from e
-    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
-    if bad:
-        raise where.error(f"field 'seeds' must be non-negative integers below 2^63, got {bad[0]!r}")
-    seen: set[int] = set()
-    for s in seeds:
-        if s in seen:
-            raise where.error(f"field 'seeds' repeats seed {s} (each sample needs its own seed)")
-        seen.add(s)
+    if len(seeds) > MAX_SAMPLES:  # counted from the ranges: '0-999999999999' is never expanded
+        raise where.error(f"field 'seeds' gives {len(seeds):.3g} seeds; at most {MAX_SAMPLES:.0e}, got {v!r}")
+    ranges = sorted(seeds.ranges)
+    if ranges and (ranges[0][0] < 0 or max(hi for _, hi in ranges) - 1 > MAX_SEED):
+        raise where.error(f"field 'seeds' must be non-negative integers below 2^63, got {v!r}")
+    for (_, hi), (lo, _) in zip(ranges, ranges[1:]):
+        if lo < hi:  # sorted half-open ranges overlap: a seed given twice
+            raise where.error(f"field 'seeds' repeats seed {lo} (each sample needs its own seed)")
     if len(seeds) < n:
         raise where.error(f"field 'seeds' gives {len(seeds)} seeds but num_samples is {n}")
-    return seed_string(seeds[:n])
-
-
-def _seed_count(v: Any) -> int:
-    """How many seeds a 'lo-hi,...' string names, without expanding it (0 where it does not parse)."""
-    if not isinstance(v, str):
-        return 0
-    total = 0
-    for part in v.split(","):
-        lo, sep, hi = part.strip().partition("-")
-        try:
-            total += max(int(hi) - int(lo) + 1, 0) if sep else 1
-        except ValueError:
-            return 0
-    return total
-
-
-def seed_string(seeds: list[int]) -> str:
-    """Compact form of a seed list: '0-99' when contiguous, else comma-separated."""
-    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"{seeds[0]}-{seeds[-1]}"
-    return ",".join(map(str, seeds))
+    return str(seeds.head(n))
 
 
 def _device(where: _Where, v: Any) -> str:
@@ -290,7 +267,7 @@ def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalS
         if v is not None:
             raw[k] = v
     d = {**DEFAULT_EVAL, **raw}
-    n = where.positive_int("num_samples", d["num_samples"], at_most=MAX_SAMPLES)
+    n = where.positive_int("num_samples", d["num_samples"])  # bounded by bench.bounds (with the estimate)
     bs = where.positive_int("batch_size", d["batch_size"])
     seeds = _seeds(where, d["seeds"], n)
     timeout = d["timeout_s"]
@@ -302,9 +279,12 @@ def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalS
     threads = d["threads"]
     if threads is not None:
         where.positive_int("threads", threads)
+    if d["shard_size"] is not None:
+        where.positive_int("shard_size", d["shard_size"])
     return EvalSpec(num_samples=n, batch_size=bs, seeds=seeds, device=_device(where, d["device"]),
                     dtype=where.choice("dtype", d["dtype"], DTYPES), metrics=_metrics(where, d["metrics"]),
-                    timeout_s=timeout, save_samples=save, threads=threads, accel=_accel(where, d["accel"]))
+                    timeout_s=timeout, save_samples=save, threads=threads, accel=_accel(where, d["accel"]),
+                    shard_size=d["shard_size"])
 
 
 def _accel(where: _Where, raw: Any) -> dict:
@@ -579,7 +559,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             likelihood=likelihood if "bpd" in metrics else {}, device=ev.device,
                             batch_invariant=batch_invariant,
                             timeout_s=ev.timeout_s, save_samples=ev.save_samples,
-                            threads=ev.threads, accel=ev.accel))
+                            threads=ev.threads, accel=ev.accel, shard_size=ev.shard_size))
     return runs
 
 

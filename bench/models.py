@@ -327,7 +327,7 @@ def _file_state(section: dict) -> tuple | None:
 
 def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32"):
     """Load (once per process) the model of a section, on ``device`` in ``dtype``."""
-    from bench.grid import canonical
+    from bench.records import canonical
 
     key = (canonical(section), _file_state(section), str(device), dtype)
     if key not in _CACHE:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.grid import canonical
+from bench.records import canonical
 
 __all__ = ["build_prior", "PRIOR_KINDS", "PRIOR_KEYS"]
 

@@ -26,13 +26,38 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUNS_DIR", "OK", "write_record", "write_samples", "read_record", "read_records", "clean_temp",
+__all__ = ["RUNS_DIR", "OK", "canonical", "run_skeleton", "failed_record", "write_record", "write_samples",
+           "read_record", "read_records", "clean_temp", "atomic_write",
            "environment", "git_revision", "now", "record_path", "samples_path"]
 
 RUNS_DIR = "runs"
 OK = "ok"
 _TMP_PREFIX = ".tmp-"
+_HOST = platform.node().replace("~", "-")
 PACKAGES = ("scorebench", "torch", "numpy", "scipy", "torchsde", "torchdiffeq", "pandas", "ray", "clean-fid")
+
+
+def canonical(obj) -> str:
+    """Canonical JSON: sorted keys, no spaces, floats as repr (the basis of ``run_id``)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_skeleton(run, device: str, status: str = "running", message: str = "") -> dict:
+    """The fields every record of ``run`` (a :class:`~bench.grid.RunSpec`) has, before any result:
+    what ran (spec, model, solver, options, seeds, ...), status, empty per-batch counts, environment."""
+    return {"run_id": run.run_id, "grid": run.grid, "entry": run.entry, "model": run.model_name,
+            "model_section": run.model, "data": run.data, "solver": run.solver, "options": run.options,
+            "T": run.T, "eps": run.eps, "prior": run.prior, "num_samples": run.num_samples,
+            "batch_size": run.batch_size, "seeds": run.seeds, "dtype": run.dtype, "device": device,
+            "metrics_requested": list(run.metrics), "spec": run.to_dict(), "created": now(),
+            "status": status, "message": message, "nfe": None, "nfe_total": None, "nfe_per_batch": [],
+            "batch_sizes": [], "steps_per_batch": [], "n_accepted": 0, "n_rejected": 0, "stats_extra": [],
+            "metrics": {}, **environment()}
+
+
+def failed_record(run, status: str, message: str) -> dict:
+    """The record of a run that failed before any shard could report (e.g. its worker died)."""
+    return {**run_skeleton(run, run.device, status, message), "finished": now()}
 
 
 def record_path(out: Path, run_id: str) -> Path:
@@ -56,10 +81,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Write via ``write(fileobj)`` into a temp file beside ``path``, fsync, then rename over it."""
+def atomic_write(path: Path, write) -> Path:
+    """Write via ``write(fileobj)`` (binary) into a temp file beside ``path`` with a name unique to this
+    call (``mkstemp``: concurrent writers never share one), fsync, then rename over ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}~{_HOST}~{os.getpid()}~", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -76,12 +103,12 @@ def _atomic_write(path: Path, write) -> Path:
 def write_record(out: Path, record: dict) -> Path:
     """Atomically write ``record`` to ``out/runs/<run_id>.json``."""
     data = json.dumps(record, indent=1, sort_keys=True, default=_json_default, allow_nan=True).encode()
-    return _atomic_write(record_path(out, record["run_id"]), lambda f: f.write(data))
+    return atomic_write(record_path(out, record["run_id"]), lambda f: f.write(data))
 
 
 def write_samples(out: Path, run_id: str, samples: torch.Tensor) -> Path:
     """Atomically save a few samples beside the record."""
-    return _atomic_write(samples_path(out, run_id), lambda f: torch.save(samples.detach().float().cpu(), f))
+    return atomic_write(samples_path(out, run_id), lambda f: torch.save(samples.detach().float().cpu(), f))
 
 
 def _json_default(o):
@@ -119,14 +146,39 @@ def read_records(out: Path) -> dict[str, dict]:
     return records
 
 
+def _writer_gone(name: str) -> bool:
+    """Whether the writer of temp file ``name`` is gone: a dead process on this host, a temp file of
+    another host untouched for a day, or one without a writer in its name."""
+    parts = name.split("~")
+    if len(parts) < 4 or not parts[2].isdigit():
+        return True
+    if parts[1] != _HOST:
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def clean_temp(out: Path) -> int:
-    """Remove temp files left by killed writers; returns how many."""
-    folder = Path(out) / RUNS_DIR
+    """Remove temp files left by killed writers (never a live writer's, on any host); returns how many."""
+    import time
+
     n = 0
-    if folder.is_dir():
+    for folder in (Path(out) / RUNS_DIR, *sorted((Path(out) / "shards").glob("*"))):
+        if not folder.is_dir():
+            continue
         for p in folder.glob(_TMP_PREFIX + "*"):
-            p.unlink(missing_ok=True)
-            n += 1
+            try:
+                old = time.time() - p.stat().st_mtime > 86400
+            except FileNotFoundError:
+                continue
+            if _writer_gone(p.name) or old:
+                p.unlink(missing_ok=True)
+                n += 1
     return n
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
 from pathlib import Path
 
-from bench.records import RUNS_DIR, read_records, samples_path
+from bench.records import RUNS_DIR, atomic_write, read_records, samples_path
 from bench.safety import file_component, inside
 
 __all__ = ["build_report", "family", "pareto_front", "flatten", "main"]
@@ -79,12 +80,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))  # a temp name unique to this writer
 
 
 def _metric_names(records: list[dict]) -> list[str]:

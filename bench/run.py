@@ -1,84 +1,37 @@
 """Run a grid: ``python -m bench.run --grid grids/cifar10.yaml``.
 
-The grid is loaded and validated, every model and metric asset is checked (missing checkpoints,
-datasets or reference statistics are a one-line error, exit code 2, nothing written), runs whose
-record is already ``ok`` are skipped, and the rest go to an executor (local or Ray). Each finished
-run is written at once as ``<out>/runs/<run_id>.json`` (atomically), so a killed sweep resumes where
-it stopped. Finally the tables and plots are rebuilt from the records (:mod:`bench.report`).
+The grid is loaded and validated, what the machine cannot hold is refused (:mod:`bench.bounds`),
+every model and metric asset is checked (missing checkpoints, datasets or reference statistics are
+a one-line error, exit code 2, nothing written), runs whose record is already ``ok`` are skipped,
+and the rest go to an executor (local, ``--workers N``, or Ray) shard by shard (:mod:`bench.sweep`):
+each finished shard is written at once under ``<out>/shards/<run_id>/``, each finished run as
+``<out>/runs/<run_id>.json`` (atomically), so a killed sweep resumes from its finished shards and
+several invocations on one folder share the work. ``--plan`` prints the cost instead
+(:mod:`bench.plan`). Finally the tables and plots are rebuilt from the records (:mod:`bench.report`).
 
-:func:`execute_run` is the body of one run: load the model (cached per worker), build the sampler,
-draw samples batch by batch with one seeded generator per sample, update the metrics, and return
-the record — failures (non-finite samples, exceptions, OOM, timeout) included, as a record with
-``status`` and ``message``.
+The body of one shard is :func:`bench.execute.execute_shard`; :func:`execute_run` runs a whole run
+in this process.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
-import resource
 import signal
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
 
-from bench.grid import GridError, GridSpec, RunSpec, canonical, load_grid
-from bench.models import DTYPES, RunScore, accelerate, load_score_model, run_sde
-from bench.records import OK, clean_temp, environment, now, read_records, write_record, write_samples
+from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS, execute_run
+from bench.grid import GridError, GridSpec, RunSpec, load_grid
+from bench.records import OK, clean_temp, read_records, write_record, write_samples
 
 __all__ = ["execute_run", "run_grid", "preflight", "main", "DEFAULT_GRID", "EXACT_METRICS"]
 
 DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml"
-EXACT_METRICS = ("fd_exact", "sw2_exact", "loglik_exact")
-IMAGE_METRICS = ("fid", "kid")
-CLASSIFIER_METRICS = {"fd_digits": "digits", "fd_fashion": "fashion"}
 LOWER_IS_BETTER = {"fid": True, "kid": True, "fd_digits": True, "fd_fashion": True, "fd_exact": True,
                    "sw2_exact": True, "loglik_exact": False, "bpd": True}
-
-
-class RunTimeout(Exception):
-    """A run went past its ``timeout_s`` (checked between batches)."""
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-# --- metrics ---------------------------------------------------------------------------------
-def metric_options(name: str, run: RunSpec, model, device: str) -> dict:
-    """Keyword arguments of ``bench.metrics.make_metric(name, ...)`` for this run."""
-    data = run.data
-    if name in EXACT_METRICS:
-        return {"model": model, "seeds": run.seeds}
-    if name in CLASSIFIER_METRICS:
-        return {"data_range": tuple(model.data_range), "device": device, "seeds": run.seeds}
-    if name in IMAGE_METRICS:
-        opts = {"dataset": data.get("dataset", "cifar10"), "res": data.get("res", model.shape[-1]),
-                "split": data.get("fid_split", "train"), "mode": data.get("mode", "legacy_tensorflow"),
-                "ref_path": data.get("ref_path"), "inception": data.get("inception"),
-                "data_range": tuple(model.data_range), "device": device, "seeds": run.seeds}
-        return opts
-    raise ValueError(f"metric {name!r} has no option builder")
 
 
 def _check_metric_assets(name: str, run: RunSpec) -> None:
@@ -108,55 +61,6 @@ def _check_metric_assets(name: str, run: RunSpec) -> None:
         load_dataset(run.data["dataset"], run.data.get("split", "test"), root=run.data.get("root"))
 
 
-def dataset_bpd(run: RunSpec, problem, device: str, dtype: torch.dtype) -> tuple[float, dict]:
-    """Mean bits/dim of the run's dataset split under the run's model, SDE and prior.
-
-    The probability-flow likelihood (:class:`solvers.ProbabilityFlowLikelihood`, options from the
-    run's ``likelihood``; score_sde's RK45, rtol = atol = 1e-5, Rademacher probe by default) of the
-    first ``data.bpd_samples`` images of ``data.split`` (default: the whole test split), over
-    ``data.bpd_repeats`` passes (score_sde: 5 on the CIFAR-10 test set), uniformly dequantised with
-    one seeded generator per image and pass and one Hutchinson probe per image and pass, so the value
-    does not depend on the batch size. Mean and standard error over images × passes.
-    """
-    from models.datasets import load_dataset
-    from solvers import SeededNoise
-    from solvers.likelihood import ProbabilityFlowLikelihood, dequantize
-
-    data = run.data
-    lik = ProbabilityFlowLikelihood(**run.likelihood)
-    ds = load_dataset(data["dataset"], data.get("split", "test"), root=data.get("root"))
-    if ds.levels is None:
-        raise ValueError(f"bpd needs discrete data; dataset {ds.name!r} is continuous")
-    n = min(int(data.get("bpd_samples", len(ds))), len(ds))
-    bs = int(data.get("bpd_batch_size", run.batch_size))
-    repeats = int(data.get("bpd_repeats", 1))
-    data_range = tuple(problem.score.data_range)
-    bpd, nfe = [], []
-    for r in range(repeats):  # score_sde: 5 passes over the CIFAR-10 test set, fresh dequantisation/probe
-        for i in range(0, n, bs):
-            pixels = ds.data[i: i + bs]
-            idx = range(i, i + len(pixels))
-            u = torch.stack([torch.rand(pixels.shape[1:], generator=torch.Generator().manual_seed(
-                10**6 * (r + 1) + j), dtype=torch.float64) for j in idx])
-            x = dequantize(pixels, ds.levels, data_range, u=u).to(device=device, dtype=dtype)
-            probe = SeededNoise([10**7 * r + j for j in idx], device=device)
-            res = lik(problem, x, probe, levels=ds.levels, data_range=data_range)
-            if res.status != "ok":
-                raise RuntimeError(f"bpd: likelihood solve failed on images {i}-{i + len(pixels) - 1} "
-                                   f"(pass {r}): {res.message}")
-            bpd.append(res.bpd.double().cpu())
-            nfe.append(res.nfe)
-    values = torch.cat(bpd)
-    protocol = {"metric": "bpd", "dataset": ds.name, "split": ds.split, "num_images": n, "repeats": repeats,
-                "levels": ds.levels, "data_range": list(data_range), "offset_bits": res.offset,
-                "likelihood": dataclasses.asdict(lik),
-                "dequantization": "uniform, seed 1e6*(pass+1)+index per image",
-                "probe_seeds": "1e7*pass + image index",
-                "stderr": float(values.std() / math.sqrt(len(values))) if len(values) > 1 else None,
-                "nfe_per_batch": nfe, "batch_size": bs, "T": problem.sde.T}
-    return float(values.mean()), protocol
-
-
 def preflight(grid: GridSpec) -> None:
     """Check every file the runs need (checkpoints at load time, metric assets and datasets here)."""
     seen = set()
@@ -170,155 +74,6 @@ def preflight(grid: GridSpec) -> None:
                 except (ValueError, FileNotFoundError, ImportError) as e:
                     msg = " ".join(str(e).split())
                     raise GridError(f"{grid.path} model {run.model_name!r}, metric {name!r}: {msg}") from e
-
-
-# --- one run ---------------------------------------------------------------------------------
-def _peak_memory(device: str) -> dict:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda allocated"}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"peak_memory_mb": rss, "peak_memory_kind": "process max RSS (cpu)"}
-
-
-def _batch_stats(record: dict, stats, B: int) -> None:
-    d = stats.as_dict()
-    record["nfe_per_batch"].append(int(stats.nfe))
-    record["batch_sizes"].append(B)
-    record["steps_per_batch"].append(int(stats.n_steps))
-    record["n_accepted"] += int(stats.n_accepted)
-    record["n_rejected"] += int(stats.n_rejected)
-    if stats.nfe_per_sample is not None:
-        per = stats.nfe_per_sample.double().cpu()
-        record["_nfe_rows"] += float(per.sum())
-        record["nfe_per_sample_min"] = min(record.get("nfe_per_sample_min") or math.inf, float(per.min()))
-        record["nfe_per_sample_max"] = max(record.get("nfe_per_sample_max") or -math.inf, float(per.max()))
-    extra = {k: v for k, v in d.items() if k not in ("nfe", "n_steps", "n_accepted", "n_rejected")
-             and not k.startswith("nfe_per_sample")}
-    if extra:
-        record["stats_extra"].append(extra)
-
-
-def _finish_counts(record: dict) -> None:
-    nfe = record["nfe_per_batch"]
-    record["nfe_total"] = sum(nfe)
-    record["nfe"] = (sum(nfe) / len(nfe) if len(set(nfe)) > 1 else nfe[0]) if nfe else None
-    steps = record["steps_per_batch"]
-    record["n_steps"] = (sum(steps) / len(steps) if len(set(steps)) > 1 else steps[0]) if steps else None
-    rows = record.pop("_nfe_rows")
-    done = sum(record["batch_sizes"])
-    record["nfe_per_sample_mean"] = rows / done if done and "nfe_per_sample_min" in record else None
-    record.setdefault("nfe_per_sample_min", None)
-    record.setdefault("nfe_per_sample_max", None)
-
-
-def _base_record(run: RunSpec, device: str) -> dict:
-    return {"run_id": run.run_id, "grid": run.grid, "entry": run.entry, "model": run.model_name,
-            "model_section": run.model, "data": run.data, "solver": run.solver, "options": run.options,
-            "T": run.T, "eps": run.eps, "prior": run.prior, "num_samples": run.num_samples,
-            "batch_size": run.batch_size, "seeds": run.seeds, "dtype": run.dtype, "device": device,
-            "metrics_requested": list(run.metrics), "spec": run.to_dict(), "created": now(),
-            "status": "running", "message": "", "nfe_per_batch": [], "batch_sizes": [], "steps_per_batch": [],
-            "n_accepted": 0, "n_rejected": 0, "_nfe_rows": 0.0, "stats_extra": [], "metrics": {},
-            **environment()}
-
-
-def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch.Tensor | None]:
-    """Run one cell and return ``(record, kept samples)``; never raises for a failing run."""
-    from tqdm.auto import tqdm
-
-    from bench.metrics import make_metric
-    from bench.priors import build_prior
-    from models.sde import sde_to_dict
-    from solvers import Problem, SeededNoise, Status, make_sampler, parse_seeds
-
-    device = resolve_device(run.device)
-    dtype = DTYPES[run.dtype]
-    record = _base_record(run, device)
-    record["threads"] = torch.get_num_threads()
-    kept: list[torch.Tensor] = []
-    t_start = time.perf_counter()
-    sampling_s = metric_s = 0.0
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats(device)
-    model = None
-    try:
-        model = accelerate(load_score_model(run.model, device, run.dtype), run.accel)
-        sde = run_sde(model, run.T, run.eps)
-        record["sde"] = sde_to_dict(sde)
-        record["device_name"] = _device_name(device)
-        record["data_range"] = list(model.data_range)
-        record["shape"] = list(model.shape)
-        prior = build_prior(run.prior, model, sde, run.data, device, model_key=canonical(run.model))
-        record["prior_class"] = type(prior).__name__
-        if run.prior.get("kind") == "oracle":
-            record["prior_note"] = "ORACLE prior: held-out data diffused to T (uses data)"
-        problem = Problem(RunScore(model, sde), prior)
-        sampler = make_sampler(run.solver, **run.options)
-        record["sampler"] = {"class": type(sampler).__name__, **dataclasses.asdict(sampler)}
-        metrics = {m: make_metric(m, **metric_options(m, run, model, device)) for m in run.metrics if m != "bpd"}
-        seeds = parse_seeds(run.seeds)[: run.num_samples] if set(run.metrics) != {"bpd"} else []
-        batches = [seeds[i: i + run.batch_size] for i in range(0, len(seeds), run.batch_size)]
-        bar = tqdm(batches, desc=f"{run.run_id} {run.solver}", unit="batch", leave=False, disable=progress is False
-                   if progress is not None else None, position=1)
-        for batch_seeds in bar:
-            if run.timeout_s is not None and time.perf_counter() - t_start > run.timeout_s:
-                raise RunTimeout(f"timeout: {time.perf_counter() - t_start:.1f}s > timeout_s={run.timeout_s} "
-                                 f"after {len(record['batch_sizes'])} of {len(batches)} batches")
-            noise = SeededNoise(batch_seeds, device=device)
-            _sync(device)
-            t0 = time.perf_counter()
-            x_init = problem.prior_sample(len(batch_seeds), noise, dtype=dtype, device=device)
-            # Network passes of a fitted prior are not score calls: counted apart from NFE.
-            record["prior_network_calls"] = record.get("prior_network_calls", 0) + getattr(prior, "network_calls", 0)
-            sol = sampler.sample(problem, x_init, noise)
-            _sync(device)
-            sampling_s += time.perf_counter() - t0
-            _batch_stats(record, sol.stats, len(batch_seeds))
-            if sol.status != Status.OK:
-                record["status"] = str(sol.status.value)
-                record["message"] = f"batch {len(record['batch_sizes']) - 1} (seeds {batch_seeds[0]}-" \
-                                    f"{batch_seeds[-1]}): {sol.message or sol.status.value}"
-                break
-            t0 = time.perf_counter()
-            for metric in metrics.values():
-                metric.update(sol.x)
-            metric_s += time.perf_counter() - t0
-            if sum(k.shape[0] for k in kept) < run.save_samples:
-                kept.append(sol.x[: run.save_samples - sum(k.shape[0] for k in kept)].detach().float().cpu())
-        bar.close()
-        if record["status"] == "running":
-            t0 = time.perf_counter()
-            for name, metric in metrics.items():
-                value, protocol = metric.compute()
-                record["metrics"][name] = {"value": value, "protocol": protocol}
-            if "bpd" in run.metrics:
-                value, protocol = dataset_bpd(run, problem, device, dtype)
-                record["metrics"]["bpd"] = {"value": value, "protocol": protocol}
-                record["bpd_nfe"] = sum(protocol["nfe_per_batch"]) / len(protocol["nfe_per_batch"])
-            metric_s += time.perf_counter() - t0
-            record["status"] = OK
-    except RunTimeout as e:
-        record.update(status="timeout", message=str(e))
-    except torch.cuda.OutOfMemoryError as e:
-        record.update(status="oom", message=f"CUDA out of memory: {' '.join(str(e).split())[:500]}")
-    except MemoryError as e:
-        record.update(status="oom", message=f"MemoryError: {e}")
-    except Exception as e:  # any failure becomes the record's status; the sweep goes on
-        tb = traceback.extract_tb(e.__traceback__)[-1]
-        record.update(status="error", message=f"{type(e).__name__}: {' '.join(str(e).split())[:1000]} "
-                                              f"(at {Path(tb.filename).name}:{tb.lineno})")
-    _finish_counts(record)
-    for name, m in record["metrics"].items():
-        record[name] = m["value"]
-    record["sampling_time_s"] = sampling_s
-    record["metric_time_s"] = metric_s
-    record["wall_time_s"] = time.perf_counter() - t_start
-    record["finished"] = now()
-    record.update(_peak_memory(device))
-    record["accel"] = dict(run.accel)
-    record["oom_splits"] = getattr(model, "splits", 0)
-    samples = torch.cat(kept) if kept else None
-    return record, samples
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -338,8 +93,10 @@ def select_runs(grid: GridSpec, out: Path, retry_failed: bool = False) -> tuple[
 
 
 def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | None = None,
-             retry_failed: bool = False, progress: bool | None = None, report: bool = True) -> dict:
-    """Run every pending run of ``grid`` into ``out``; returns counts {'ran', 'ok', 'failed', 'skipped'}."""
+             retry_failed: bool = False, progress: bool | None = None, report: bool = True,
+             workers: int = 1) -> dict:
+    """Run every pending run of ``grid`` into ``out``; returns counts {'ran', 'ok', 'failed', 'skipped_ok',
+    'skipped_failed', 'shards_computed'} ('ran': runs this invocation merged into a record)."""
     from tqdm.auto import tqdm
 
     from bench.executors import make_executor
@@ -348,7 +105,8 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
     (out / "runs").mkdir(parents=True, exist_ok=True)
     clean_temp(out)
     todo, skipped = select_runs(grid, out, retry_failed)
-    counts = {"ran": 0, "ok": 0, "failed": 0, "skipped_ok": skipped["ok"], "skipped_failed": skipped["failed"]}
+    counts = {"ran": 0, "ok": 0, "failed": 0, "skipped_ok": skipped["ok"], "skipped_failed": skipped["failed"],
+              "shards_computed": 0}
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="run", disable=progress is False
                if progress is not None else None, position=0)
 
@@ -364,7 +122,9 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
                        f"{record['message']}", file=sys.stderr)
 
     if todo:
-        make_executor(executor, address=address, progress=progress).run(todo, on_result)
+        computed = make_executor(executor, address=address, progress=progress, workers=workers).run(
+            todo, out, on_result)
+        counts["shards_computed"] = len(computed)
     bar.close()
     if report:
         from bench.report import build_report
@@ -382,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override eval.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--out", default=None, help="output folder (default: results/<grid name>)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local executor: worker processes pulling shards (CPU: cores/N threads each; "
+                        "CUDA: one per visible GPU)")
+    p.add_argument("--plan", action="store_true",
+                   help="print network evaluations per run and in total (and a time estimate) and exit")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--retry-failed", action="store_true", help="re-run runs whose record is not ok")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -435,7 +200,8 @@ def _stop_cleanly(grid: GridSpec, out: Path, signum: int, report: bool) -> int:
     elif report:
         what = "no records to report"
     print(f"{grid.name}: stopped by {signal.Signals(signum).name}; {len(done)} of {len(grid.runs)} runs have a "
-          f"record (the run in progress was dropped, rerun to resume), {what} -> {out}", file=sys.stderr)
+          f"record (finished shards are kept, those in flight were dropped: rerun to resume), {what} -> {out}",
+          file=sys.stderr)
     return 128 + signum
 
 
@@ -446,9 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     grid_path = args.grid or str(DEFAULT_GRID)
     overrides = {"num_samples": args.samples, "batch_size": args.batch_size, "device": args.device}
+    if args.workers < 1:
+        print(f"error: --workers must be a positive integer, got {args.workers}", file=sys.stderr)
+        return 2
     try:
-        grid = load_grid(grid_path, overrides, files=not args.dry_run)
-        if not args.dry_run:
+        from bench.bounds import check_bounds
+
+        grid = load_grid(grid_path, overrides, files=not (args.dry_run or args.plan))
+        check_bounds(grid)
+        if not (args.dry_run or args.plan):
             preflight(grid)
     except (GridError, ValueError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -457,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{grid_path}: stopped by SIGINT while loading the grid; nothing written", file=sys.stderr)
         return 128 + signal.SIGINT
     out = Path(args.out) if args.out else Path("results") / grid.name
+    if args.plan:
+        from bench.plan import plan_table
+
+        print(plan_table(grid))
+        return 0
     if args.dry_run:
         print(dry_run_table(grid, out))
         return 0
@@ -469,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         counts = run_grid(grid, out, args.executor, args.address, args.retry_failed,
-                          progress=False if args.no_progress else None, report=not args.no_report)
+                          progress=False if args.no_progress else None, report=not args.no_report,
+                          workers=args.workers)
     except KeyboardInterrupt:
         return _stop_cleanly(grid, out, signal.SIGINT, not args.no_report)
     except Stopped as e:
@@ -479,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     failed = counts["failed"] + counts["skipped_failed"]
     retry = f"; {failed} not ok: rerun with --retry-failed to retry them" if failed else ""
-    print(f"{grid.name}: {counts['ran']} ran ({counts['ok']} ok, {counts['failed']} failed), "
+    print(f"{grid.name}: {counts['ran']} ran ({counts['ok']} ok, {counts['failed']} failed; "
+          f"{counts['shards_computed']} shards computed here), "
           f"{counts['skipped_ok']} already ok, {counts['skipped_failed']} failed earlier{retry} "
           f"-> {out}", file=sys.stderr)
     return 1 if failed else 0

@@ -119,7 +119,7 @@ def test_nan_and_exceptions_are_recorded_and_the_sweep_goes_on(tmp_path):
     bench.models._CACHE.clear()
     target = f"{__name__}:flaky_model"
     models = {"good": GOOD,
-              "nan": {"kind": "callable", "target": target, "options": {"nan_after": 12}},
+              "nan": {"kind": "callable", "target": target, "options": {"nan_after": 20}},
               "boom": {"kind": "callable", "target": target, "options": {"raise_after": 3}}}
     sweeps = [{"model": ["nan", "good", "boom"], "solver": "pf_euler", "n_steps": [4, 8]},
               {"model": "good", "solver": "euler_maruyama", "n_steps": 5}]
@@ -135,11 +135,12 @@ def test_nan_and_exceptions_are_recorded_and_the_sweep_goes_on(tmp_path):
     for r in by_model["good"]:  # 4 samples in 2 batches; fixed steps: the same NFE in each batch
         assert r["batch_sizes"] == [2, 2] and len(set(r["nfe_per_batch"])) == 1
         assert r["nfe"] == r["nfe_per_batch"][0] and r["nfe_total"] == 2 * r["nfe"]
-    # 'nan' turns NaN at its 13th call: the first run (4 calls per batch) finishes, the second fails.
+    # 'nan' turns NaN at its 21st call. Longest work first: the 8-step run (16 calls) runs before the
+    # 4-step one, which turns NaN in its second batch (calls 21-24).
     nan = sorted(by_model["nan"], key=lambda r: r["options"]["n_steps"])
-    assert nan[0]["status"] == "ok"
-    assert nan[1]["status"] == "nonfinite" and "NaN/Inf" in nan[1]["message"] and "batch" in nan[1]["message"]
-    assert nan[1]["nfe_per_batch"], "NFE up to the failure is recorded"
+    assert nan[1]["status"] == "ok"
+    assert nan[0]["status"] == "nonfinite" and "NaN/Inf" in nan[0]["message"] and "batch 1" in nan[0]["message"]
+    assert nan[0]["nfe_per_batch"] == [4, 4], "NFE up to the failure is recorded"
     for r in by_model["boom"]:
         assert r["status"] == "error" and "simulated network failure" in r["message"]
     with open(out / "runs.csv") as f:

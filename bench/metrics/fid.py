@@ -118,8 +118,7 @@ def compute_reference_stats(images: Iterable[Tensor], dataset: str, res: int | s
                feature_network_sha256=net.protocol()["feature_network_sha256"])
     if kid:
         kid_path = path.with_name(path.name[: -len(".npz")] + "_kid.npz")
-        tmp = kid_path.with_name(kid_path.name + ".part")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, feats=np.concatenate(feats))
-        tmp.replace(kid_path)
+        from bench.records import atomic_write
+
+        atomic_write(kid_path, lambda fh: np.savez(fh, feats=np.concatenate(feats)))
     return path

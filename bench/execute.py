@@ -1,0 +1,253 @@
+"""The body of one shard: load the model (cached per worker), draw the shard's samples batch by
+batch with one seeded generator per sample, update the metric accumulators, and return the shard's
+state (see :mod:`bench.shards`) — failures included, as a state with ``status`` and ``message``.
+
+:func:`execute_shard` never raises for a failing shard: non-finite samples and solver failures stop
+at the failing batch (``status`` from the solver), a timeout, out of memory (CUDA, ``MemoryError``,
+``std::bad_alloc``: status ``oom``, with what was being allocated) and any exception become the
+status. :func:`execute_run` runs every shard of a run in this process and merges them: a whole run,
+as :mod:`bench.run` executed before shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import resource
+import socket
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from bench.grid import RunSpec
+from bench.models import DTYPES, RunScore, accelerate, load_score_model, run_sde
+from bench.records import canonical, now
+from bench.seeds import SeedRanges
+from bench.shards import BPD, Shard, merge_record, run_shards
+
+__all__ = ["execute_shard", "execute_run", "merge_states", "build_metrics", "metric_options", "resolve_device",
+           "RunTimeout", "EXACT_METRICS", "IMAGE_METRICS", "CLASSIFIER_METRICS"]
+
+EXACT_METRICS = ("fd_exact", "sw2_exact", "loglik_exact")
+IMAGE_METRICS = ("fid", "kid")
+CLASSIFIER_METRICS = {"fd_digits": "digits", "fd_fashion": "fashion"}
+
+
+class RunTimeout(Exception):
+    """A run went past its ``timeout_s`` (checked between batches)."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def metric_options(name: str, run: RunSpec, model, device: str) -> dict:
+    """Keyword arguments of ``bench.metrics.make_metric(name, ...)`` for this run."""
+    data = run.data
+    if name in EXACT_METRICS:
+        return {"model": model, "seeds": run.seeds}
+    if name in CLASSIFIER_METRICS:
+        return {"data_range": tuple(model.data_range), "device": device, "seeds": run.seeds}
+    if name in IMAGE_METRICS:
+        return {"dataset": data.get("dataset", "cifar10"), "res": data.get("res", model.shape[-1]),
+                "split": data.get("fid_split", "train"), "mode": data.get("mode", "legacy_tensorflow"),
+                "ref_path": data.get("ref_path"), "inception": data.get("inception"),
+                "data_range": tuple(model.data_range), "device": device, "seeds": run.seeds}
+    raise ValueError(f"metric {name!r} has no option builder")
+
+
+def build_metrics(run: RunSpec, model, device: str) -> dict:
+    """Fresh accumulators of the run's sample metrics (``bpd`` is its own shard)."""
+    from bench.metrics import make_metric
+
+    return {m: make_metric(m, **metric_options(m, run, model, device)) for m in run.metrics if m != BPD}
+
+
+def _peak_memory(device: str) -> dict:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda allocated"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"peak_memory_mb": rss, "peak_memory_kind": "process max RSS (cpu)"}
+
+
+def _batch_stats(state: dict, stats, B: int) -> None:
+    d = stats.as_dict()
+    state["nfe_per_batch"].append(int(stats.nfe))
+    state["batch_sizes"].append(B)
+    state["steps_per_batch"].append(int(stats.n_steps))
+    state["n_accepted"] += int(stats.n_accepted)
+    state["n_rejected"] += int(stats.n_rejected)
+    if stats.nfe_per_sample is not None:
+        per = stats.nfe_per_sample.double().cpu()
+        state["nfe_rows"] += float(per.sum())
+        state["nfe_per_sample_min"] = min(state.get("nfe_per_sample_min") or math.inf, float(per.min()))
+        state["nfe_per_sample_max"] = max(state.get("nfe_per_sample_max") or -math.inf, float(per.max()))
+    extra = {k: v for k, v in d.items() if k not in ("nfe", "n_steps", "n_accepted", "n_rejected")
+             and not k.startswith("nfe_per_sample")}
+    if extra:
+        state["stats_extra"].append(extra)
+
+
+def _oom_message(kind: str, e: BaseException, phase: str) -> str:
+    return f"{kind} while {phase}: {' '.join(str(e).split())[:500]}"
+
+
+def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, progress: bool | None = False) -> dict:
+    """Compute one shard of ``run`` and return its state; never raises for a failing shard.
+
+    Args:
+        run: the run.
+        shard: which of its shards (:func:`bench.shards.run_shards`).
+        budget_s: seconds left of the run's ``timeout_s`` (None: no limit).
+        progress: a tqdm bar over the shard's batches (None: automatic).
+    """
+    from tqdm.auto import tqdm
+
+    from bench.priors import build_prior
+    from models.sde import sde_to_dict
+    from solvers import Problem, SeededNoise, Status, make_sampler
+
+    device = resolve_device(run.device)
+    dtype = DTYPES[run.dtype]
+    state = {"status": "running", "message": "", "created": now(), "nfe_per_batch": [], "batch_sizes": [],
+             "steps_per_batch": [], "n_accepted": 0, "n_rejected": 0, "nfe_rows": 0.0, "stats_extra": [],
+             "prior_network_calls": 0, "metrics": {}, "samples": None,
+             "worker": f"{socket.gethostname()}:{__import__('os').getpid()}",
+             "info": {"device": device, "threads": torch.get_num_threads()}}
+    kept: list[torch.Tensor] = []
+    t_start = time.perf_counter()
+    sampling_s = metric_s = 0.0
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)
+    model = None
+    phase = f"loading model {run.model_name!r}"
+    try:
+        model = accelerate(load_score_model(run.model, device, run.dtype), run.accel)
+        sde = run_sde(model, run.T, run.eps)
+        info = state["info"]
+        info.update(sde=sde_to_dict(sde), device_name=device_name(device), data_range=list(model.data_range),
+                    shape=list(model.shape))
+        phase = "building the prior"
+        prior = build_prior(run.prior, model, sde, run.data, device, model_key=canonical(run.model))
+        info["prior_class"] = type(prior).__name__
+        if run.prior.get("kind") == "oracle":
+            info["prior_note"] = "ORACLE prior: held-out data diffused to T (uses data)"
+        problem = Problem(RunScore(model, sde), prior)
+        sampler = make_sampler(run.solver, **run.options)
+        info["sampler"] = {"class": type(sampler).__name__, **dataclasses.asdict(sampler)}
+        if shard.index == BPD:
+            from bench.dataset_bpd import dataset_bpd
+
+            phase = "computing bits/dim of the dataset"
+            t0 = time.perf_counter()
+            value, protocol = dataset_bpd(run, problem, device, dtype)
+            metric_s += time.perf_counter() - t0
+            state.update(bpd_value=value, bpd_protocol=protocol, status="ok")
+        else:
+            phase = "building the metrics"
+            metrics = build_metrics(run, model, device)
+            seeds = SeedRanges.parse(run.seeds)
+            starts = range(shard.start, shard.stop, run.batch_size)
+            first_batch = shard.start // run.batch_size
+            n_batches = math.ceil(run.num_samples / run.batch_size)
+            bar = tqdm(starts, desc=f"{shard}", unit="batch", leave=False, position=1,
+                       disable=progress is False if progress is not None else None)
+            for j, lo in enumerate(bar):
+                if budget_s is not None and time.perf_counter() - t_start > budget_s:
+                    raise RunTimeout(f"timeout: {time.perf_counter() - t_start:.1f}s > timeout_s={run.timeout_s} "
+                                     f"after {first_batch + j} of {n_batches} batches")
+                batch_seeds = seeds.slice(lo, min(lo + run.batch_size, shard.stop))
+                B = len(batch_seeds)
+                phase = (f"sampling batch {first_batch + j} ({B} samples of shape {list(model.shape)}, "
+                         f"{run.dtype}, one generator each)")
+                noise = SeededNoise(batch_seeds, device=device)
+                synchronize(device)
+                t0 = time.perf_counter()
+                x_init = problem.prior_sample(B, noise, dtype=dtype, device=device)
+                # Network passes of a fitted prior are not score calls: counted apart from NFE.
+                state["prior_network_calls"] += getattr(prior, "network_calls", 0)
+                sol = sampler.sample(problem, x_init, noise)
+                synchronize(device)
+                sampling_s += time.perf_counter() - t0
+                _batch_stats(state, sol.stats, B)
+                if sol.status != Status.OK:
+                    state["status"] = str(sol.status.value)
+                    state["message"] = (f"batch {first_batch + j} (seeds {batch_seeds[0]}-{batch_seeds[-1]}): "
+                                        f"{sol.message or sol.status.value}")
+                    break
+                phase = f"updating the metrics on batch {first_batch + j}"
+                t0 = time.perf_counter()
+                ids = torch.tensor(batch_seeds, dtype=torch.int64)
+                for metric in metrics.values():
+                    metric.update(sol.x, ids)
+                metric_s += time.perf_counter() - t0
+                room = run.save_samples - lo  # keep the samples at positions < save_samples
+                if room > 0:
+                    kept.append(sol.x[:room].detach().float().cpu())
+            bar.close()
+            if state["status"] == "running":
+                state["metrics"] = {name: m.state() for name, m in metrics.items()}
+                state["status"] = "ok"
+    except RunTimeout as e:
+        state.update(status="timeout", message=str(e))
+    except torch.cuda.OutOfMemoryError as e:
+        state.update(status="oom", message=_oom_message("CUDA out of memory", e, phase))
+    except MemoryError as e:
+        state.update(status="oom", message=_oom_message("MemoryError", e, phase))
+    except Exception as e:  # any failure becomes the shard's status; the sweep goes on
+        if "std::bad_alloc" in str(e) or "DefaultCPUAllocator: can't allocate memory" in str(e):
+            state.update(status="oom", message=_oom_message("out of host memory", e, phase))
+        else:
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            state.update(status="error", message=f"{type(e).__name__}: {' '.join(str(e).split())[:1000]} "
+                                                 f"(at {Path(tb.filename).name}:{tb.lineno})")
+    state["samples"] = torch.cat(kept) if kept else None
+    state.update(sampling_time_s=sampling_s, metric_time_s=metric_s, wall_time_s=time.perf_counter() - t_start,
+                 finished=now(), oom_splits=getattr(model, "splits", 0), **_peak_memory(device))
+    return state
+
+
+def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch.Tensor | None]:
+    """Run every shard of ``run`` here, one after another, and return ``(record, kept samples)``."""
+    states, failure, spent = [], None, 0.0
+    for shard in run_shards(run):
+        budget = None if run.timeout_s is None else run.timeout_s - spent
+        s = execute_shard(run, shard, budget, progress)
+        spent += s["wall_time_s"]
+        if s["status"] != "ok":
+            failure = s
+            break
+        states.append(s)
+    return merge_states(run, states, failure)
+
+
+def merge_states(run: RunSpec, states: list[dict], failure: dict | None = None) -> tuple[dict, torch.Tensor | None]:
+    """The record of ``run`` from its shard states: fresh accumulators (on the CPU) merge the shards'
+    metric states (:func:`bench.shards.merge_record`). Image metrics read the data range and size
+    from the shards; exact metrics load the mixture (cheap)."""
+    metrics = {}
+    if failure is None:
+        info = next((s["info"] for s in states if "data_range" in s.get("info", {})), None)
+        if any(m in EXACT_METRICS for m in run.metrics) or info is None:
+            model = load_score_model(run.model, "cpu", run.dtype)
+        else:
+            model = SimpleNamespace(data_range=tuple(info["data_range"]), shape=tuple(info["shape"]))
+        metrics = build_metrics(run, model, "cpu")
+    return merge_record(run, states, metrics, failure)

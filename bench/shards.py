@@ -1,0 +1,225 @@
+"""Seed shards: the unit of work of a run, their files, and the merge of their states into the record.
+
+A run's samples are split into shards of whole batches: shard *k* holds the samples at positions
+``k·S .. min((k+1)·S, N) − 1`` of the run's seed list, with ``S`` = ``eval.shard_size`` rounded up
+to a multiple of the batch size (default :data:`DEFAULT_SHARD_SAMPLES`: a 50 000-sample run has 25
+shards, the 200-sample quickstart runs one). Batches are the same as in one pass and noise is per
+sample, so the samples do not depend on the shard size. A run with ``bpd`` has one more shard,
+``bpd``, that scores the dataset split. Files (docs/harness.md has the claim protocol)::
+
+    <out>/shards/<run_id>/<k>.pt        a finished shard: its state (torch.save, weights_only-loadable)
+    <out>/shards/<run_id>/<k>.claim     a worker's claim on shard k (owner; its mtime is the heartbeat)
+    <out>/shards/<run_id>/record.claim  the claim of the worker that merges the shards into the record
+
+A shard's state: the metric accumulators' ``state()``, NFE / steps / batch sizes of each batch,
+accepted and rejected steps, per-sample NFE sums and extremes, timings, peak memory, the run's
+descriptive fields (SDE, sampler, device) and the kept samples of the first ``save_samples``
+positions. :func:`merge_record` folds the states of shards 0, 1, ... in index order — whatever
+order they finished in — into the record a one-pass run writes. Once the record is written, the
+shard folder is removed (a FID shard state is 32 MiB).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.records import atomic_write, now
+
+__all__ = ["DEFAULT_SHARD_SAMPLES", "Shard", "run_shards", "shard_size", "shard_dir", "shard_path",
+           "write_shard", "read_shard", "merge_record", "remove_shards", "finished_shards"]
+
+DEFAULT_SHARD_SAMPLES = 2000
+SHARDS_DIR = "shards"
+BPD = "bpd"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of run ``run_id``: sample positions ``start .. stop-1`` (``index == 'bpd'``: the
+    dataset bits/dim, no samples)."""
+
+    run_id: str
+    index: int | str
+    start: int = 0
+    stop: int = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.index)
+
+    def __str__(self) -> str:
+        if self.index == BPD:
+            return f"{self.run_id}/bpd"
+        return f"{self.run_id}/{self.index} (samples {self.start}-{self.stop - 1})"
+
+
+def shard_size(run) -> int:
+    """Samples per shard of ``run``: ``eval.shard_size`` (or the default) rounded up to whole batches."""
+    want = run.shard_size or DEFAULT_SHARD_SAMPLES
+    return max(1, math.ceil(want / run.batch_size)) * run.batch_size
+
+
+def samples_drawn(run) -> int:
+    """Samples a run draws: none for a bits/dim-only run."""
+    return 0 if set(run.metrics) == {BPD} else run.num_samples
+
+
+def run_shards(run) -> list[Shard]:
+    """The shards of ``run``, in index order (the ``bpd`` shard last)."""
+    n, size = samples_drawn(run), shard_size(run)
+    shards = [Shard(run.run_id, k, lo, min(lo + size, n)) for k, lo in enumerate(range(0, n, size))]
+    if BPD in run.metrics:
+        shards.append(Shard(run.run_id, BPD))
+    return shards
+
+
+def shard_dir(out: Path, run_id: str) -> Path:
+    return Path(out) / SHARDS_DIR / run_id
+
+
+def shard_path(out: Path, shard: Shard) -> Path:
+    return shard_dir(out, shard.run_id) / f"{shard.name}.pt"
+
+
+def plain(obj):
+    """``obj`` with every value a JSON type or a tensor (what ``torch.load(weights_only=True)`` reads)."""
+    from bench.records import _json_default
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def write_shard(out: Path, shard: Shard, state: dict) -> Path:
+    """Atomically write a finished shard's state (unique temp name, fsync, rename)."""
+    state = plain({**state, "run_id": shard.run_id, "index": shard.index, "start": shard.start, "stop": shard.stop})
+    return atomic_write(shard_path(out, shard), lambda f: torch.save(state, f))
+
+
+def read_shard(out: Path, shard: Shard) -> dict | None:
+    """A finished shard's state, or None where absent or unreadable (never unpickles objects)."""
+    path = shard_path(out, shard)
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001  (a file not written by write_shard: treated as not done)
+        return None
+    ok = isinstance(state, dict) and state.get("run_id") == shard.run_id and state.get("index") == shard.index
+    return state if ok and state.get("status") == "ok" else None
+
+
+def finished_shards(out: Path, run) -> set[str]:
+    """Names of the run's shards that have a state file."""
+    folder = shard_dir(out, run.run_id)
+    return {p.stem for p in folder.glob("*.pt") if not p.name.startswith(".")} if folder.is_dir() else set()
+
+
+def remove_shards(out: Path, run_id: str) -> None:
+    shutil.rmtree(shard_dir(out, run_id), ignore_errors=True)
+
+
+# --- merge ---------------------------------------------------------------------------------------
+def _fold_counts(record: dict, s: dict) -> None:
+    for key in ("nfe_per_batch", "batch_sizes", "steps_per_batch", "stats_extra"):
+        record[key] += list(s.get(key, []))
+    for key in ("n_accepted", "n_rejected"):
+        record[key] += int(s.get(key, 0))
+    record["_nfe_rows"] += float(s.get("nfe_rows", 0.0))
+    if s.get("nfe_per_sample_min") is not None:
+        record["nfe_per_sample_min"] = min(record.get("nfe_per_sample_min") or math.inf, s["nfe_per_sample_min"])
+        record["nfe_per_sample_max"] = max(record.get("nfe_per_sample_max") or -math.inf, s["nfe_per_sample_max"])
+    if "prior_network_calls" in s:
+        record["prior_network_calls"] = record.get("prior_network_calls", 0) + int(s["prior_network_calls"])
+    for key in ("sampling_time_s", "metric_time_s", "wall_time_s"):
+        record[key] += float(s.get(key, 0.0))
+    if s.get("peak_memory_mb") is not None and s["peak_memory_mb"] >= (record.get("peak_memory_mb") or -1.0):
+        record["peak_memory_mb"], record["peak_memory_kind"] = s["peak_memory_mb"], s.get("peak_memory_kind")
+    record["oom_splits"] = max(record.get("oom_splits", 0), int(s.get("oom_splits", 0)))
+
+
+def finish_counts(record: dict) -> None:
+    """Run-level NFE and step summaries from the per-batch lists (as a one-pass run reports them)."""
+    nfe = record["nfe_per_batch"]
+    record["nfe_total"] = sum(nfe)
+    record["nfe"] = (sum(nfe) / len(nfe) if len(set(nfe)) > 1 else nfe[0]) if nfe else None
+    steps = record["steps_per_batch"]
+    record["n_steps"] = (sum(steps) / len(steps) if len(set(steps)) > 1 else steps[0]) if steps else None
+    rows = record.pop("_nfe_rows", 0.0)
+    done = sum(record["batch_sizes"])
+    record["nfe_per_sample_mean"] = rows / done if done and "nfe_per_sample_min" in record else None
+    record.setdefault("nfe_per_sample_min", None)
+    record.setdefault("nfe_per_sample_max", None)
+
+
+def merge_record(run, states: list[dict], metrics: dict,
+                 failure: dict | None = None) -> tuple[dict, torch.Tensor | None]:
+    """The run's record and kept samples from its shard states (any order; folded in index order).
+
+    Args:
+        run: the :class:`~bench.grid.RunSpec`.
+        states: finished shard states (for a failed run: those before the failing one).
+        metrics: ``name -> accumulator`` built for the run (fresh); the shards' metric states are merged
+            into them and computed here unless the run failed.
+        failure: the failing shard's state (status, message and the counts of its batches), if any.
+    """
+    from bench.records import run_skeleton
+
+    order = sorted(states, key=lambda s: (s["index"] == BPD, s["index"] if s["index"] != BPD else 0))
+    if failure is not None:
+        order.append(failure)
+    first = next((s for s in order if s.get("info")), {})
+    info = first.get("info", {})
+    record = run_skeleton(run, info.get("device", run.device))
+    record.update({k: v for k, v in info.items() if k != "device"})
+    record.update(accel=dict(run.accel), _nfe_rows=0.0, sampling_time_s=0.0, metric_time_s=0.0, wall_time_s=0.0,
+                  peak_memory_mb=None,
+                  peak_memory_kind=None, oom_splits=0)
+    if order and order[0].get("created"):
+        record["created"] = min(s["created"] for s in order if s.get("created"))
+    kept = []
+    for s in order:
+        _fold_counts(record, s)
+        if failure is None:
+            for name, st in s.get("metrics", {}).items():
+                metrics[name].merge(st)
+        if s.get("samples") is not None:
+            kept.append(s["samples"])
+    record["shards"] = {"count": len(run_shards(run)), "samples_per_shard": shard_size(run),
+                        "merged": [s["index"] for s in order],
+                        "workers": sorted({s.get("worker", "") for s in order} - {""}),
+                        "spans": [[s["index"], s.get("created"), s.get("finished"), s.get("worker")] for s in order]}
+    if failure is not None:
+        record["status"], record["message"] = failure["status"], failure["message"]
+    else:
+        import time
+
+        t0 = time.perf_counter()
+        for name, metric in metrics.items():
+            value, protocol = metric.compute()
+            record["metrics"][name] = {"value": value, "protocol": protocol}
+        bpd = next((s for s in order if s["index"] == BPD), None)
+        if bpd is not None:
+            record["metrics"][BPD] = {"value": bpd["bpd_value"], "protocol": bpd["bpd_protocol"]}
+            nfe = bpd["bpd_protocol"]["nfe_per_batch"]
+            record["bpd_nfe"] = sum(nfe) / len(nfe)
+        record["metric_time_s"] += time.perf_counter() - t0
+        record["status"] = "ok"
+    finish_counts(record)
+    for name, m in record["metrics"].items():
+        record[name] = m["value"]
+    record["finished"] = now()
+    samples = torch.cat(kept)[: run.save_samples] if kept else None
+    return record, samples
