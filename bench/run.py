@@ -346,6 +346,8 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     clean_temp(out)
+    if Path(grid.path).is_file():  # the report shows the grid file the sweep ran
+        (out / "grid.yaml").write_bytes(Path(grid.path).read_bytes())
     todo, skipped = select_runs(grid, out, retry_failed)
     counts = {"ran": 0, "ok": 0, "failed": 0, "skipped_ok": skipped["ok"], "skipped_failed": skipped["failed"]}
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="run", disable=progress is False
