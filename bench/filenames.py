@@ -23,7 +23,7 @@ def safe_name(text: object) -> str:
     """One file-name component for ``text``: itself if already safe, else a cleaned form plus a hash.
 
     >>> safe_name("mixture_vp"), safe_name("../../etc/passwd")[:14]
-    ('mixture_vp', 'etc_passwd-4e7')
+    ('mixture_vp', 'etc_passwd-936')
     """
     s = str(text)
     clean = _ALLOWED.sub("_", s).strip("._-")[:MAX_LEN]
