@@ -117,6 +117,7 @@ def dataset_bpd(run: RunSpec, problem, device: str, dtype: torch.dtype) -> tuple
     one seeded generator per image and pass and one Hutchinson probe per image and pass, so the value
     does not depend on the batch size. Mean and standard error over images × passes.
     """
+    from bench.metrics.bpd import BitsPerDim
     from models.datasets import load_dataset
     from solvers import SeededNoise
     from solvers.likelihood import ProbabilityFlowLikelihood, dequantize
@@ -130,7 +131,7 @@ def dataset_bpd(run: RunSpec, problem, device: str, dtype: torch.dtype) -> tuple
     bs = int(data.get("bpd_batch_size", run.batch_size))
     repeats = int(data.get("bpd_repeats", 1))
     data_range = tuple(problem.score.data_range)
-    bpd, nfe = [], []
+    acc = BitsPerDim()
     for r in range(repeats):  # score_sde: 5 passes over the CIFAR-10 test set, fresh dequantisation/probe
         for i in range(0, n, bs):
             pixels = ds.data[i: i + bs]
@@ -143,17 +144,15 @@ def dataset_bpd(run: RunSpec, problem, device: str, dtype: torch.dtype) -> tuple
             if res.status != "ok":
                 raise RuntimeError(f"bpd: likelihood solve failed on images {i}-{i + len(pixels) - 1} "
                                    f"(pass {r}): {res.message}")
-            bpd.append(res.bpd.double().cpu())
-            nfe.append(res.nfe)
-    values = torch.cat(bpd)
+            acc.update(res.bpd, torch.arange(r * n + i, r * n + i + len(pixels)), nfe=res.nfe)
+    value, sums = acc.compute()
     protocol = {"metric": "bpd", "dataset": ds.name, "split": ds.split, "num_images": n, "repeats": repeats,
                 "levels": ds.levels, "data_range": list(data_range), "offset_bits": res.offset,
                 "likelihood": dataclasses.asdict(lik),
                 "dequantization": "uniform, seed 1e6*(pass+1)+index per image",
                 "probe_seeds": "1e7*pass + image index",
-                "stderr": float(values.std() / math.sqrt(len(values))) if len(values) > 1 else None,
-                "nfe_per_batch": nfe, "batch_size": bs, "T": problem.sde.T}
-    return float(values.mean()), protocol
+                "stderr": sums["stderr"], "nfe_per_batch": sums["nfe_per_batch"], "batch_size": bs, "T": problem.sde.T}
+    return value, protocol
 
 
 def preflight(grid: GridSpec) -> None:
@@ -279,8 +278,9 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
                                     f"{batch_seeds[-1]}): {sol.message or sol.status.value}"
                 break
             t0 = time.perf_counter()
+            ids = torch.tensor(batch_seeds, dtype=torch.int64)
             for metric in metrics.values():
-                metric.update(sol.x)
+                metric.update(sol.x, ids)
             metric_s += time.perf_counter() - t0
             if sum(k.shape[0] for k in kept) < run.save_samples:
                 kept.append(sol.x[: run.save_samples - sum(k.shape[0] for k in kept)].detach().float().cpu())

@@ -9,6 +9,10 @@ With the data distribution known in closed form, a sampler's error needs no feat
   (projection seed fixed): √(mean over directions of the 1-D W₂² between the projected sets).
 * ``loglik_exact``: the mean exact log-density ``log p₀(x)`` of the samples, in nats per sample.
 
+Mergeable state (shards): ``fd_exact`` and ``loglik_exact`` keep float64 sums; ``sw2_exact`` needs
+the sorted projections, so its state is every sample's projections, float64 [N, n_projections]
+(2 KiB a sample at the default 256 directions; at most ``max_generated`` samples, default 10⁶).
+
 All three take samples in the mixture's own data space (no range mapping, no quantisation).
 """
 
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.metrics.feature_fd import FrechetMetric
+from bench.metrics.feature_fd import FrechetMetric, check_state
 from bench.metrics.reference import ReferenceStats
 
 __all__ = ["MeanLogLikelihood", "SlicedW2", "make_exact_fd", "wasserstein2_1d"]
@@ -82,13 +86,15 @@ class SlicedW2:
         reference_seed: seed of the exact reference samples.
         n_reference: number of reference samples (default: as many as generated).
         seeds: the samples' seeds, copied into the protocol.
+        max_generated: most generated samples accepted (their projections are kept).
     """
 
     name = "sw2_exact"
 
     def __init__(self, model, *, n_projections: int = 256, projection_seed: int = 0, reference_seed: int = 1,
-                 n_reference: int | None = None, seeds: str | None = None) -> None:
+                 n_reference: int | None = None, seeds: str | None = None, max_generated: int = 10**6) -> None:
         self.model = model
+        self.max_generated = max_generated
         g = torch.Generator().manual_seed(projection_seed)
         theta = torch.randn(model.dim, n_projections, generator=g, dtype=torch.float64)
         self.directions = theta / theta.norm(dim=0, keepdim=True)  # [D, P]
@@ -98,9 +104,33 @@ class SlicedW2:
                           "projection_seed": projection_seed, "reference_seed": reference_seed,
                           "reference": "exact mixture samples", "seeds": seeds}
 
-    def update(self, samples: Tensor) -> None:
-        """Add a batch of samples [B, *shape] (only their projections [B, P] are kept)."""
-        self._proj.append(_flat64(samples) @ self.directions)
+    def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
+        """Add a batch of samples [B, *shape] (only their projections [B, P] are kept; W₂ sorts them, so
+        ``ids`` are not needed)."""
+        del ids
+        self._add(_flat64(samples) @ self.directions)
+
+    def _add(self, proj: Tensor) -> None:
+        n = sum(p.shape[0] for p in self._proj) + proj.shape[0]
+        if n > self.max_generated:
+            raise ValueError(f"sw2_exact keeps every sample's projections ({8 * proj.shape[1]} bytes each): "
+                             f"{n} samples exceed max_generated={self.max_generated}")
+        self._proj.append(proj)
+
+    def state(self) -> dict:
+        """The projections, float64 [N, P] (not sums: the 1-D W₂ needs the sorted values)."""
+        proj = torch.cat(self._proj) if self._proj else torch.zeros(0, self.directions.shape[1], dtype=torch.float64)
+        return {"metric": self.name, "proj": proj}
+
+    def merge(self, state: dict) -> None:
+        """Add another accumulator's projections (from :meth:`state`, same directions)."""
+        check_state(self.name, state)
+        proj = torch.as_tensor(state["proj"], dtype=torch.float64)
+        if proj.dim() != 2 or proj.shape[1] != self.directions.shape[1]:
+            raise ValueError(f"sw2_exact state has projections of shape {list(proj.shape)}, expected "
+                             f"[N, {self.directions.shape[1]}]")
+        if proj.shape[0]:
+            self._add(proj)
 
     def _reference(self, n: int) -> Tensor:
         g = torch.Generator().manual_seed(self.reference_seed)
@@ -134,13 +164,25 @@ class MeanLogLikelihood:
         self.n, self._sum, self._sq = 0, 0.0, 0.0
         self._protocol = {**_mixture_protocol(model), "reference": "exact mixture density log p_0", "seeds": seeds}
 
-    def update(self, samples: Tensor) -> None:
-        """Add a batch of samples [B, *shape]."""
+    def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
+        """Add a batch of samples [B, *shape] (``ids`` not needed: sums)."""
+        del ids
         _flat64(samples)  # finiteness check
         logp = self.model.log_prob_data(samples.detach().to(torch.float64)).to(torch.float64)
         self.n += logp.shape[0]
         self._sum += float(logp.sum())
         self._sq += float((logp**2).sum())
+
+    def state(self) -> dict:
+        """n, Σ log p and Σ (log p)² in float64."""
+        return {"metric": self.name, "n": self.n, "sum": self._sum, "sq": self._sq}
+
+    def merge(self, state: dict) -> None:
+        """Add another accumulator's sums (from :meth:`state`)."""
+        check_state(self.name, state)
+        self.n += int(state["n"])
+        self._sum += float(state["sum"])
+        self._sq += float(state["sq"])
 
     def compute(self) -> tuple[float, dict]:
         if self.n == 0:

@@ -17,9 +17,16 @@ from bench.metrics.frechet import frechet_distance
 from bench.metrics.reference import ReferenceStats
 from bench.metrics.stats import StreamingStats
 
-__all__ = ["FrechetMetric"]
+__all__ = ["FrechetMetric", "check_state"]
 
 FrechetFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
+
+
+def check_state(name: str, state: dict) -> None:
+    """Raise unless ``state`` is a :meth:`state` dict of metric ``name``."""
+    if not isinstance(state, dict) or state.get("metric") != name:
+        got = state.get("metric") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"cannot merge a state of metric {got!r} into {name!r}")
 
 
 class FrechetMetric:
@@ -42,11 +49,21 @@ class FrechetMetric:
         self.frechet = frechet or frechet_distance
         self.stats = StreamingStats(dim=reference.mu.shape[0])
 
-    def update(self, samples: Tensor) -> None:
-        """Add a batch of generated samples [B, ...]."""
+    def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
+        """Add a batch of generated samples [B, ...] (``ids``, their seeds, are not needed by sums)."""
+        del ids
         x = self.prepare(samples) if self.prepare is not None else samples
         with torch.no_grad():
             self.stats.update(self.features(x))
+
+    def state(self) -> dict:
+        """Sufficient statistics: n and the float64 sums about a shift (D + D² numbers, any N)."""
+        return {"metric": self.name, **self.stats.state()}
+
+    def merge(self, state: dict) -> None:
+        """Add the samples of another accumulator's :meth:`state` (the same metric and reference)."""
+        check_state(self.name, state)
+        self.stats.merge(StreamingStats.from_state(state))
 
     def compute(self) -> tuple[float, dict]:
         """``(value, protocol)`` over all samples added so far."""

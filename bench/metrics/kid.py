@@ -8,9 +8,12 @@ legacy global RNG. Here the subsets come from ``np.random.RandomState(seed)`` (t
 features' float32, which moves KID in about the 6th significant digit.
 
 KID needs the features themselves, not just their moments: generated features are kept (float32,
-N × 2048, as clean-fid keeps them) and the reference features come from clean-fid's
-``{dataset}_{mode}_{split}_{res}_kid.npz`` (``feats``) or from :func:`~bench.metrics.fid.compute_reference_stats`
-with ``kid=True``.
+N × 2048, as clean-fid keeps them: 8 KiB a sample, so a shard's :meth:`KID.state` is that big and
+at most ``max_generated`` samples, default 100 000 = 0.8 GB, are accepted). With sample ids (the
+run's seeds), the subsets are drawn over the features ordered by id, so merged shards give the same
+value as one pass in any order; without ids, in the order they were added. The reference features
+come from clean-fid's ``{dataset}_{mode}_{split}_{res}_kid.npz`` (``feats``) or from
+:func:`~bench.metrics.fid.compute_reference_stats` with ``kid=True``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor
 
 from bench.metrics.assets import find_inception, find_reference_stats
+from bench.metrics.feature_fd import check_state
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
 
 __all__ = ["KID", "kernel_distance"]
@@ -76,6 +80,7 @@ class KID:
         inception, device, backend, data_range, rounding, batch_size, seeds: as for
             :func:`~bench.metrics.fid.make_fid`.
         num_subsets, max_subset_size, subset_seed: the estimator's settings.
+        max_generated: most generated samples accepted (the features are kept: 8 KiB each).
 
     Raises:
         MissingAssetError: where the Inception file or the reference features are missing.
@@ -88,7 +93,7 @@ class KID:
                  inception: str | Path | None = None, device: str | torch.device = "cpu", backend: str = "auto",
                  data_range: tuple[float, float] = (0.0, 1.0), rounding: str = "round", batch_size: int = 100,
                  num_subsets: int = 100, max_subset_size: int = 1000, subset_seed: int = 0,
-                 seeds: str | None = None) -> None:
+                 seeds: str | None = None, max_generated: int = 100_000) -> None:
         weights = find_inception(inception)
         path = find_reference_stats(dataset, res, split, mode, path=ref_path, kid=True)
         with np.load(path) as f:
@@ -96,7 +101,10 @@ class KID:
         self.net = InceptionFeatures(mode, weights, device=device, backend=backend, batch_size=batch_size)
         self.prepare = partial(quantize_uint8, data_range=data_range, rounding=rounding)
         self.settings = (num_subsets, max_subset_size, subset_seed)
-        self._feats: list[np.ndarray] = []
+        self.max_generated = max_generated
+        self._feats: list[Tensor] = []  # float32 [B, D] on the CPU
+        self._ids: list[Tensor] | None = []  # int64 [B] per batch; None once a batch came without ids
+        self._n = 0
         self._protocol = {
             **self.net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
             "reference_file": path.name, "reference_path": str(path), "reference_sha256": file_sha256(path),
@@ -106,12 +114,45 @@ class KID:
                                 else "scorebench (float64)"),
         }
 
-    def update(self, samples: Tensor) -> None:
-        """Add a batch of generated samples [B, C, H, W]."""
-        self._feats.append(self.net(self.prepare(samples)).cpu().numpy())
+    def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
+        """Add a batch of generated samples [B, C, H, W] with their ids (seeds) [B], if known."""
+        feats = torch.as_tensor(self.net(self.prepare(samples))).detach().to("cpu", torch.float32)
+        self._add(feats, None if ids is None else torch.as_tensor(ids, dtype=torch.int64).cpu())
+
+    def _add(self, feats: Tensor, ids: Tensor | None) -> None:
+        if self._n + feats.shape[0] > self.max_generated:
+            raise ValueError(f"KID keeps every generated feature ({4 * feats.shape[1]} bytes each): "
+                             f"{self._n + feats.shape[0]} samples exceed max_generated={self.max_generated}")
+        if ids is not None and ids.shape != (feats.shape[0],):
+            raise ValueError(f"ids must have shape [{feats.shape[0]}], got {list(ids.shape)}")
+        if self._n and (ids is None) != (self._ids is None):
+            raise ValueError("KID cannot mix batches with and without sample ids")
+        self._feats.append(feats)
+        if ids is None:
+            self._ids = None
+        else:
+            self._ids.append(ids)
+        self._n += feats.shape[0]
+
+    def state(self) -> dict:
+        """The generated features (float32 [N, D]) and their ids (int64 [N], or None): not sums."""
+        dim = self._feats[0].shape[1] if self._feats else 0
+        return {"metric": self.name, "feats": torch.cat(self._feats) if self._feats else torch.zeros(0, dim),
+                "ids": None if self._ids is None else torch.cat(self._ids) if self._ids else
+                torch.zeros(0, dtype=torch.int64)}
+
+    def merge(self, state: dict) -> None:
+        """Add another accumulator's features (from :meth:`state`)."""
+        check_state(self.name, state)
+        feats = torch.as_tensor(state["feats"], dtype=torch.float32)
+        if feats.shape[0]:
+            self._add(feats, None if state["ids"] is None else torch.as_tensor(state["ids"], dtype=torch.int64))
 
     def compute(self) -> tuple[float, dict]:
-        gen = np.concatenate(self._feats)
+        gen = torch.cat(self._feats)
+        if self._ids is not None:  # one order for any sharding: by sample id
+            gen = gen[torch.cat(self._ids).argsort(stable=True)]
+        gen = gen.numpy()
         fn = _cleanfid_kernel_distance if self.net.backend == "cleanfid" else kernel_distance
         value = fn(self.ref_feats, gen, *self.settings)
         return value, {"metric": self.name, **self._protocol, "num_generated": gen.shape[0],

@@ -81,6 +81,26 @@ class StreamingStats:
         self.n += other.n
         return self
 
+    # ---- mergeable state (shards): plain tensors and numbers, torch.load(weights_only=True) ----------
+    def state(self) -> dict:
+        """The running sums as a dict of CPU float64 tensors and ints (``None`` tensors while empty)."""
+        return {"n": int(self.n), "dim": self.dim, **{k: None if t is None else t.detach().cpu().clone() for k, t in
+                                                     (("shift", self._shift), ("sum", self._sum),
+                                                      ("outer", self._outer))}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> StreamingStats:
+        """The accumulator whose :meth:`state` is ``state``."""
+        s = cls(dim=state["dim"])
+        s.n = int(state["n"])
+        if s.n:
+            s._shift, s._sum, s._outer = (torch.as_tensor(state[k], dtype=torch.float64)
+                                          for k in ("shift", "sum", "outer"))
+            if s._sum.shape != (s.dim,) or s._outer.shape != (s.dim, s.dim) or s._shift.shape != (s.dim,):
+                raise ValueError(f"statistics state of dimension {s.dim} has sums of shape {list(s._sum.shape)} "
+                                 f"and {list(s._outer.shape)}")
+        return s
+
     @property
     def mean(self) -> np.ndarray:
         """Mean, [D] float64."""
