@@ -80,6 +80,12 @@ def metric_options(name: str, run: RunSpec, model, device: str) -> dict:
     raise ValueError(f"metric {name!r} has no option builder")
 
 
+def metric_entry(value: float, protocol: dict) -> dict:
+    """A metric's record entry: its value, its uncertainty (method named) and its protocol."""
+    protocol = dict(protocol)
+    return {"value": value, "uncertainty": protocol.pop("uncertainty", None), "protocol": protocol}
+
+
 def _check_metric_assets(name: str, run: RunSpec) -> None:
     """Pre-flight: raise if a file metric ``name`` needs is missing (loads nothing heavy)."""
     if name in EXACT_METRICS and run.model["kind"] in ("official", "checkpoint"):
@@ -151,7 +157,8 @@ def dataset_bpd(run: RunSpec, problem, device: str, dtype: torch.dtype) -> tuple
                 "likelihood": dataclasses.asdict(lik),
                 "dequantization": "uniform, seed 1e6*(pass+1)+index per image",
                 "probe_seeds": "1e7*pass + image index",
-                "stderr": sums["stderr"], "nfe_per_batch": sums["nfe_per_batch"], "batch_size": bs, "T": problem.sde.T}
+                "stderr": sums["stderr"], "nfe_per_batch": sums["nfe_per_batch"], "batch_size": bs, "T": problem.sde.T,
+                "uncertainty": sums["uncertainty"]}
     return value, protocol
 
 
@@ -288,11 +295,10 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
         if record["status"] == "running":
             t0 = time.perf_counter()
             for name, metric in metrics.items():
-                value, protocol = metric.compute()
-                record["metrics"][name] = {"value": value, "protocol": protocol}
+                record["metrics"][name] = metric_entry(*metric.compute())
             if "bpd" in run.metrics:
                 value, protocol = dataset_bpd(run, problem, device, dtype)
-                record["metrics"]["bpd"] = {"value": value, "protocol": protocol}
+                record["metrics"]["bpd"] = metric_entry(value, protocol)
                 record["bpd_nfe"] = sum(protocol["nfe_per_batch"]) / len(protocol["nfe_per_batch"])
             metric_s += time.perf_counter() - t0
             record["status"] = OK

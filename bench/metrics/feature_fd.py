@@ -16,6 +16,7 @@ from torch import Tensor
 from bench.metrics.frechet import frechet_distance
 from bench.metrics.reference import ReferenceStats
 from bench.metrics.stats import StreamingStats
+from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
 __all__ = ["FrechetMetric", "check_state"]
 
@@ -27,6 +28,24 @@ def check_state(name: str, state: dict) -> None:
     if not isinstance(state, dict) or state.get("metric") != name:
         got = state.get("metric") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"cannot merge a state of metric {got!r} into {name!r}")
+
+
+class _FrechetToReference:
+    """d²(N(μ, Σ), reference) for many (μ, Σ): the reference's Σ_r^½ is computed once, so each call is one
+    ``eigvalsh`` of Σ_r^½ Σ Σ_r^½ (Tr (Σ Σ_r)^½ = Tr (Σ_r Σ)^½; same formula as :func:`frechet_distance`)."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray) -> None:
+        from bench.metrics.frechet import _clip_roundoff, _psd_sqrt
+
+        self.mu, self.clip = np.asarray(mu, np.float64), _clip_roundoff
+        sigma = np.asarray(sigma, np.float64)
+        self.root, self.trace = _psd_sqrt(0.5 * (sigma + sigma.T)), float(np.trace(sigma))
+
+    def __call__(self, mu: np.ndarray, sigma: np.ndarray) -> float:
+        m = self.root @ (0.5 * (sigma + sigma.T)) @ self.root
+        tr_sqrt = float(np.sqrt(self.clip(np.linalg.eigvalsh(0.5 * (m + m.T)))).sum())
+        diff = mu - self.mu
+        return float(diff @ diff + np.trace(sigma) + self.trace - 2.0 * tr_sqrt)
 
 
 class FrechetMetric:
@@ -48,26 +67,69 @@ class FrechetMetric:
         self.reference, self._protocol = reference, dict(protocol)
         self.frechet = frechet or frechet_distance
         self.stats = StreamingStats(dim=reference.mu.shape[0])
+        # Per seed group (seed mod GROUPS) statistics for the jackknife; None once a batch had no ids.
+        self.groups: list[StreamingStats] | None = [StreamingStats(dim=reference.mu.shape[0]) for _ in range(GROUPS)]
 
     def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
-        """Add a batch of generated samples [B, ...] (``ids``, their seeds, are not needed by sums)."""
-        del ids
+        """Add a batch of generated samples [B, ...] with their seeds ``ids`` [B] (for the uncertainty)."""
         x = self.prepare(samples) if self.prepare is not None else samples
         with torch.no_grad():
-            self.stats.update(self.features(x))
+            feats = self.features(x)
+        self.stats.update(feats)
+        if ids is None:
+            self.groups = None
+        elif self.groups is not None:
+            group = seed_groups(ids).to(torch.as_tensor(feats).device)
+            for g, acc in enumerate(self.groups):
+                acc.update(feats[group == g])
 
     def state(self) -> dict:
-        """Sufficient statistics: n and the float64 sums about a shift (D + D² numbers, any N)."""
-        return {"metric": self.name, **self.stats.state()}
+        """Sufficient statistics: n and the float64 sums about a shift (D + D² numbers, any N), and the
+        same per seed group (``groups``: GROUPS such dicts, or None without seeds)."""
+        groups = None if self.groups is None else [g.state() for g in self.groups]
+        return {"metric": self.name, **self.stats.state(), "groups": groups}
 
     def merge(self, state: dict) -> None:
         """Add the samples of another accumulator's :meth:`state` (the same metric and reference)."""
         check_state(self.name, state)
         self.stats.merge(StreamingStats.from_state(state))
+        other = state.get("groups")
+        if other is None or len(other) != GROUPS:  # samples without seed groups: no jackknife
+            if int(state["n"]):
+                self.groups = None
+        elif self.groups is not None:
+            for acc, g in zip(self.groups, other):
+                acc.merge(StreamingStats.from_state(g))
+
+    def uncertainty(self, value: float | None = None) -> dict:
+        """Jackknife over the seed groups: the distance without each group in turn (:mod:`bench.metrics.uncertainty`).
+
+        Args:
+            value: the distance on all samples, if already computed.
+        """
+        if self.groups is None:
+            return unavailable("samples came without seeds (ids)")
+        sizes = [g.n for g in self.groups]
+
+        to_reference = _FrechetToReference(self.reference.mu, self.reference.sigma)
+
+        def without(k: int) -> float:
+            acc = StreamingStats(dim=self.stats.dim)
+            for g, other in enumerate(self.groups):
+                if g != k:
+                    acc.merge(other)
+            return to_reference(acc.mean, acc.covariance)
+
+        replicates, used = leave_one_out(sizes, without)
+        if value is None:
+            value = float(self.frechet(self.stats.mean, self.stats.covariance, self.reference.mu,
+                                       self.reference.sigma))
+        return jackknife(value, replicates, used)
 
     def compute(self) -> tuple[float, dict]:
         """``(value, protocol)`` over all samples added so far."""
         value = float(self.frechet(self.stats.mean, self.stats.covariance, self.reference.mu, self.reference.sigma))
         protocol = {"metric": self.name, **self._protocol, **self.reference.provenance,
-                    "num_generated": self.stats.n, "num_reference": self.reference.n}
+                    "num_generated": self.stats.n, "num_reference": self.reference.n,
+                    "uncertainty": self.uncertainty(value)}
         return value, protocol
