@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             centre = value.mean()
             cover = float(((lo <= centre) & (centre <= hi)).mean())
             results[f"{label} / {m}"] = {
-                "sets": args.sets, "samples": args.samples, "mean_value": centre, "sd_over_sets": float(value.std(ddof=1)),
+                "sets": args.sets, "samples": args.samples, "mean_value": centre,
+                "sd_over_sets": float(value.std(ddof=1)),
                 "mean_stated_se": float(se.mean()), "se_ratio": float(se.mean() / value.std(ddof=1)),
                 "coverage": cover, "coverage_se": math.sqrt(cover * (1 - cover) / args.sets)}
             print(f"{label:26s} {m:13s} value {centre:.4g}  sd {value.std(ddof=1):.3g}  stated se {se.mean():.3g}  "

@@ -31,18 +31,37 @@ def check_state(name: str, state: dict) -> None:
 
 
 class _FrechetToReference:
-    """d²(N(μ, Σ), reference) for many (μ, Σ): the reference's Σ_r^½ is computed once, so each call is one
-    ``eigvalsh`` of Σ_r^½ Σ Σ_r^½ (Tr (Σ Σ_r)^½ = Tr (Σ_r Σ)^½; same formula as :func:`frechet_distance`)."""
+    """d²(N(μ, Σ), reference) for the jackknife replicates (μ, Σ) of one sample set, cheaply.
 
-    def __init__(self, mu: np.ndarray, sigma: np.ndarray) -> None:
+    Same formula as :func:`~bench.metrics.frechet.frechet_distance` (Tr (Σ Σ_r)^½ from a symmetric
+    eigenproblem), organised for many Σ against one reference:
+
+    * fewer samples than half the dimension (``span`` given: the covariance of all samples, rank ≤ N − 1):
+      every replicate's centred samples lie in the range Q of that covariance, so Σ = Q A Qᵀ with
+      A = QᵀΣQ (r × r) and Tr (Σ Σ_r)^½ = Σ √λ(A^½ (QᵀΣ_rQ) A^½) — r × r problems instead of D × D;
+    * otherwise Σ_r^½ once, then one ``eigvalsh`` of Σ_r^½ Σ Σ_r^½ per replicate.
+    """
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray, span: np.ndarray | None = None) -> None:
         from bench.metrics.frechet import _clip_roundoff, _psd_sqrt
 
-        self.mu, self.clip = np.asarray(mu, np.float64), _clip_roundoff
-        sigma = np.asarray(sigma, np.float64)
-        self.root, self.trace = _psd_sqrt(0.5 * (sigma + sigma.T)), float(np.trace(sigma))
+        self.mu, self.clip, self.sqrt = np.asarray(mu, np.float64), _clip_roundoff, _psd_sqrt
+        sigma = 0.5 * (np.asarray(sigma, np.float64) + np.asarray(sigma, np.float64).T)
+        self.trace, self.q = float(np.trace(sigma)), None
+        if span is not None:
+            w, v = np.linalg.eigh(0.5 * (span + span.T))
+            self.q = v[:, self.clip(w) > 0]  # [D, r]
+            self.ref_q = self.q.T @ sigma @ self.q  # [r, r]
+        else:
+            self.root = _psd_sqrt(sigma)
 
     def __call__(self, mu: np.ndarray, sigma: np.ndarray) -> float:
-        m = self.root @ (0.5 * (sigma + sigma.T)) @ self.root
+        sigma = 0.5 * (sigma + sigma.T)
+        if self.q is not None:
+            root = self.sqrt(self.q.T @ sigma @ self.q)
+            m = root @ self.ref_q @ root
+        else:
+            m = self.root @ sigma @ self.root
         tr_sqrt = float(np.sqrt(self.clip(np.linalg.eigvalsh(0.5 * (m + m.T)))).sum())
         diff = mu - self.mu
         return float(diff @ diff + np.trace(sigma) + self.trace - 2.0 * tr_sqrt)
@@ -111,7 +130,9 @@ class FrechetMetric:
             return unavailable("samples came without seeds (ids)")
         sizes = [g.n for g in self.groups]
 
-        to_reference = _FrechetToReference(self.reference.mu, self.reference.sigma)
+        low_rank = self.stats.n - 1 < self.stats.dim / 2
+        to_reference = _FrechetToReference(self.reference.mu, self.reference.sigma,
+                                           span=self.stats.covariance if low_rank else None)
 
         def without(k: int) -> float:
             acc = StreamingStats(dim=self.stats.dim)
