@@ -52,7 +52,7 @@ def family(record: dict) -> str:
 
 def _uncertainty(entry: dict) -> tuple[float | None, float | None, float | None]:
     """(stderr, lo, hi) of a record's metric entry; records without an uncertainty give Nones."""
-    u = entry.get("uncertainty") or {}
+    u = entry.get("uncertainty") or (entry.get("protocol") or {}).get("uncertainty") or {}
     se = u.get("stderr")
     if se is None and (entry.get("protocol") or {}).get("stderr") is not None:  # older records: bpd, loglik
         se = entry["protocol"]["stderr"]
