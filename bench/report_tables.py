@@ -146,11 +146,10 @@ def summary_frame(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     out = ok[[c for c in cols if c in ok]].copy()
     for m in metrics:
         on, overlap = set(), set()
-        for _, g in ok.groupby("model"):
-            if g[m].notna().all() and len(_points(g, m)) == len(g):  # every run of the model has it
-                front = pareto_table(g, m)
-                on |= set(front["run_id"])
-                overlap |= set(front.loc[~front["distinct"], "run_id"])
+        for _, g in ok.groupby("model"):  # the front among the model's runs that have the metric
+            front = pareto_table(g, m)
+            on |= set(front["run_id"])
+            overlap |= set(front.loc[~front["distinct"], "run_id"])
         if on:
             out[f"pareto_{m}"] = out["run_id"].isin(on)
             out[f"pareto_{m}_overlaps"] = out["run_id"].isin(overlap)
