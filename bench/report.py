@@ -167,7 +167,7 @@ def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
                 figures.append((p, f"{model}: {label} vs NFE"))
         for m in metrics:
             front = pareto_table(mrows, m)
-            if front.empty:
+            if front.empty or m == "bpd":  # bits/dim has its own table: it rates the model, not the sampler
                 continue
             fronts.append(front.assign(metric=m))
             sections.append((f"Pareto front: {m} vs NFE ({'lower' if LOWER_IS_BETTER.get(m, True) else 'higher'} "

@@ -120,6 +120,9 @@ def metric_figure(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dic
             ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7, loc="best", frameon=False)
+    if log_y:  # limits from the values: an interval reaching below them (or below 0) runs off the bottom edge
+        top = max(vals.max(), pd.to_numeric(pts.get(f"{y}_hi", vals), errors="coerce").max(skipna=True))
+        axes.flat[0].set_ylim(vals[vals > 0].min() / 3, top * 1.5)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
     for ax in axes[-1]:
