@@ -67,6 +67,22 @@ class _FrechetToReference:
         return float(diff @ diff + np.trace(sigma) + self.trace - 2.0 * tr_sqrt)
 
 
+def _group_sums(groups: list[StreamingStats]):
+    """Every group's Σ(x − s) and Σ(x − s)(x − s)ᵀ about one common shift s (that of the first non-empty
+    group) and their totals: ``(n, Σ sums, Σ outers, s, [(sum, outer) per group])``."""
+    ref = next(g for g in groups if g.n)
+    s = ref._shift
+    pairs = []
+    for g in groups:
+        if g.n == 0:
+            pairs.append((torch.zeros_like(ref._sum), torch.zeros_like(ref._outer)))
+            continue
+        d = g._shift.to(s.device) - s  # re-centre: x − s = (x − s_g) + d
+        gs, go = g._sum.to(s.device), g._outer.to(s.device)
+        pairs.append((gs + g.n * d, go + torch.outer(gs, d) + torch.outer(d, gs) + g.n * torch.outer(d, d)))
+    return sum(g.n for g in groups), sum(p[0] for p in pairs), sum(p[1] for p in pairs), s, pairs
+
+
 class FrechetMetric:
     """Fréchet distance between generated features and reference statistics.
 
@@ -129,17 +145,16 @@ class FrechetMetric:
         if self.groups is None:
             return unavailable("samples came without seeds (ids)")
         sizes = [g.n for g in self.groups]
-
         low_rank = self.stats.n - 1 < self.stats.dim / 2
         to_reference = _FrechetToReference(self.reference.mu, self.reference.sigma,
                                            span=self.stats.covariance if low_rank else None)
+        n, total, outer, shift, pairs = _group_sums(self.groups)
 
-        def without(k: int) -> float:
-            acc = StreamingStats(dim=self.stats.dim)
-            for g, other in enumerate(self.groups):
-                if g != k:
-                    acc.merge(other)
-            return to_reference(acc.mean, acc.covariance)
+        def without(k: int) -> float:  # the statistics of all groups but k, by subtraction
+            m = n - sizes[k]
+            mean = (total - pairs[k][0]) / m
+            cov = (outer - pairs[k][1] - m * torch.outer(mean, mean)) / (m - 1)
+            return to_reference((shift + mean).cpu().numpy(), (0.5 * (cov + cov.T)).cpu().numpy())
 
         replicates, used = leave_one_out(sizes, without)
         if value is None:
