@@ -57,5 +57,6 @@ def dataset_bpd(run, problem, device: str, dtype: torch.dtype) -> tuple[float, d
                 "likelihood": dataclasses.asdict(lik),
                 "dequantization": "uniform, seed 1e6*(pass+1)+index per image",
                 "probe_seeds": "1e7*pass + image index",
-                "stderr": sums["stderr"], "nfe_per_batch": sums["nfe_per_batch"], "batch_size": bs, "T": problem.sde.T}
+                "stderr": sums["stderr"], "nfe_per_batch": sums["nfe_per_batch"], "batch_size": bs, "T": problem.sde.T,
+                "uncertainty": sums["uncertainty"]}
     return value, protocol

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUNS_DIR", "OK", "canonical", "run_skeleton", "failed_record", "write_record", "write_samples",
-           "read_record", "read_records", "clean_temp", "atomic_write",
+__all__ = ["RUNS_DIR", "OK", "canonical", "metric_entry", "run_skeleton", "failed_record", "write_record",
+           "write_samples", "read_record", "read_records", "clean_temp", "atomic_write",
            "environment", "git_revision", "now", "record_path", "samples_path"]
 
 RUNS_DIR = "runs"
@@ -218,3 +218,9 @@ def environment() -> dict:
     """Package versions, git revision, host and platform, for every record."""
     return {"versions": _versions(), "git_revision": git_revision(), "host": platform.node(),
             "platform": sys.platform}
+
+
+def metric_entry(value: float, protocol: dict) -> dict:
+    """A metric's record entry: its value, its uncertainty (method named) and its protocol."""
+    protocol = dict(protocol)
+    return {"value": value, "uncertainty": protocol.pop("uncertainty", None), "protocol": protocol}

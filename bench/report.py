@@ -1,90 +1,66 @@
-"""Tables and plots rebuilt from the run records alone: ``python -m bench.report results/<grid>``.
+"""The sweep's report, rebuilt from the run records alone: ``python -m bench.report results/<grid>``.
 
-Writes into the results folder:
+Writes into the results folder (every name made safe by :mod:`bench.filenames`; nothing outside it):
 
-* ``runs.csv`` — one row per record (failed runs included, with status and message);
-* ``summary.csv`` — successful runs per model and sampler family, by NFE: every metric, wall-clock,
-  and whether the run is on the Pareto front (NFE vs that metric) of its model;
-* ``plots/<metric>_vs_nfe_<model>.png`` (quality and bpd) and ``plots/wall_vs_nfe_<model>.png`` —
-  one curve per sampler family, log-scaled NFE, the Pareto front marked;
-* ``samples/<run_id>.png`` — a sample grid (or a scatter plot for 2-D data) per run.
+* ``report.html`` — one self-contained page (images inline, no network): per model the figures,
+  Pareto fronts, budget and NFE-to-reach tables, bits/dim, metric protocols and sample grids; the
+  sortable run table, failed runs, the environment and the grid file (:mod:`bench.report_html`);
+* ``runs.csv`` — one row per record (failed runs included, with status and message), every
+  metric with its standard error and interval;
+* ``summary.csv`` — successful runs per model and sampler by NFE, with Pareto membership (and
+  whether the point's interval overlaps another front point's);
+* ``pareto.csv``, ``budgets.csv`` (best run within NFE ≤ 10, 20, 50, 100, 1000), ``nfe_to_reach.csv``
+  (fewest NFE to reach quality targets), and the same two tables as ``tables.md`` / ``tables.tex``;
+* ``plots/<metric>_vs_nfe_<model>.png`` and ``plots/wall_vs_nfe_<model>.png`` — small multiples by
+  sampler group with intervals (:mod:`bench.report_plots`);
+* ``samples/<run_id>.png`` — a sample grid (or a 2-D histogram for points) per run.
+
+Tables are pandas DataFrames (:mod:`bench.report_tables`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import math
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from bench.filenames import output_path
 from bench.records import RUNS_DIR, atomic_write, read_records, samples_path
-from bench.safety import file_component, inside
+from bench.report_tables import (
+    BUDGETS,
+    COLUMNS,
+    LOWER_IS_BETTER,
+    budget_table,
+    budget_wide,
+    default_targets,
+    family,
+    flatten,
+    format_value,
+    nfe_to_reach,
+    pareto_front,
+    pareto_table,
+    reach_wide,
+    runs_frame,
+    summary_frame,
+    to_latex,
+    to_markdown,
+)
 
-__all__ = ["build_report", "family", "pareto_front", "flatten", "main"]
+__all__ = ["build_report", "family", "pareto_front", "flatten", "main", "sample_png", "LOWER_IS_BETTER", "COLUMNS"]
 
-LOWER_IS_BETTER = {"fid": True, "kid": True, "fd_digits": True, "fd_fashion": True, "fd_exact": True,
-                   "sw2_exact": True, "loglik_exact": False, "bpd": True}
-COLUMNS = ("run_id", "grid", "model", "solver", "family", "options", "T", "eps", "prior", "status", "message", "nfe",
-           "nfe_total", "nfe_per_sample_mean", "n_steps", "n_accepted", "n_rejected", "bpd_nfe", "num_samples",
-           "batch_size", "seeds", "dtype", "wall_time_s", "sampling_time_s", "metric_time_s", "peak_memory_mb",
-           "device", "device_name", "executor", "threads", "git_revision", "torch", "created")
-
-
-def family(record: dict) -> str:
-    """Curve label: the solver, its categorical options, and T / prior where set."""
-    parts = []
-    for k, v in sorted(record.get("options", {}).items()):
-        if isinstance(v, bool):
-            if v:
-                parts.append(k)
-        elif isinstance(v, str) or v is None:
-            parts.append(f"{k}={v}")
-    if record.get("T") is not None:
-        parts.append(f"T={record['T']:g}")
-    prior = record.get("prior") or {}
-    if set(prior) - {"kind"}:
-        parts.append("prior=" + ",".join(f"{k}:{v}" for k, v in sorted(prior.items()) if k != "kind"))
-    return record["solver"] + (f"({', '.join(parts)})" if parts else "")
+GRID_COPY = "grid.yaml"  # the sweep copies its grid file here (bench.run), the page shows it
 
 
-def flatten(record: dict, metrics: list[str]) -> dict:
-    row = {k: record.get(k) for k in COLUMNS}
-    row["family"] = family(record)
-    row["options"] = json.dumps(record.get("options", {}), sort_keys=True)
-    row["prior"] = json.dumps(record.get("prior", {}), sort_keys=True)
-    row["torch"] = (record.get("versions") or {}).get("torch")
-    for m in metrics:
-        row[m] = (record.get("metrics", {}).get(m) or {}).get("value")
-    for k, v in sorted(record.get("options", {}).items()):
-        row[f"opt_{k}"] = v
-    return row
+def _write_text(path: Path, text: str) -> Path:
+    """Atomic, with a temp name unique to this writer (several invocations may rebuild one report)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def pareto_front(points: list[tuple[float, float]], lower_is_better: bool = True) -> list[int]:
-    """Indices of the points (nfe, value) not dominated by another (fewer NFE and a better value)."""
-    sign = 1.0 if lower_is_better else -1.0
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], sign * points[i][1]))
-    front, best = [], math.inf
-    for i in order:
-        v = sign * points[i][1]
-        if v < best:
-            front.append(i)
-            best = v
-    return front
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))  # a temp name unique to this writer
+def _write_csv(path: Path, df: pd.DataFrame) -> Path:
+    return _write_text(path, df.to_csv(index=False))
 
 
 def _metric_names(records: list[dict]) -> list[str]:
@@ -92,46 +68,6 @@ def _metric_names(records: list[dict]) -> list[str]:
     for r in records:
         names += [m for m in r.get("metrics", {}) if m not in names]
     return names
-
-
-def _plot(out: Path, model: str, rows: list[dict], y: str, ylabel: str, lower: bool) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = "bpd_nfe" if y == "bpd" else "nfe"  # bpd is plotted against the likelihood solve's NFE
-    pts = [dict(r, nfe=r.get(x)) for r in rows if r.get(y) is not None and r.get(x) and math.isfinite(float(r[y]))]
-    if not pts:
-        return None
-    fig, ax = plt.subplots(figsize=(9.0, 4.8))
-    fams = sorted({r["family"] for r in pts})
-    colors, markers = plt.get_cmap("tab20").colors, "os^vDP*Xh<>p"
-    for k, fam in enumerate(fams):
-        sel = sorted((r for r in pts if r["family"] == fam), key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in sel], [r[y] for r in sel], "-", marker=markers[k % len(markers)], ms=5, lw=1.2,
-                color=colors[k % len(colors)], label=fam)
-    front = pareto_front([(float(r["nfe"]), float(r[y])) for r in pts], lower)
-    fr = sorted((pts[i] for i in front), key=lambda r: r["nfe"])
-    ax.plot([r["nfe"] for r in fr], [r[y] for r in fr], "k--", lw=0.8, drawstyle="steps-post", zorder=1)
-    ax.scatter([r["nfe"] for r in fr], [r[y] for r in fr], s=90, facecolors="none", edgecolors="k",
-               label="Pareto front", zorder=3)
-    ax.set_xscale("log")
-    if y == "wall_time_s" or (lower and all(float(r[y]) > 0 for r in pts)
-                              and max(float(r[y]) for r in pts) / max(min(float(r[y]) for r in pts), 1e-300) > 30):
-        ax.set_yscale("log")
-    ax.set_xlabel("NFE of the likelihood solve (per batch)" if y == "bpd" else "NFE (score evaluations per batch)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{model}: {ylabel} vs NFE")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    # Records are data: the model key and metric name are made safe before they become a file name.
-    path = inside(out, out / "plots" / file_component(f"{y.replace('_time_s', '')}_vs_nfe_{model}.png"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def sample_png(record: dict, samples_file: Path, dest: Path, scale: int = 4) -> Path | None:
@@ -175,59 +111,145 @@ def sample_png(record: dict, samples_file: Path, dest: Path, scale: int = 4) -> 
     return dest
 
 
-def build_report(out: str | Path) -> dict:
-    """Write runs.csv, summary.csv, plots and sample grids for the records under ``out``."""
+def _pareto_html(front: pd.DataFrame, metric: str) -> str:
+    from bench.report_html import table
+
+    shown = pd.DataFrame({"nfe": front["nfe"], "sampler": front["family"], "run_id": front["run_id"],
+                          metric: [format_value(v, e) for v, e in zip(front[metric], front[f"{metric}_stderr"])],
+                          "interval": [f"[{lo:.4g}, {hi:.4g}]" if math.isfinite(lo) else ""
+                                       for lo, hi in zip(front[f"{metric}_lo"].fillna(math.nan),
+                                                         front[f"{metric}_hi"].fillna(math.nan))],
+                          "overlaps (not distinguishable)": ["≈ " + o.replace(",", ", ") if o else "distinct"
+                                                             for o in front["overlaps"]]})
+    return table(shown)
+
+
+def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
+                 targets: dict[str, list[float]] | None = None) -> dict:
+    """Write report.html, the CSV / Markdown / LaTeX tables, plots and sample grids for the records under ``out``.
+
+    Args:
+        out: the results folder.
+        budgets: NFE budgets of the budget table.
+        targets: quality targets per metric for the NFE-to-reach table (default: :func:`default_targets`).
+    """
+    from bench.report_html import page, table
+    from bench.report_plots import curve_styles, metric_figure
+
     out = Path(out)
     records = sorted(read_records(out).values(), key=lambda r: (r["model"], family(r), r.get("nfe") or 0))
     if not records:
         raise FileNotFoundError(f"no run records under {out / RUNS_DIR}")
     metrics = _metric_names(records)
-    rows = [flatten(r, metrics) for r in records]
-    _write_csv(out / "runs.csv", rows)
-    ok = [r for r in rows if r["status"] == "ok"]
-    summary = []
-    plots = []
-    for model in sorted({r["model"] for r in ok}):
-        mrows = [r for r in ok if r["model"] == model]
-        fronts = {m: {mrows[i]["run_id"] for i in pareto_front(
-            [(float(r["nfe"]), float(r[m])) for r in mrows], LOWER_IS_BETTER.get(m, True))}
-            for m in metrics if all(r.get(m) is not None and r.get("nfe") for r in mrows)}
-        for r in sorted(mrows, key=lambda r: (r["family"], r["nfe"] or 0)):
-            row = {k: r[k] for k in ("model", "family", "solver", "run_id", "nfe", "nfe_per_sample_mean", "n_steps")}
-            row.update({m: r.get(m) for m in metrics})
-            row.update(wall_time_s=r["wall_time_s"], sampling_time_s=r["sampling_time_s"],
-                       num_samples=r["num_samples"], device=r["device"])
-            row.update({f"pareto_{m}": r["run_id"] in f for m, f in fronts.items()})
-            summary.append(row)
-        for m in metrics:
-            plots.append(_plot(out, model, mrows, m, m, LOWER_IS_BETTER.get(m, True)))
-        plots.append(_plot(out, model, mrows, "wall_time_s", "wall-clock per run (s)", True))
-    if summary:
+    runs = runs_frame(records, metrics)
+    _write_csv(out / "runs.csv", runs)
+    ok = runs[runs["status"] == "ok"]
+    summary = summary_frame(runs, metrics)
+    if len(summary):
         _write_csv(out / "summary.csv", summary)
     else:
-        (out / "summary.csv").write_text("")
-    pngs = []
+        _write_text(out / "summary.csv", "")
+    styles = curve_styles(ok) if len(ok) else {}
+    plots, models, fronts, budget_rows, reach_rows, md, tex = [], [], [], [], [], [], []
+    for model in sorted(ok["model"].unique()):
+        mrows = ok[ok["model"] == model]
+        figures, sections = [], []
+        for m in metrics + ["wall_time_s"]:
+            label = "wall-clock per run (s)" if m == "wall_time_s" else m
+            name = "wall" if m == "wall_time_s" else m
+            p = metric_figure(mrows, model, m, label, styles,
+                              output_path(out, "plots", f"{name}_vs_nfe_{model}", suffix=".png"))
+            if p is not None:
+                plots.append(p)
+                figures.append((p, f"{model}: {label} vs NFE"))
+        for m in metrics:
+            front = pareto_table(mrows, m)
+            if front.empty or m == "bpd":  # bits/dim has its own table: it rates the model, not the sampler
+                continue
+            fronts.append(front.assign(metric=m))
+            sections.append((f"Pareto front: {m} vs NFE ({'lower' if LOWER_IS_BETTER.get(m, True) else 'higher'} "
+                             "is better; ≈ marks points whose intervals overlap)", _pareto_html(front, m)))
+            long = budget_table(mrows, m, budgets)
+            budget_rows.append(long.assign(metric=m))
+            wide = budget_wide(long, m)
+            sections.append((f"{m}: best run within each NFE budget (value ± standard error)", table(wide)))
+            tgt = (targets or {}).get(m) or default_targets(mrows, m)
+            reach = nfe_to_reach(mrows, m, tgt)
+            reach_rows.append(reach.assign(metric=m))
+            rwide = reach_wide(reach, m)
+            sections.append((f"{m}: NFE needed to reach a quality (fewest NFE of a run that reaches it)",
+                             table(rwide)))
+            for title, df in ((f"{model}: {m} within NFE budgets", wide), (f"{model}: NFE to reach {m}", rwide)):
+                md.append(f"### {title}\n\n{to_markdown(df)}")
+                tex.append(f"% {title}\n{to_latex(df)}")
+        if "bpd" in metrics and mrows["bpd"].notna().any():
+            b = mrows[mrows["bpd"].notna()]
+            sections.append(("bits/dim (probability-flow likelihood of the dataset split)", table(pd.DataFrame({
+                "sampler": b["family"], "run_id": b["run_id"], "bpd": [format_value(v, e, 4) for v, e in
+                                                                        zip(b["bpd"], b["bpd_stderr"])],
+                "likelihood NFE": b["bpd_nfe"]}))))
+        samples = []
+        for r in mrows.sort_values(["family", "nfe"]).itertuples():
+            src = samples_path(out, r.run_id)
+            dest = output_path(out, "samples", r.run_id, suffix=".png")
+            if src.is_file():
+                if not dest.is_file() or dest.stat().st_mtime < src.stat().st_mtime:
+                    record = next(x for x in records if x["run_id"] == r.run_id)
+                    sample_png(record, src, dest)
+                if dest.is_file():
+                    samples.append((dest, f"{r.family}, NFE {r.nfe:g}" if r.nfe == r.nfe else r.family))
+        models.append({"name": model, "figures": figures, "sections": sections, "samples": samples})
+    # Failed runs keep their sample grids too, when they saved any.
     for r in records:
-        src = samples_path(out, r["run_id"])
-        dest = inside(out, out / "samples" / file_component(f"{r['run_id']}.png"))
-        if src.is_file() and (not dest.is_file() or dest.stat().st_mtime < src.stat().st_mtime):
-            pngs.append(sample_png(r, src, dest))
-    return {"runs_csv": out / "runs.csv", "summary_csv": out / "summary.csv",
-            "plots": [p for p in plots if p is not None], "samples": [p for p in pngs if p is not None],
-            "n_records": len(records)}
+        src, dest = samples_path(out, r["run_id"]), output_path(out, "samples", r["run_id"], suffix=".png")
+        if src.is_file() and not dest.is_file():
+            sample_png(r, src, dest)
+    concat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()  # noqa: E731
+    _write_csv(out / "pareto.csv", concat(fronts))
+    _write_csv(out / "budgets.csv", concat(budget_rows))
+    _write_csv(out / "nfe_to_reach.csv", concat(reach_rows))
+    _write_text(out / "tables.md", "\n".join(md))
+    _write_text(out / "tables.tex", "\n".join(tex))
+    grid_file = out / GRID_COPY
+    grid_text = grid_file.read_text(errors="replace") if grid_file.is_file() else None
+    notes = [f"grid {', '.join(sorted({str(r.get('grid')) for r in records}))}",
+             f"records {min(str(r.get('created')) for r in records)[:19]} … "
+             f"{max(str(r.get('finished') or r.get('created')) for r in records)[:19]}"]
+    title = "scorebench report: " + ", ".join(sorted({str(r.get("grid")) for r in records}))
+    html_path = _write_text(out / "report.html", page(title=title, records=records, runs=runs, models=models,
+                                                      grid_text=grid_text, notes=notes))
+    samples_written = sorted((out / "samples").glob("*.png")) if (out / "samples").is_dir() else []
+    return {"report_html": html_path, "runs_csv": out / "runs.csv", "summary_csv": out / "summary.csv",
+            "plots": plots, "samples": samples_written, "n_records": len(records)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.report", description="Rebuild tables and plots from records.")
+    p = argparse.ArgumentParser(prog="python -m bench.report",
+                                description="Rebuild report.html, tables and plots from the run records.")
     p.add_argument("results", help="a results folder, e.g. results/quickstart")
+    p.add_argument("--budgets", default=",".join(map(str, BUDGETS)),
+                   help="NFE budgets of the budget table, comma-separated (default: %(default)s)")
+    p.add_argument("--target", action="append", default=[], metavar="METRIC=V1,V2",
+                   help="quality targets of the NFE-to-reach table for one metric (repeatable)")
     args = p.parse_args(argv)
     try:
-        made = build_report(args.results)
+        budgets = tuple(int(b) for b in args.budgets.split(",") if b.strip())
+        targets = {}
+        for t in args.target:
+            name, _, vals = t.partition("=")
+            targets[name.strip()] = [float(v) for v in vals.split(",") if v.strip()]
+            if not name.strip() or not targets[name.strip()]:
+                raise ValueError(f"--target {t!r}: expected METRIC=V1[,V2...]")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        made = build_report(args.results, budgets, targets)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{made['n_records']} records -> {made['runs_csv']}, {made['summary_csv']}, {len(made['plots'])} plots, "
-          f"{len(made['samples'])} new sample grids", file=sys.stderr)
+    print(f"{made['n_records']} records -> {made['report_html']}, {made['runs_csv']}, {made['summary_csv']}, "
+          f"{len(made['plots'])} plots, {len(made['samples'])} sample grids", file=sys.stderr)
     return 0
 
 

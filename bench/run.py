@@ -25,9 +25,9 @@ import torch
 
 from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS, execute_run
 from bench.grid import GridError, GridSpec, RunSpec, load_grid
-from bench.records import OK, clean_temp, read_records, write_record, write_samples
+from bench.records import OK, clean_temp, metric_entry, read_records, write_record, write_samples
 
-__all__ = ["execute_run", "run_grid", "preflight", "main", "DEFAULT_GRID", "EXACT_METRICS"]
+__all__ = ["execute_run", "run_grid", "preflight", "main", "DEFAULT_GRID", "EXACT_METRICS", "metric_entry"]
 
 DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml"
 LOWER_IS_BETTER = {"fid": True, "kid": True, "fd_digits": True, "fd_fashion": True, "fd_exact": True,
@@ -104,6 +104,8 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     clean_temp(out)
+    if Path(grid.path).is_file():  # the report shows the grid file the sweep ran
+        (out / "grid.yaml").write_bytes(Path(grid.path).read_bytes())
     todo, skipped = select_runs(grid, out, retry_failed)
     counts = {"ran": 0, "ok": 0, "failed": 0, "skipped_ok": skipped["ok"], "skipped_failed": skipped["failed"],
               "shards_computed": 0}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.records import atomic_write, now
+from bench.records import atomic_write, metric_entry, now
 
 __all__ = ["DEFAULT_SHARD_SAMPLES", "Shard", "run_shards", "shard_size", "shard_dir", "shard_path",
            "write_shard", "read_shard", "merge_record", "remove_shards", "finished_shards"]
@@ -209,10 +209,10 @@ def merge_record(run, states: list[dict], metrics: dict,
         t0 = time.perf_counter()
         for name, metric in metrics.items():
             value, protocol = metric.compute()
-            record["metrics"][name] = {"value": value, "protocol": protocol}
+            record["metrics"][name] = metric_entry(value, protocol)
         bpd = next((s for s in order if s["index"] == BPD), None)
         if bpd is not None:
-            record["metrics"][BPD] = {"value": bpd["bpd_value"], "protocol": bpd["bpd_protocol"]}
+            record["metrics"][BPD] = metric_entry(bpd["bpd_value"], bpd["bpd_protocol"])
             nfe = bpd["bpd_protocol"]["nfe_per_batch"]
             record["bpd_nfe"] = sum(nfe) / len(nfe)
         record["metric_time_s"] += time.perf_counter() - t0

@@ -63,3 +63,32 @@ def test_report_cli(tmp_path, capsys):
     write_record(tmp_path, record("b000000001", "pf_euler", 10, 0.5, 1.0))
     assert main([str(tmp_path)]) == 0
     assert (tmp_path / "runs.csv").is_file() and (tmp_path / "summary.csv").is_file()
+
+
+def test_report_writes_nothing_outside_its_folder(tmp_path):
+    """Model keys, metric names and run ids come from records: hostile ones stay inside the folder."""
+    import json
+
+    from bench.filenames import output_path, safe_name
+
+    out = tmp_path / "a" / "b"
+    evil = record("c000000001", "pf_euler", 10, 0.5, 1.0)
+    evil.update(model="../../../escaped", metrics={"../../x": {"value": 1.0, "protocol": {}}})
+    other = record("c000000002", "pf_euler", 20, 0.4, 1.0)
+    other.update(model="<script>alert(1)</script>/..")
+    for r in (evil, other):
+        write_record(out, r)
+    write_samples(out, "c000000001", torch.randn(8, 2))
+    before = {p for p in tmp_path.rglob("*")}
+    made = build_report(out)
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert created and all(p.resolve().is_relative_to(out.resolve()) for p in created)
+    assert all(p.parent in (out, out / "plots", out / "samples") for p in created if p.is_file())
+    assert len(made["plots"]) == 4  # per model: its one metric (the odd name, fd_exact) and wall-clock
+    page = made["report_html"].read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # Distinct names stay distinct; safe names stay as they are.
+    assert safe_name("mixture_vp") == "mixture_vp" and safe_name("a/b") != safe_name("a_b")
+    assert safe_name("..") != ".." and "/" not in safe_name("../../etc") and not safe_name(".hidden").startswith(".")
+    assert output_path(out, "plots", "../x", suffix=".png").parent == (out / "plots").resolve()
+    json.dumps(made, default=str)

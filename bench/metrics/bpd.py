@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from bench.metrics.feature_fd import check_state
+from bench.metrics.uncertainty import normal_interval
 
 __all__ = ["BitsPerDim"]
 
@@ -74,5 +75,7 @@ class BitsPerDim:
         m = self._sum / self.n
         var = (self._sq - self.n * m * m) / (self.n - 1) if self.n > 1 else None
         stderr = math.sqrt(max(var, 0.0) / self.n) if var is not None else None
+        unc = normal_interval(self.shift + m, stderr, "standard error of the mean over images x passes; "
+                                                      "normal interval")
         return self.shift + m, {"metric": self.name, **self._protocol, "stderr": stderr,
-                                "nfe_per_batch": [nfe for _, nfe in sorted(self._nfe)]}
+                                "nfe_per_batch": [nfe for _, nfe in sorted(self._nfe)], "uncertainty": unc}

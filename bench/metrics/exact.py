@@ -26,6 +26,7 @@ from torch import Tensor
 
 from bench.metrics.feature_fd import FrechetMetric, check_state
 from bench.metrics.reference import ReferenceStats
+from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
 __all__ = ["MeanLogLikelihood", "SlicedW2", "make_exact_fd", "wasserstein2_1d"]
 
@@ -100,15 +101,24 @@ class SlicedW2:
         self.directions = theta / theta.norm(dim=0, keepdim=True)  # [D, P]
         self.reference_seed, self.n_reference = reference_seed, n_reference
         self._proj: list[Tensor] = []
+        self._groups: list[Tensor] | None = []  # seed group of every sample [B] per batch; None without seeds
         self._protocol = {**_mixture_protocol(model), "n_projections": n_projections,
                           "projection_seed": projection_seed, "reference_seed": reference_seed,
                           "reference": "exact mixture samples", "seeds": seeds}
 
     def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
-        """Add a batch of samples [B, *shape] (only their projections [B, P] are kept; W₂ sorts them, so
-        ``ids`` are not needed)."""
-        del ids
-        self._add(_flat64(samples) @ self.directions)
+        """Add a batch of samples [B, *shape] (only their projections [B, P] are kept, with the seed group of
+        each, ``seed mod GROUPS``, for the uncertainty; W₂ sorts them, so their order does not matter)."""
+        proj = _flat64(samples) @ self.directions
+        self._add(proj)
+        self._add_groups(None if ids is None else seed_groups(ids), proj.shape[0])
+
+    def _add_groups(self, groups: Tensor | None, n: int) -> None:
+        if groups is None:
+            if n:
+                self._groups = None
+        elif self._groups is not None:
+            self._groups.append(torch.as_tensor(groups, dtype=torch.int64).reshape(-1).cpu())
 
     def _add(self, proj: Tensor) -> None:
         n = sum(p.shape[0] for p in self._proj) + proj.shape[0]
@@ -120,7 +130,9 @@ class SlicedW2:
     def state(self) -> dict:
         """The projections, float64 [N, P] (not sums: the 1-D W₂ needs the sorted values)."""
         proj = torch.cat(self._proj) if self._proj else torch.zeros(0, self.directions.shape[1], dtype=torch.float64)
-        return {"metric": self.name, "proj": proj}
+        groups = None if self._groups is None else torch.cat(self._groups) if self._groups else \
+            torch.zeros(0, dtype=torch.int64)
+        return {"metric": self.name, "proj": proj, "groups": groups}
 
     def merge(self, state: dict) -> None:
         """Add another accumulator's projections (from :meth:`state`, same directions)."""
@@ -131,6 +143,7 @@ class SlicedW2:
                              f"[N, {self.directions.shape[1]}]")
         if proj.shape[0]:
             self._add(proj)
+            self._add_groups(state.get("groups"), proj.shape[0])
 
     def _reference(self, n: int) -> Tensor:
         g = torch.Generator().manual_seed(self.reference_seed)
@@ -141,9 +154,20 @@ class SlicedW2:
     def compute(self) -> tuple[float, dict]:
         gen = torch.cat(self._proj)
         n_ref = self.n_reference or gen.shape[0]
-        value = math.sqrt(float(wasserstein2_1d(gen, self._reference(n_ref)).mean()))
+        ref = self._reference(n_ref)
+        value = math.sqrt(float(wasserstein2_1d(gen, ref).mean()))
         return value, {"metric": self.name, **self._protocol, "num_generated": gen.shape[0],
-                       "num_reference": n_ref}
+                       "num_reference": n_ref, "uncertainty": self._uncertainty(value, gen, ref)}
+
+    def _uncertainty(self, value: float, gen: Tensor, ref: Tensor) -> dict:
+        """Jackknife over seed groups; every replicate against the same reference set (size fixed by N)."""
+        if self._groups is None:
+            return unavailable("samples came without seeds (ids)")
+        groups = torch.cat(self._groups)
+        sizes = torch.bincount(groups, minlength=GROUPS).tolist()
+        replicates, used = leave_one_out(
+            sizes, lambda g: math.sqrt(float(wasserstein2_1d(gen[groups != g], ref).mean())))
+        return jackknife(value, replicates, used)
 
 
 class MeanLogLikelihood:
@@ -162,20 +186,29 @@ class MeanLogLikelihood:
     def __init__(self, model, *, seeds: str | None = None) -> None:
         self.model = model
         self.n, self._sum, self._sq = 0, 0.0, 0.0
+        # Per seed group (seed mod GROUPS): count and Σ log p, for the jackknife; None without seeds.
+        self._group_n: Tensor | None = torch.zeros(GROUPS, dtype=torch.int64)
+        self._group_sum: Tensor | None = torch.zeros(GROUPS, dtype=torch.float64)
         self._protocol = {**_mixture_protocol(model), "reference": "exact mixture density log p_0", "seeds": seeds}
 
     def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
-        """Add a batch of samples [B, *shape] (``ids`` not needed: sums)."""
-        del ids
+        """Add a batch of samples [B, *shape] with their seeds ``ids`` [B] (for the uncertainty)."""
         _flat64(samples)  # finiteness check
-        logp = self.model.log_prob_data(samples.detach().to(torch.float64)).to(torch.float64)
+        logp = self.model.log_prob_data(samples.detach().to(torch.float64)).to(torch.float64).cpu()
         self.n += logp.shape[0]
         self._sum += float(logp.sum())
         self._sq += float((logp**2).sum())
+        if ids is None:
+            self._group_n = self._group_sum = None
+        elif self._group_n is not None:
+            g = seed_groups(ids).cpu()
+            self._group_n += torch.bincount(g, minlength=GROUPS)
+            self._group_sum.index_add_(0, g, logp)
 
     def state(self) -> dict:
         """n, Σ log p and Σ (log p)² in float64."""
-        return {"metric": self.name, "n": self.n, "sum": self._sum, "sq": self._sq}
+        groups = None if self._group_n is None else {"n": self._group_n.clone(), "sum": self._group_sum.clone()}
+        return {"metric": self.name, "n": self.n, "sum": self._sum, "sq": self._sq, "groups": groups}
 
     def merge(self, state: dict) -> None:
         """Add another accumulator's sums (from :meth:`state`)."""
@@ -183,12 +216,25 @@ class MeanLogLikelihood:
         self.n += int(state["n"])
         self._sum += float(state["sum"])
         self._sq += float(state["sq"])
+        groups = state.get("groups")
+        if groups is None:
+            if int(state["n"]):
+                self._group_n = self._group_sum = None
+        elif self._group_n is not None:
+            self._group_n += torch.as_tensor(groups["n"], dtype=torch.int64)
+            self._group_sum += torch.as_tensor(groups["sum"], dtype=torch.float64)
 
     def compute(self) -> tuple[float, dict]:
         if self.n == 0:
             raise ValueError("no samples added")
         mean = self._sum / self.n
         var = max(self._sq / self.n - mean**2, 0.0) * self.n / max(self.n - 1, 1)
+        if self._group_n is None:
+            unc = unavailable("samples came without seeds (ids)")
+        else:
+            n, tot = self._group_n.tolist(), self._group_sum.tolist()
+            replicates, used = leave_one_out(n, lambda g: (self._sum - tot[g]) / (self.n - n[g]), min_size=1)
+            unc = jackknife(mean, replicates, used)
         return mean, {"metric": self.name, **self._protocol, "num_generated": self.n,
                       "stderr": float(np.sqrt(var / self.n)),
-                      "bits_per_dim": -mean / (self.model.dim * math.log(2))}
+                      "bits_per_dim": -mean / (self.model.dim * math.log(2)), "uncertainty": unc}

@@ -28,6 +28,7 @@ from torch import Tensor
 from bench.metrics.assets import find_inception, find_reference_stats
 from bench.metrics.feature_fd import check_state
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
+from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
 __all__ = ["KID", "kernel_distance"]
 
@@ -150,10 +151,20 @@ class KID:
 
     def compute(self) -> tuple[float, dict]:
         gen = torch.cat(self._feats)
+        ids = None
         if self._ids is not None:  # one order for any sharding: by sample id
-            gen = gen[torch.cat(self._ids).argsort(stable=True)]
+            ids = torch.cat(self._ids)
+            order = ids.argsort(stable=True)
+            gen, ids = gen[order], ids[order]
         gen = gen.numpy()
         fn = _cleanfid_kernel_distance if self.net.backend == "cleanfid" else kernel_distance
         value = fn(self.ref_feats, gen, *self.settings)
+        if ids is None:
+            unc = unavailable("samples came without seeds (ids)")
+        else:  # jackknife: the same estimator (same subset seed) without each seed group in turn
+            groups = seed_groups(ids).numpy()
+            sizes = np.bincount(groups, minlength=GROUPS).tolist()
+            replicates, used = leave_one_out(sizes, lambda g: fn(self.ref_feats, gen[groups != g], *self.settings))
+            unc = jackknife(value, replicates, used)
         return value, {"metric": self.name, **self._protocol, "num_generated": gen.shape[0],
-                       "num_reference": int(self.ref_feats.shape[0])}
+                       "num_reference": int(self.ref_feats.shape[0]), "uncertainty": unc}

@@ -1,0 +1,139 @@
+"""The report's figures: quality (and wall-clock) against NFE as small multiples by sampler group.
+
+Every model's figure has one panel per sampler group (:data:`GROUPS`: SDE samplers, ODE samplers,
+fast samplers, adaptive; a group with more than :data:`MAX_CURVES` curves is split over panels),
+panels share both axes, every curve keeps one colour and marker across all figures of a report
+(:func:`curve_styles`), each point carries its interval as an error bar, and the model's Pareto
+front (over all samplers) is drawn in every panel as a dashed step line with its points circled.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.report_tables import LOWER_IS_BETTER, nfe_column, pareto_table
+
+__all__ = ["GROUPS", "GROUP_ORDER", "MAX_CURVES", "group_of", "curve_styles", "panels", "metric_figure"]
+
+# solver registry key -> sampler group (one panel each); solvers not listed go to "other".
+GROUPS: dict[str, str] = {
+    "euler_maruyama": "SDE samplers", "reverse_diffusion": "SDE samplers", "ancestral_sampling": "SDE samplers",
+    "pc": "SDE samplers", "annealed_langevin": "SDE samplers", "torchsde": "SDE samplers",
+    "pf_euler": "ODE samplers", "pf_heun": "ODE samplers", "scipy_ode": "ODE samplers",
+    "torchdiffeq_ode": "ODE samplers",
+    "ddim": "fast samplers", "dpm_solver": "fast samplers", "dpm_solver_pp": "fast samplers", "unipc": "fast samplers",
+    "edm_heun": "fast samplers", "edm_stochastic": "fast samplers", "dpm_solver_pp_sde": "fast samplers",
+    "adaptive_improved_euler": "adaptive", "adaptive_em": "adaptive", "dpm_solver_adaptive": "adaptive",
+}
+GROUP_ORDER = ("SDE samplers", "ODE samplers", "fast samplers", "adaptive", "other")
+MAX_CURVES = 6
+_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf")  # matplotlib's tab10
+_MARKERS = "os^vDP*Xh<>p"
+
+
+def group_of(solver: str) -> str:
+    return GROUPS.get(solver, "other")
+
+
+def _sort_key(label: str, solver: str) -> tuple[int, str]:
+    return GROUP_ORDER.index(group_of(solver)), label
+
+
+def curve_styles(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Curve label (``family``) -> (colour, marker), one pair per label for every figure of a report.
+
+    Labels are numbered in panel order, so the ≤ :data:`MAX_CURVES` curves of one panel get
+    consecutive, hence different, colours; (colour, marker) pairs are unique up to 120 labels.
+    """
+    labels = sorted({(f, s) for f, s in zip(df["family"], df["solver"])}, key=lambda fs: _sort_key(*fs))
+    return {f: (_COLOURS[i % len(_COLOURS)], _MARKERS[i % len(_MARKERS)]) for i, (f, _) in enumerate(labels)}
+
+
+def panels(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(title, curve labels) per panel: the groups in :data:`GROUP_ORDER`, at most MAX_CURVES curves each."""
+    out = []
+    for group in GROUP_ORDER:
+        labels = sorted({f for f, s in zip(df["family"], df["solver"]) if group_of(s) == group})
+        n = math.ceil(len(labels) / MAX_CURVES)
+        size = math.ceil(len(labels) / n) if n else 0  # balanced: 7 curves -> 4 + 3, not 6 + 1
+        for k in range(n):
+            chunk = labels[k * size: (k + 1) * size]
+            out.append((group + (f" ({k + 1}/{n})" if n > 1 else ""), chunk))
+    return out
+
+
+def metric_figure(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[str, tuple[str, str]],
+                  path: Path) -> Path | None:
+    """Write the small-multiples figure of ``y`` against NFE for one model's successful runs.
+
+    Args:
+        df: the model's rows of the runs frame (``status == 'ok'``).
+        y: a metric name or ``'wall_time_s'``; metrics get error bars from ``<y>_lo`` / ``<y>_hi``.
+        styles: from :func:`curve_styles` over the whole report.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None when no run has a finite value.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = nfe_column(y)
+    pts = df[np.isfinite(pd.to_numeric(df[y], errors="coerce")) & (pd.to_numeric(df[x], errors="coerce") > 0)]
+    if pts.empty:
+        return None
+    is_metric = y != "wall_time_s"
+    lower = LOWER_IS_BETTER.get(y, True)
+    groups = panels(pts)
+    ncol = min(len(groups), 3)
+    nrow = math.ceil(len(groups) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.5 * nrow), sharex=True, sharey=True, squeeze=False)
+    front = pareto_table(pts, y) if is_metric else None
+    vals = pts[y].astype(float)
+    log_y = (not is_metric) or (lower and (vals > 0).all() and vals.max() / max(vals.min(), 1e-300) > 30)
+    for ax, (title, labels) in zip(axes.flat, groups):
+        if front is not None and len(front):
+            ax.plot(front["nfe"], front[y], color="0.35", ls="--", lw=0.8, drawstyle="steps-post", zorder=1)
+            ax.scatter(front["nfe"], front[y], s=80, facecolors="none", edgecolors="k", lw=0.8, zorder=4,
+                       label="Pareto front (all samplers)")
+        for label in labels:
+            sel = pts[pts["family"] == label].sort_values(x)
+            colour, marker = styles[label]
+            xs, ys = sel[x].astype(float).to_numpy(), sel[y].astype(float).to_numpy()
+            yerr = None
+            if is_metric and f"{y}_lo" in sel and sel[f"{y}_lo"].notna().any():
+                lo = sel[f"{y}_lo"].astype(float).fillna(pd.Series(ys, index=sel.index)).to_numpy()
+                hi = sel[f"{y}_hi"].astype(float).fillna(pd.Series(ys, index=sel.index)).to_numpy()
+                yerr = np.vstack([np.clip(ys - lo, 0, None), np.clip(hi - ys, 0, None)])
+            ax.errorbar(xs, ys, yerr=yerr, color=colour, marker=marker, ms=5, lw=1.3, capsize=2.5, elinewidth=0.9,
+                        label=label, zorder=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, loc="best", frameon=False)
+    if log_y:  # limits from the values: an interval reaching below them (or below 0) runs off the bottom edge
+        top = max(vals.max(), pd.to_numeric(pts.get(f"{y}_hi", vals), errors="coerce").max(skipna=True))
+        axes.flat[0].set_ylim(vals[vals > 0].min() / 3, top * 1.5)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("NFE of the likelihood solve" if y == "bpd" else "NFE (score evaluations per batch)")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    what = "95 % intervals" if is_metric else "one run each"
+    fig.suptitle(f"{model}: {ylabel} vs NFE ({what})", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
