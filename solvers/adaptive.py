@@ -23,7 +23,7 @@ Conventions (REFERENCE §2.1, §2.3, §2.4 and the fixtures README §3.7):
   √(mean (E/δ)²) over C·H·W; 'l2'; 'linf'). Accept if E₂ ≤ 1.
 * h ← θ h E₂^(−r) for accepted *and* rejected samples (θ = 0.9, r = 0.9), capped at t − eps before
   the next attempt (the same numbers as GGF's min(max(t − eps, 0), θ h E₂^(−r)) after the step).
-* The loop runs while any |t − eps| > 1e-6; then the final ``denoise`` (GGF's own is 'tweedie_ggf',
+* The loop runs while any |t − eps| > 1e-6; then the final ``denoise`` (GGF's own is 'ggf',
   x + σ(eps)² s(x, eps); the default is every sampler's 'tweedie').
 * ``precision='float32'`` keeps per-sample t, h and the error norm in float32, as the PyTorch port
   does (its outputs are then reproduced on VE too, where an E₂ within rounding of 1 can otherwise
@@ -54,7 +54,7 @@ __all__ = ["IntegralController", "Adaptive", "ImprovedEulerRule", "LambaEMRule",
 
 ERROR_NORMS = ("l2_scaled", "l2", "linf")
 X_PREV = ("accepted_proposal", "current", "none")
-ADAPTIVE_DENOISE = ("tweedie", "tweedie_ggf", "none")
+ADAPTIVE_DENOISE = ("tweedie", "ggf", "none")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -132,7 +132,7 @@ class Adaptive:
             work follows the mean per-sample NFE; False evaluates the whole batch every iteration as
             GGF does. Both give the same samples for the same noise.
         max_steps: iteration limit (Status.MAX_STEPS, no denoising).
-        denoise: 'tweedie' (default), 'tweedie_ggf' (GGF's) or 'none'.
+        denoise: 'tweedie' (default), 'ggf' (GGF's) or 'none'.
         precision: 'float64' (default) or 'float32' (t, h and E₂ as the GGF PyTorch port keeps them).
 
     Statistics: ``nfe`` = counted calls on the batch; ``nfe_per_sample`` [B] = the calls that

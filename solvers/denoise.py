@@ -3,7 +3,8 @@
 ``denoise`` (every sampler's option, recorded with the run) takes one of:
 
 * ``'tweedie'`` (the default everywhere): E[x_0 | x_eps] = (x + σ_eps² s(x, eps)) / α_eps (1 call);
-* ``'tweedie_ggf'``: Gotta Go Fast's x + σ_eps² s(x, eps), no division by α_eps (1 call);
+* ``'ggf'``: Gotta Go Fast's x + σ_eps² s(x, eps), no division by α_eps (1 call; it is Tweedie's formula
+  only where α_eps = 1, as on VE: hence not named after it);
 * ``'x_mean'``: the last step's noise-free mean (score_sde's PC sampler, whose last step ends at
   eps; no call) — the fixed-grid driver's ``convention='score_sde'`` only;
 * ``'reverse_diffusion'``: score_sde's ODE denoise, one reverse-diffusion *mean* step at eps from
@@ -20,7 +21,7 @@ from models.sde import expand_like
 
 __all__ = ["DENOISE", "DEFAULT_DENOISE", "denoise_nfe", "final_denoise", "tweedie", "check_denoise"]
 
-DENOISE = ("tweedie", "tweedie_ggf", "x_mean", "reverse_diffusion", "none")
+DENOISE = ("tweedie", "ggf", "x_mean", "reverse_diffusion", "none")
 DEFAULT_DENOISE = "tweedie"
 
 
@@ -33,7 +34,7 @@ def check_denoise(owner: str, value, allowed: tuple[str, ...] = DENOISE, why: st
 
 def denoise_nfe(kind: str) -> int:
     """Score calls the final denoising ``kind`` makes (declared; tests compare it with the counter)."""
-    return int(kind in ("tweedie", "tweedie_ggf", "reverse_diffusion"))
+    return int(kind in ("tweedie", "ggf", "reverse_diffusion"))
 
 
 def tweedie(problem, x: Tensor, t: Tensor, divide_by_alpha: bool = True) -> Tensor:
@@ -50,7 +51,7 @@ def final_denoise(problem, x: Tensor, kind: str, x_mean: Tensor | None = None, n
     if kind == "x_mean":
         return x_mean
     t = torch.full((x.shape[0],), problem.sde.eps, dtype=torch.float64, device=x.device)
-    if kind in ("tweedie", "tweedie_ggf"):
+    if kind in ("tweedie", "ggf"):
         return tweedie(problem, x, t, divide_by_alpha=kind == "tweedie")
     # Reverse-diffusion mean step: with the forward step x_{i+1} = x_i + c_i x_i + G_i z,
     # x_mean = x − c_i x + G_i² s(x, eps).

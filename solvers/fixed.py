@@ -29,7 +29,7 @@ from solvers.grids import SCHEDULES
 __all__ = ["FixedGrid", "tweedie", "CONVENTIONS", "GRID_DENOISE"]
 
 CONVENTIONS = ("grid", "score_sde")
-GRID_DENOISE = {"grid": ("tweedie", "tweedie_ggf", "none"), "score_sde": ("x_mean", "none")}
+GRID_DENOISE = {"grid": ("tweedie", "ggf", "none"), "score_sde": ("x_mean", "none")}
 
 
 @dataclass(frozen=True, kw_only=True)

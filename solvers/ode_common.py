@@ -22,7 +22,7 @@ __all__ = ["ODE_DENOISE", "ode_denoise", "flat_drift", "check_tolerances"]
 # The choices of the final denoise valid for the ODE samplers (vocabulary: solvers.denoise).
 # 'reverse_diffusion' is score_sde's denoise (noise_removal=True, REFERENCE §1.5): 1 score call,
 # which scorebench counts (score_sde does not); score_sde also draws one unused normal, not drawn here.
-ODE_DENOISE = ("none", "reverse_diffusion", "tweedie", "tweedie_ggf")
+ODE_DENOISE = ("none", "reverse_diffusion", "tweedie", "ggf")
 
 
 def ode_denoise(problem: Problem, x: Tensor, kind: str, num_scales: int) -> Tensor:

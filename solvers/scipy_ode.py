@@ -141,7 +141,7 @@ class ScipyProbabilityFlow:
         denoise: final step at eps, the default of every sampler (``solvers.denoise.DEFAULT_DENOISE``,
             'tweedie'); 'none' (score_sde's ``get_ode_sampler`` default), 'reverse_diffusion' (score_sde's
             ``noise_removal``: one reverse-diffusion mean step with the N = ``num_scales`` table) or
-            'tweedie_ggf'. Each costs 1 counted call
+            'ggf'. Each costs 1 counted call
             (score_sde does not count its denoise call).
         num_scales: N of the discrete table used by ``denoise='reverse_diffusion'``.
         per_sample: one solve per sample instead of one for the batch.

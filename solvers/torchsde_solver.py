@@ -186,7 +186,7 @@ class TorchSDE(FixedGridSampler):
             dt = (T - eps) / (self.n_steps - 1) * (1 + 1e-9)
             ys = torchsde.sdeint(rsde, y0, ts, bm=bm, method=self.method, dt=dt)
             x = ys[-1].reshape(x_init.shape)
-            if self.denoise in ("tweedie", "tweedie_ggf"):
+            if self.denoise in ("tweedie", "ggf"):
                 t_eps = torch.full((x.shape[0],), eps, dtype=torch.float64, device=x.device)
                 x = tweedie(problem, x, t_eps, divide_by_alpha=self.denoise == "tweedie")
         status, message = finite_status(x)

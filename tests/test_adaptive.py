@@ -137,7 +137,7 @@ def test_loop_matches_transcription(name, extrapolation, x_prev, norm, per_sampl
     expected, iterations = _ggf_reference(x0.tolist(), draws.tolist(), eps=eps, improved_euler=name.endswith("euler"),
                                           extrapolation=extrapolation, x_prev=x_prev, norm=norm, **kw)
     sampler = make_sampler(name, extrapolation=extrapolation, x_prev=x_prev, norm=norm,
-                           per_sample_eval=per_sample_eval, denoise="tweedie_ggf", **kw)
+                           per_sample_eval=per_sample_eval, denoise="ggf", **kw)
     sol = sampler.sample(Problem(model), x0, RecordedNoise(draws))
     assert sol.status == Status.OK
     assert sol.stats.n_steps == iterations

@@ -218,12 +218,12 @@ def test_ggf_precision_reproduces_the_port(kind, precision, state):
     draws = torch.randn(400, 16, 1, 4, 4, generator=g).to(state)
     expected, iterations = ggf_port(gm, sde, x0, draws, dtype=getattr(torch, precision), **kw)
     sol = make_sampler("adaptive_improved_euler", precision=precision, per_sample_eval=False,
-                       denoise="tweedie_ggf", **kw).sample(Problem(gm), x0, RecordedNoise(draws))
+                       denoise="ggf", **kw).sample(Problem(gm), x0, RecordedNoise(draws))
     assert sol.stats.n_steps == iterations
     tol = 1e-4 if state == torch.float32 else 5e-9  # the fixture tolerance; float64: measured 7.3e-10 (round-off)
     torch.testing.assert_close(sol.x, expected, rtol=0, atol=tol)
     if kind == "ve" and precision == "float32":  # the option is what makes VE reproduce
-        default = make_sampler("adaptive_improved_euler", per_sample_eval=False, denoise="tweedie_ggf",
+        default = make_sampler("adaptive_improved_euler", per_sample_eval=False, denoise="ggf",
                                **kw).sample(Problem(gm), x0, RecordedNoise(draws))
         assert (default.x - expected).abs().max() > tol
 

@@ -57,8 +57,8 @@ def test_scipy_per_sample_and_batch():
     model = GaussianMixture.isotropic(VPSDE(), MU, S0, shape=(1, 2, 2))
     x_T = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     problem = Problem(model)
-    per = make_sampler("scipy_ode", per_sample=True, denoise="tweedie_ggf").sample(problem, x_T, None)
-    batch = make_sampler("scipy_ode", denoise="tweedie_ggf").sample(Problem(model), x_T, None)
+    per = make_sampler("scipy_ode", per_sample=True, denoise="ggf").sample(problem, x_T, None)
+    batch = make_sampler("scipy_ode", denoise="ggf").sample(Problem(model), x_T, None)
     torch.testing.assert_close(per.x, batch.x, rtol=0, atol=1e-4)
     # Per-sample solves: total counted calls = sum of each sample's solves + one batched denoise call;
     # the per-sample NFE (counted around each solve) against SciPy's own nfev.
@@ -95,7 +95,7 @@ def test_scipy_max_steps_status():
 def test_invalid_options():
     with pytest.raises(ValueError, match="RK23, RK45, DOP853"):
         make_sampler("scipy_ode", method="Radau")
-    with pytest.raises(ValueError, match="none, reverse_diffusion, tweedie, tweedie_ggf"):
+    with pytest.raises(ValueError, match="none, reverse_diffusion, tweedie, ggf"):
         make_sampler("scipy_ode", denoise="x_mean")
     with pytest.raises(ValueError, match="needs n_steps"):
         make_sampler("torchdiffeq_ode", method="rk4")

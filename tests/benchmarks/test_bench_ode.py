@@ -83,7 +83,7 @@ def adaptive_vs_em(B: int, shape: tuple[int, ...], em_steps: list[int], rtols: l
     x_T = SeededNoise(range(10_000, 10_000 + B)).normal((B, *shape), dtype=torch.float64)
     em = []
     for n in em_steps:
-        sol = make_sampler("euler_maruyama", n_steps=n, denoise="tweedie_ggf").sample(Problem(model), x_T,
+        sol = make_sampler("euler_maruyama", n_steps=n, denoise="ggf").sample(Problem(model), x_T,
                                                                                      SeededNoise(range(B)))
         em.append((sol.stats.nfe, moment_error(sol.x, model)))
     rows = []
