@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import resource
 import socket
@@ -129,7 +130,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
     state = {"status": "running", "message": "", "created": now(), "nfe_per_batch": [], "batch_sizes": [],
              "steps_per_batch": [], "n_accepted": 0, "n_rejected": 0, "nfe_rows": 0.0, "stats_extra": [],
              "prior_network_calls": 0, "metrics": {}, "samples": None,
-             "worker": f"{socket.gethostname()}:{__import__('os').getpid()}",
+             "worker": f"{socket.gethostname()}:{os.getpid()}",
              "info": {"device": device, "threads": torch.get_num_threads()}}
     kept: list[torch.Tensor] = []
     t_start = time.perf_counter()

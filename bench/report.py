@@ -21,6 +21,7 @@ Tables are pandas DataFrames (:mod:`bench.report_tables`).
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import sys
 from pathlib import Path
@@ -107,7 +108,9 @@ def sample_png(record: dict, samples_file: Path, dest: Path, scale: int = 4) -> 
         canvas = canvas.squeeze(-1) if c == 1 else canvas
     canvas = np.kron(canvas, np.ones((scale, scale) + (1,) * (canvas.ndim - 2)))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(dest, canvas, cmap="gray", vmin=0.0, vmax=1.0)
+    buf = io.BytesIO()
+    plt.imsave(buf, canvas, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    atomic_write(dest, lambda f: f.write(buf.getvalue()))
     return dest
 
 

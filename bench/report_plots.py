@@ -9,12 +9,14 @@ front (over all samplers) is drawn in every panel as a dashed step line with its
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench.records import atomic_write
 from bench.report_tables import LOWER_IS_BETTER, nfe_column, pareto_table
 
 __all__ = ["GROUPS", "GROUP_ORDER", "MAX_CURVES", "group_of", "curve_styles", "panels", "metric_figure"]
@@ -133,7 +135,8 @@ def metric_figure(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dic
     what = "95 % intervals" if is_metric else "one run each"
     fig.suptitle(f"{model}: {ylabel} vs NFE ({what})", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))  # concurrent report rebuilds never mix files
     return path

@@ -25,7 +25,7 @@ import torch
 
 from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS, execute_run
 from bench.grid import GridError, GridSpec, RunSpec, load_grid
-from bench.records import OK, clean_temp, metric_entry, read_records, write_record, write_samples
+from bench.records import OK, atomic_write, clean_temp, metric_entry, read_records, write_record, write_samples
 
 __all__ = ["execute_run", "run_grid", "preflight", "main", "DEFAULT_GRID", "EXACT_METRICS", "metric_entry"]
 
@@ -105,7 +105,8 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
     (out / "runs").mkdir(parents=True, exist_ok=True)
     clean_temp(out)
     if Path(grid.path).is_file():  # the report shows the grid file the sweep ran
-        (out / "grid.yaml").write_bytes(Path(grid.path).read_bytes())
+        grid_bytes = Path(grid.path).read_bytes()  # atomic: concurrent invocations may copy it at once
+        atomic_write(out / "grid.yaml", lambda f: f.write(grid_bytes))
     todo, skipped = select_runs(grid, out, retry_failed)
     counts = {"ran": 0, "ok": 0, "failed": 0, "skipped_ok": skipped["ok"], "skipped_failed": skipped["failed"],
               "shards_computed": 0}
