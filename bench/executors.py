@@ -116,6 +116,10 @@ class ProcessPool:
         self.results = self.ctx.Queue()
         self.threads, self.gpus = threads, gpus
         self.workers: list[dict] = [self._start(i) for i in range(n)]
+        # The driver only merges and writes: one torch thread, so that it does not take cores from the
+        # workers (idle intra-op threads spin); restored on close.
+        self._driver_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
 
     def _start(self, i: int) -> dict:
         tasks = self.ctx.Queue()
@@ -162,6 +166,7 @@ class ProcessPool:
             w["proc"].join(timeout=10)
             if w["proc"].is_alive():
                 w["proc"].terminate()
+        torch.set_num_threads(self._driver_threads)
 
 
 def _worker(i: int, threads: int, gpu: int | None, tasks, results) -> None:
@@ -197,9 +202,9 @@ class LocalExecutor:
 
     def run(self, runs: Sequence[RunSpec], out: Path, on_record: OnRecord) -> list[str]:
         """Compute and merge ``runs`` into ``out``; returns the shards computed here."""
-        sweep = Sweep(out, list(runs), on_record, executor_name="local")
-        pool = self.pool(runs)
+        pool = self.pool(runs)  # first: spawned workers import torch while the sweep orders the shards
         try:
+            sweep = Sweep(out, list(runs), on_record, executor_name="local")
             sweep.run(pool)
         finally:
             pool.close()

@@ -101,7 +101,7 @@ def _proxy_nfe(run: RunSpec) -> float:
     return float(sol.stats.nfe)
 
 
-def _bpd_evaluations(run: RunSpec) -> float | None:
+def bpd_evaluations(run: RunSpec) -> float | None:
     """Estimated network evaluations of a run's bits/dim: proxy NFE per image × images × passes."""
     from models.priors import GaussianPrior
     from solvers import Problem, SeededNoise
@@ -160,7 +160,7 @@ def plan_rows(grid: GridSpec, timing: bool = True) -> list[dict]:
             seconds = None if per is None else per * nfe * math.ceil(n / run.batch_size)
         nfe_exact = exact
         if BPD in run.metrics:
-            b = _bpd_evaluations(run)
+            b = bpd_evaluations(run)
             exact = False  # the likelihood solve's NFE is an estimate
             evals = None if evals is None or b is None else evals + b
             if seconds is not None and b is not None:

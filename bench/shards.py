@@ -102,10 +102,12 @@ def plain(obj):
     return json.loads(json.dumps(obj, default=_json_default))
 
 
-def write_shard(out: Path, shard: Shard, state: dict) -> Path:
-    """Atomically write a finished shard's state (unique temp name, fsync, rename)."""
+def write_shard(out: Path, shard: Shard, state: dict) -> dict:
+    """Atomically write a finished shard's state (unique temp name, fsync, rename); returns the state as
+    written (what :func:`read_shard` reads back)."""
     state = plain({**state, "run_id": shard.run_id, "index": shard.index, "start": shard.start, "stop": shard.stop})
-    return atomic_write(shard_path(out, shard), lambda f: torch.save(state, f))
+    atomic_write(shard_path(out, shard), lambda f: torch.save(state, f))
+    return state
 
 
 def read_shard(out: Path, shard: Shard) -> dict | None:

@@ -2,10 +2,11 @@
 and merges each run's shards into its record — cooperating with any other invocation on the same
 results folder through claim files (:mod:`bench.claims`).
 
-Order: longest remaining work first. A shard's cost is its samples × the run's NFE estimate
-(:func:`bench.plan.estimate_nfe`) × a per-call weight (1 for a network, numel/10⁴ for an exact
-mixture); shards are taken from the most costly down, so a long run starts first and short ones
-fill in behind it.
+Order: longest remaining work first. A shard's cost (:func:`shard_costs`) is the run's NFE estimate
+(:func:`bench.plan.estimate_nfe`) × its score calls per step × (a call's fixed overhead + the rows it
+evaluates × a row weight: 1 for a network, 10⁻² for an exact mixture); samplers that loop over the
+samples in Python make one call per sample. Shards are taken from the most costly down, so a long
+run starts first and short ones fill in behind it.
 
 For each shard, in that order: skip it if its run's record is ok or its state file exists; claim it
 (``O_EXCL``); re-check both (another invocation may have just finished it); hand it to a worker.
@@ -28,7 +29,7 @@ from pathlib import Path
 from bench.claims import Claims
 from bench.execute import merge_states
 from bench.grid import RunSpec
-from bench.plan import estimate_nfe
+from bench.plan import bpd_evaluations, estimate_nfe
 from bench.records import OK, now, read_record, record_path
 from bench.shards import BPD, Shard, read_shard, remove_shards, run_shards, shard_dir, shard_path, write_shard
 
@@ -38,14 +39,28 @@ POLL_S = 0.2
 
 
 def shard_costs(runs: list[RunSpec]) -> dict[tuple[str, str], float]:
-    """Estimated cost of every shard: samples × NFE estimate × per-call weight (network 1, mixture small)."""
+    """Estimated cost of every shard, in units of one score call's fixed overhead: score calls × (1 + rows
+    per call × a row weight: 1 for a network, 10⁻² for an exact mixture). A sampling shard makes NFE
+    estimate calls per batch, times its samples for samplers that loop over samples in Python
+    (``per_sample_loop``); a bits/dim shard makes :func:`bench.plan.bpd_evaluations` row evaluations in
+    batches of ``bpd_batch_size``, each row a forward and a backward pass in float64 (row weight × 4)."""
+    from solvers import make_sampler
+
     costs = {}
     for run in runs:
         nfe, _ = estimate_nfe(run)
-        weight = 1.0 if run.model["kind"] != "mixture" else 1e-2
+        row = 1.0 if run.model["kind"] != "mixture" else 1e-2
+        loop = bool(getattr(make_sampler(run.solver, **run.options), "per_sample_loop", False))
         for sh in run_shards(run):
-            n = sh.stop - sh.start if sh.index != BPD else int(run.data.get("bpd_samples", 1000))
-            costs[(sh.run_id, sh.name)] = max(n, 1) * max(nfe or 1, 1) * weight
+            if sh.index == BPD:
+                rows = bpd_evaluations(run) or 1000.0
+                calls = rows / int(run.data.get("bpd_batch_size", run.batch_size))
+                cost = calls + 4 * rows * row
+            else:
+                n = sh.stop - sh.start
+                calls = max(nfe or 1, 1) * (n if loop else 1)
+                cost = calls + max(nfe or 1, 1) * n * row
+            costs[(sh.run_id, sh.name)] = cost
     return costs
 
 
@@ -53,7 +68,9 @@ def shard_costs(runs: list[RunSpec]) -> dict[tuple[str, str], float]:
 class _RunState:
     run: RunSpec
     shards: list[Shard]
-    done: dict[str, dict] = field(default_factory=dict)  # shard name -> state (loaded at merge time)
+    # The state of the shard this invocation wrote last, by name: merged without reading it back (one per
+    # run at most: a shard state of FID with seed groups is ~0.3 GB).
+    last: dict[str, dict] = field(default_factory=dict)
     finished: bool = False
     spent_s: float = 0.0
 
@@ -178,7 +195,7 @@ class Sweep:
         rs = self.runs[sh.run_id]
         rs.spent_s += float(state.get("wall_time_s", 0.0))
         if state.get("status") == "ok":
-            write_shard(self.out, sh, state)
+            rs.last = {sh.name: write_shard(self.out, sh, state)}
             self.computed.append(f"{sh.run_id}/{sh.name}")
             self.claims.release(self._claim_path(sh))
             self._to_merge.append(rs)
@@ -192,7 +209,7 @@ class Sweep:
         if rs.finished:
             return
         if self._record_final(rs.run.run_id):
-            rs.finished = True
+            rs.finished, rs.last = True, {}
             return
         if all(self._shard_done(sh) for sh in rs.shards):
             self._finalize(rs)
@@ -204,13 +221,13 @@ class Sweep:
             return  # another invocation is merging it: polled until its record appears
         try:
             if self._record_final(run.run_id):
-                rs.finished = True
+                rs.finished, rs.last = True, {}
                 return
             states = []
             for sh in rs.shards:
                 if failure is not None and _index_key(sh) >= _index_key(Shard(run.run_id, failure["index"])):
                     break
-                s = read_shard(self.out, sh)
+                s = rs.last.get(sh.name) or read_shard(self.out, sh)
                 if s is None:
                     if failure is None:  # unreadable: recompute it
                         shard_path(self.out, sh).unlink(missing_ok=True)
@@ -225,7 +242,7 @@ class Sweep:
                 record, samples = failed_record(run, "error", f"merging shards: {type(e).__name__}: {e}"), None
             record["executor"] = self.executor_name
             self.on_record(record, samples)
-            rs.finished = True
+            rs.finished, rs.last = True, {}
             if record["status"] == OK:
                 self.claims.release(claim)
                 remove_shards(self.out, run.run_id)

@@ -163,6 +163,12 @@ class ScipyProbabilityFlow:
         """Whether sample i is the same at any batch size: only with one solve per sample."""
         return self.per_sample
 
+    @property
+    def per_sample_loop(self) -> bool:
+        """Whether the batch is solved one sample at a time in Python (its cost grows with the batch even
+        when the score is cheap; the sweep orders its work by it)."""
+        return self.per_sample
+
     def __post_init__(self) -> None:
         name = type(self).__name__
         check_choice(name, "method", self.method, tuple(SCIPY_METHODS))

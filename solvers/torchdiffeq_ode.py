@@ -186,6 +186,11 @@ class TorchdiffeqProbabilityFlow:
         """Whether sample i is the same at any batch size: fixed grids, or one solve per sample."""
         return self.per_sample or not self.adaptive
 
+    @property
+    def per_sample_loop(self) -> bool:
+        """Whether the batch is solved one sample at a time in Python (see ``ScipyODE.per_sample_loop``)."""
+        return self.per_sample
+
     def _solve(self, problem: Problem, x: Tensor) -> tuple[Tensor, TorchdiffeqResult]:
         sde = problem.sde
         dtype = getattr(torch, self.dtype) if self.dtype else x.dtype

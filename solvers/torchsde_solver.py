@@ -141,6 +141,12 @@ class TorchSDE(FixedGridSampler):
         """Whether sample i is the same at any batch size: with one Brownian path per sample."""
         return self.per_sample_path
 
+    @property
+    def per_sample_loop(self) -> bool:
+        """Whether every step queries one Brownian interval per sample in Python (see
+        ``ScipyODE.per_sample_loop``)."""
+        return self.per_sample_path
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(type(self).__name__, "method", self.method, tuple(TORCHSDE_METHODS))

@@ -183,6 +183,27 @@ def test_sw2_does_not_depend_on_batching(mixture):
     assert one == pytest.approx(many, rel=1e-12) and math.isfinite(one)
 
 
+def test_sw2_jackknife_replicates_equal_a_fresh_sort_of_each_subset(mixture):
+    """The replicates reuse one sort per direction (removing a group keeps each column sorted): each must
+    equal W₂ computed from scratch on the samples without that group."""
+    from bench.metrics.exact import SlicedW2
+    from bench.metrics.uncertainty import GROUPS, seed_groups
+
+    x = mixture.sample_data(300, generator=torch.Generator().manual_seed(7))
+    ids = torch.arange(1000, 1300)
+    m = SlicedW2(mixture, n_projections=32)
+    m.update(x[:110], ids[:110])
+    m.update(x[110:], ids[110:])
+    value, protocol = m.compute()
+    proj = x.reshape(300, -1).double() @ m.directions
+    ref = m._reference(300)
+    groups = seed_groups(ids)
+    brute = [math.sqrt(float(wasserstein2_1d(proj[groups != g], ref).mean())) for g in range(GROUPS)]
+    assert value == pytest.approx(math.sqrt(float(wasserstein2_1d(proj, ref).mean())), rel=1e-13)
+    assert protocol["uncertainty"]["replicates"] == pytest.approx(brute, rel=1e-12)
+    assert len(set(brute)) == GROUPS  # the groups differ: a replicate that ignored its group would fail
+
+
 def test_registry_errors():
     assert {"fid", "kid", "fd_digits", "fd_fashion", "fd_exact", "sw2_exact", "loglik_exact"} <= set(METRICS)
     with pytest.raises(ValueError, match="unknown metric 'fdi'.*fid"):

@@ -60,13 +60,14 @@ def make_exact_fd(model, *, seeds: str | None = None) -> FrechetMetric:
     return FrechetMetric("fd_exact", _flat64, reference, protocol)
 
 
-def wasserstein2_1d(a: Tensor, b: Tensor) -> Tensor:
+def wasserstein2_1d(a: Tensor, b: Tensor, presorted: bool = False) -> Tensor:
     """Squared W₂ between 1-D empirical measures, column by column: a [N, P], b [M, P] → [P].
 
     Exact for any N, M: the quantile functions are step functions, integrated over the union of
-    their breakpoints.
+    their breakpoints. ``presorted``: both are already sorted along dim 0.
     """
-    a, b = a.sort(0).values, b.sort(0).values
+    if not presorted:
+        a, b = a.sort(0).values, b.sort(0).values
     n, m = a.shape[0], b.shape[0]
     if n == m:
         return ((a - b) ** 2).mean(0)
@@ -152,21 +153,31 @@ class SlicedW2:
         return torch.cat(chunks)
 
     def compute(self) -> tuple[float, dict]:
-        gen = torch.cat(self._proj)
+        gen, order = torch.cat(self._proj).sort(0)  # each direction's projections sorted once
         n_ref = self.n_reference or gen.shape[0]
-        ref = self._reference(n_ref)
-        value = math.sqrt(float(wasserstein2_1d(gen, ref).mean()))
+        ref = self._reference(n_ref).sort(0).values
+        value = math.sqrt(float(wasserstein2_1d(gen, ref, presorted=True).mean()))
         return value, {"metric": self.name, **self._protocol, "num_generated": gen.shape[0],
-                       "num_reference": n_ref, "uncertainty": self._uncertainty(value, gen, ref)}
+                       "num_reference": n_ref, "uncertainty": self._uncertainty(value, gen, order, ref)}
 
-    def _uncertainty(self, value: float, gen: Tensor, ref: Tensor) -> dict:
-        """Jackknife over seed groups; every replicate against the same reference set (size fixed by N)."""
+    def _uncertainty(self, value: float, gen: Tensor, order: Tensor, ref: Tensor) -> dict:
+        """Jackknife over seed groups; every replicate against the same reference set (size fixed by N).
+
+        ``gen`` [N, P] is sorted per direction (``order``: the sorting permutation), so removing a
+        group's samples from every column leaves the rest sorted: no replicate sorts again.
+        """
         if self._groups is None:
             return unavailable("samples came without seeds (ids)")
         groups = torch.cat(self._groups)
         sizes = torch.bincount(groups, minlength=GROUPS).tolist()
-        replicates, used = leave_one_out(
-            sizes, lambda g: math.sqrt(float(wasserstein2_1d(gen[groups != g], ref).mean())))
+        sorted_groups = groups[order].T  # [P, N]: the group of each sorted entry, per direction
+        gen_t = gen.T
+
+        def without(g: int) -> float:
+            rest = gen_t[sorted_groups != g].reshape(gen_t.shape[0], -1).T  # every column loses the same samples
+            return math.sqrt(float(wasserstein2_1d(rest, ref, presorted=True).mean()))
+
+        replicates, used = leave_one_out(sizes, without)
         return jackknife(value, replicates, used)
 
 
