@@ -1,6 +1,9 @@
 """The body of one shard: load the model (cached per worker), draw the shard's samples batch by
 batch with one seeded generator per sample, update the metric accumulators, and return the shard's
 state (see :mod:`bench.shards`) — failures included, as a state with ``status`` and ``message``.
+A class-conditional model's ``label`` is applied per batch: the sampler solves the run's problem
+conditioned on the batch's labels (:func:`bench.models.batch_labels`), and the labels of the kept
+samples are returned beside them (``sample_labels``).
 
 :func:`execute_shard` never raises for a failing shard: non-finite samples and solver failures stop
 at the failing batch (``status`` from the solver), a timeout, out of memory (CUDA, ``MemoryError``,
@@ -25,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from bench.grid import RunSpec
-from bench.models import DTYPES, RunScore, accelerate, load_score_model, run_sde
+from bench.models import DTYPES, RunScore, accelerate, batch_labels, load_score_model, run_sde
 from bench.records import canonical, now
 from bench.seeds import SeedRanges
 from bench.shards import BPD, Shard, merge_record, run_shards
@@ -129,10 +132,11 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
     dtype = DTYPES[run.dtype]
     state = {"status": "running", "message": "", "created": now(), "nfe_per_batch": [], "batch_sizes": [],
              "steps_per_batch": [], "n_accepted": 0, "n_rejected": 0, "nfe_rows": 0.0, "stats_extra": [],
-             "prior_network_calls": 0, "metrics": {}, "samples": None,
+             "prior_network_calls": 0, "metrics": {}, "samples": None, "sample_labels": None,
              "worker": f"{socket.gethostname()}:{os.getpid()}",
              "info": {"device": device, "threads": torch.get_num_threads()}}
     kept: list[torch.Tensor] = []
+    kept_labels: list[torch.Tensor] = []
     t_start = time.perf_counter()
     sampling_s = metric_s = 0.0
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -151,6 +155,10 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
         if run.prior.get("kind") == "oracle":
             info["prior_note"] = "ORACLE prior: held-out data diffused to T (uses data)"
         problem = Problem(RunScore(model, sde), prior)
+        if run.model.get("label") is not None:
+            info["labels"] = {"label": run.model["label"], "label_dim": int(getattr(model, "label_dim", 0) or 0),
+                              "seed_to_label": "solvers.noise.seed_labels" if run.model["label"] == "random"
+                              else "fixed"}
         sampler = make_sampler(run.solver, **run.options)
         info["sampler"] = {"class": type(sampler).__name__, **dataclasses.asdict(sampler)}
         if shard.index == BPD:
@@ -179,12 +187,14 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 phase = (f"sampling batch {first_batch + j} ({B} samples of shape {list(model.shape)}, "
                          f"{run.dtype}, one generator each)")
                 noise = SeededNoise(batch_seeds, device=device)
+                labels = batch_labels(run.model, model, batch_seeds)  # [B] classes, or None (unconditional)
+                batch_problem = problem if labels is None else problem.conditioned(labels.to(device))
                 synchronize(device)
                 t0 = time.perf_counter()
                 x_init = problem.prior_sample(B, noise, dtype=dtype, device=device)
                 # Network passes of a fitted prior are not score calls: counted apart from NFE.
                 state["prior_network_calls"] += getattr(prior, "network_calls", 0)
-                sol = sampler.sample(problem, x_init, noise)
+                sol = sampler.sample(batch_problem, x_init, noise)
                 synchronize(device)
                 sampling_s += time.perf_counter() - t0
                 _batch_stats(state, sol.stats, B)
@@ -202,6 +212,8 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 room = run.save_samples - lo  # keep the samples at positions < save_samples
                 if room > 0:
                     kept.append(sol.x[:room].detach().float().cpu())
+                    if labels is not None:
+                        kept_labels.append(labels[:room])
             bar.close()
             if state["status"] == "running":
                 state["metrics"] = {name: m.state() for name, m in metrics.items()}
@@ -220,6 +232,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
             state.update(status="error", message=f"{type(e).__name__}: {' '.join(str(e).split())[:1000]} "
                                                  f"(at {Path(tb.filename).name}:{tb.lineno})")
     state["samples"] = torch.cat(kept) if kept else None
+    state["sample_labels"] = torch.cat(kept_labels).tolist() if kept_labels else None
     state.update(sampling_time_s=sampling_s, metric_time_s=metric_s, wall_time_s=time.perf_counter() - t_start,
                  finished=now(), oom_splits=getattr(model, "splits", 0), **_peak_memory(device))
     return state

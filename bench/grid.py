@@ -548,6 +548,10 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         fact = (facts or {}).get(name)
         if fact is not None:
             _check_run_time(where, name, fact.sde, T, eps)
+        if "bpd" in metrics and model.get("label") is not None:
+            raise where.error(f"metric 'bpd' cannot apply to model {name!r} with 'label': bits/dim of a dataset "
+                              f"under a class-conditional model needs each image's own class, which the "
+                              f"harness does not feed; drop 'bpd' from its metrics")
         for m in metrics:
             why = _metric_applies(m, model["kind"], None if fact is None else fact.shape)
             if why is not None:

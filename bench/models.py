@@ -15,6 +15,11 @@ Kinds (``MODEL_KINDS``):
   pipeline or model folder (both in :mod:`bench.model_kinds`).
 * ``callable`` — ``target: 'package.module:function'`` called with ``options``; it returns any score
   model (an extension point for user models, and how the tests inject failing models).
+
+``label`` (kinds ``edm``, ``diffusers``, ``callable``; :func:`bench.model_kinds.check_label`): the class
+a class-conditional model is asked for — a fixed index, or ``'random'``, one per seed. Models are
+loaded label-free (the key is not part of the cache key); :func:`batch_labels` gives each batch its
+labels and the executor conditions the run's problem on them (``Problem.conditioned``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from bench import model_kinds
 from models.sde import make_sde
 
 __all__ = ["MODEL_KINDS", "ModelKind", "ModelFacts", "check_model_section", "describe_model", "load_score_model",
-           "RunScore", "resolve_path", "CKPT_ENV"]
+           "batch_labels", "RunScore", "resolve_path", "CKPT_ENV"]
 
 CKPT_ENV = "SCOREBENCH_CKPT_DIR"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -232,6 +237,7 @@ def _callable(section: dict, device: str, dtype: torch.dtype):
 def _check_callable(section: dict, files: bool = True) -> None:
     del files
     _import_target(section.get("target"))
+    model_kinds.check_label(section)  # the model's classes are known once it is loaded (batch_labels)
 
 
 @dataclass(frozen=True)
@@ -251,7 +257,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
                           _describe_official),
     "edm": ModelKind(model_kinds.EDM_KEYS, model_kinds.check_edm, model_kinds.load_edm_section),
     "diffusers": ModelKind(model_kinds.DIFFUSERS_KEYS, model_kinds.check_diffusers, model_kinds.load_diffusers_section),
-    "callable": ModelKind(("target", "options"), _check_callable, _callable),
+    "callable": ModelKind(("target", "options", "label"), _check_callable, _callable),
 }
 
 
@@ -281,6 +287,11 @@ class RunScore:
 
     def __call__(self, x, t):
         return self.model(x, t)
+
+    def conditioned(self, labels) -> RunScore:
+        from models.score import conditioned
+
+        return RunScore(conditioned(self.model, labels), self.sde)
 
     def __getattr__(self, name: str):
         if name == "model":
@@ -325,10 +336,28 @@ def _file_state(section: dict) -> tuple | None:
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
+def batch_labels(section: dict, model, seeds) -> torch.Tensor | None:
+    """The class labels [B] int64 of a batch of ``seeds`` for the section's ``label`` (None without one):
+    a fixed class for every sample, or ``'random'``: :func:`solvers.noise.seed_labels`, a function of
+    each seed alone. Checked against the loaded model's ``label_dim`` (ValueError as at grid load)."""
+    from solvers.noise import seed_labels
+
+    label_dim = int(getattr(model, "label_dim", 0) or 0)
+    model_kinds.check_label(section, label_dim, f"the {section['kind']} model")
+    label = section.get("label")
+    if label is None:
+        return None
+    if label == model_kinds.RANDOM_LABEL:
+        return seed_labels(seeds, label_dim)
+    return torch.full((len(seeds),), int(label), dtype=torch.int64)
+
+
 def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32"):
-    """Load (once per process) the model of a section, on ``device`` in ``dtype``."""
+    """Load (once per process) the model of a section, on ``device`` in ``dtype``; label-free (the
+    section's ``label`` is applied per batch, :func:`batch_labels`)."""
     from bench.records import canonical
 
+    section = {k: v for k, v in section.items() if k != "label"}
     key = (canonical(section), _file_state(section), str(device), dtype)
     if key not in _CACHE:
         if len(_CACHE) >= 2:  # a worker keeps at most two models in memory

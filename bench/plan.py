@@ -125,13 +125,16 @@ _TIME_CACHE: dict[tuple, float | None] = {}
 def time_per_call(run: RunSpec, batch: int) -> float | None:
     """Seconds per forward pass of the run's model at ``batch`` on its device (3 timed passes after a
     warm-up), or None where the model cannot be loaded here."""
-    from bench.models import DTYPES, load_score_model
+    from bench.models import DTYPES, batch_labels, load_score_model
+    from models.score import conditioned
 
     device = resolve_device(run.device)
     key = (canonical(run.model), batch, device, run.dtype)
     if key not in _TIME_CACHE:
         try:
             model = load_score_model(run.model, device, run.dtype)
+            labels = batch_labels(run.model, model, range(batch))  # a class-conditional model's first batch
+            model = model if labels is None else conditioned(model, labels.to(device))
             x = torch.randn(batch, *model.shape, dtype=DTYPES[run.dtype], device=device)
             t = torch.full((batch,), 0.5, dtype=DTYPES[run.dtype], device=device)
             with torch.no_grad():

@@ -191,7 +191,7 @@ def merge_record(run, states: list[dict], metrics: dict,
                   peak_memory_kind=None, oom_splits=0)
     if order and order[0].get("created"):
         record["created"] = min(s["created"] for s in order if s.get("created"))
-    kept = []
+    kept, kept_labels = [], []
     for s in order:
         _fold_counts(record, s)
         if failure is None:
@@ -199,6 +199,9 @@ def merge_record(run, states: list[dict], metrics: dict,
                 metrics[name].merge(st)
         if s.get("samples") is not None:
             kept.append(s["samples"])
+            kept_labels += s.get("sample_labels") or []
+    if kept_labels:  # the class each kept sample (runs/<run_id>.samples.pt, same order) was asked for
+        record["sample_labels"] = kept_labels[: run.save_samples]
     record["shards"] = {"count": len(run_shards(run)), "samples_per_shard": shard_size(run),
                         "merged": [s["index"] for s in order],
                         "workers": sorted({s.get("worker", "") for s in order} - {""}),

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from models.score import conditioned, select_rows
+
 __all__ = ["Acceleration", "AcceleratedNet", "ChunkedScore", "AUTOCAST_DTYPES", "peak_memory_bytes"]
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,7 +43,8 @@ class Acceleration:
 
 
 class AcceleratedNet(nn.Module):
-    """``net(x, labels)`` with the options of :class:`Acceleration`; output in x's dtype and format."""
+    """``net(x, labels, *rest)`` (``rest``: e.g. class labels) with the options of :class:`Acceleration`;
+    output in x's dtype and format."""
 
     def __init__(self, net: nn.Module, options: Acceleration) -> None:
         super().__init__()
@@ -51,15 +54,15 @@ class AcceleratedNet(nn.Module):
         self.net = net
         self._forward = torch.compile(net) if options.compile else net
 
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor, *rest) -> Tensor:
         dtype = AUTOCAST_DTYPES[self.options.autocast]
         if self.options.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if dtype is None:
-            out = self._forward(x, labels)
+            out = self._forward(x, labels, *rest)
         else:
             with torch.autocast(device_type=x.device.type, dtype=dtype):
-                out = self._forward(x, labels)
+                out = self._forward(x, labels, *rest)
         return out.to(x.dtype).contiguous()
 
 
@@ -68,13 +71,22 @@ class ChunkedScore:
     error the chunk is halved and the call retried (the size found is kept for later calls).
 
     One call is still one NFE for the batch: wrap *this* in the counting wrapper, not the inner model.
+    Each chunk sees its own rows' class labels (:func:`~models.score.select_rows`); a
+    :func:`~models.score.conditioned` view shares the chunk size found and the split count.
     """
 
     def __init__(self, model, max_batch: int | None = None) -> None:
         self.model = model
         self.sde, self.shape, self.data_range = model.sde, model.shape, model.data_range
-        self.max_batch = max_batch
-        self.splits = 0  # OOM-triggered halvings, for the run record
+        self._state = {"max_batch": max_batch, "splits": 0}  # shared with the conditioned views
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._state["max_batch"]
+
+    @property
+    def splits(self) -> int:  # OOM-triggered halvings, for the run record
+        return self._state["splits"]
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         while True:
@@ -82,17 +94,23 @@ class ChunkedScore:
             try:
                 if size >= x.shape[0]:
                     return self.model(x, t)
-                return torch.cat([self.model(xc, tc) for xc, tc in zip(x.split(size), t.split(size))])
+                return torch.cat([select_rows(self.model, slice(lo, lo + size))(x[lo:lo + size], t[lo:lo + size])
+                                  for lo in range(0, x.shape[0], size)])
             except torch.OutOfMemoryError:
                 if size <= 1:
                     raise
-                self.max_batch = max(1, size // 2)
-                self.splits += 1
+                self._state["max_batch"] = max(1, size // 2)
+                self._state["splits"] += 1
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 
+    def conditioned(self, labels: Tensor) -> ChunkedScore:
+        view = ChunkedScore(conditioned(self.model, labels))
+        view._state = self._state
+        return view
+
     def __getattr__(self, name: str):
-        if name == "model":
+        if name in ("model", "_state"):
             raise AttributeError(name)
         return getattr(self.model, name)
 

@@ -26,7 +26,7 @@ from models.score import NetworkScore
 from models.sde import VPSDE, expand_like
 
 __all__ = ["DiffusersEpsilonNet", "from_diffusers", "load_diffusers", "PREDICTION_TYPES", "BETA_SCHEDULES",
-           "read_scheduler_config"]
+           "read_scheduler_config", "class_label_dim", "unet_folder", "unet_config"]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 BETA_SCHEDULES = ("linear",)  # the schedules that discretise a VP SDE with linear β(t)
@@ -55,8 +55,8 @@ class DiffusersEpsilonNet(nn.Module):
         if alphas_cumprod is not None:
             self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64), persistent=False)
 
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
-        out = self.unet(x, labels).sample
+    def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        out = self.unet(x, labels, class_labels=class_labels).sample
         if self.channels is not None:
             out = out[:, :self.channels]
         if self.prediction_type == "epsilon":
@@ -127,7 +127,19 @@ def from_diffusers(unet: nn.Module, scheduler_config: dict | None = None) -> Net
     shape = (c.in_channels, size, size) if isinstance(size, int) else (c.in_channels, *size)
     alphas_cumprod = torch.cumprod(1 - _betas(cfg), 0)
     net = DiffusersEpsilonNet(unet, cfg["prediction_type"], alphas_cumprod, channels)
-    return NetworkScore(net, sde, shape, (-1.0, 1.0), time_label="ddpm", num_scales=N)
+    return NetworkScore(net, sde, shape, (-1.0, 1.0), time_label="ddpm", num_scales=N,
+                        label_dim=class_label_dim(dict(c)))
+
+
+def class_label_dim(unet_config: dict, where: str = "diffusers adapter") -> int:
+    """Number of classes of a UNet2DModel config (``num_class_embeds`` with the default class embedding;
+    0: unconditional). ``class_embed_type`` 'timestep'/'identity' embed continuous class vectors,
+    which have no class index: refused."""
+    embed = unet_config.get("class_embed_type")
+    if embed is not None:
+        raise ValueError(f"{where}: class_embed_type {embed!r} embeds continuous class vectors, not class indices; "
+                         f"expected class_embed_type null (an nn.Embedding of num_class_embeds classes)")
+    return int(unet_config.get("num_class_embeds") or 0)
 
 
 def read_scheduler_config(path: Path) -> dict:
@@ -140,11 +152,24 @@ def read_scheduler_config(path: Path) -> dict:
         raise ValueError(f"{f}: cannot read the scheduler config ({e})") from e
 
 
-def _unet_class(folder: Path) -> str:
+def unet_folder(path: Path) -> Path:
+    """The UNet's folder of a saved pipeline (``unet/``) or model folder (``config.json``)."""
+    path = Path(path)
+    if (path / "unet").is_dir():
+        return path / "unet"
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(f"{path}: no diffusers pipeline folder (expected {path / 'unet'}) or model folder "
+                            f"(expected {path / 'config.json'}); download one with internet "
+                            f"(DDPMPipeline.from_pretrained(...).save_pretrained('{path}'))")
+
+
+def unet_config(folder: Path) -> dict:
+    """A UNet folder's ``config.json``."""
     try:
-        return json.loads((folder / "config.json").read_text()).get("_class_name", "UNet2DModel")
+        return json.loads((Path(folder) / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{folder / 'config.json'}: cannot read the model config ({e})") from e
+        raise ValueError(f"{Path(folder) / 'config.json'}: cannot read the model config ({e})") from e
 
 
 def load_diffusers(path: str | Path, scheduler: dict | None = None) -> NetworkScore:
@@ -160,17 +185,10 @@ def load_diffusers(path: str | Path, scheduler: dict | None = None) -> NetworkSc
     except ImportError as e:
         raise ImportError("the diffusers adapter needs `pip install 'scorebench[diffusers]'`") from e
     path = Path(path)
-    if (path / "unet").is_dir():
-        folder, config = path / "unet", {}
-        if (path / "scheduler").is_dir():
-            config = read_scheduler_config(path / "scheduler")
-    elif (path / "config.json").is_file():
-        folder, config = path, {}
-    else:
-        raise FileNotFoundError(f"{path}: no diffusers pipeline folder (expected {path / 'unet'}) or model folder "
-                                f"(expected {path / 'config.json'}); download one with internet "
-                                f"(DDPMPipeline.from_pretrained(...).save_pretrained('{path}'))")
-    cls = _unet_class(folder)
+    folder, config = unet_folder(path), {}
+    if folder != path and (path / "scheduler").is_dir():
+        config = read_scheduler_config(path / "scheduler")
+    cls = unet_config(folder).get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise ValueError(f"{folder}: model class {cls!r} is not supported; expected one of: UNet2DModel")
     config = {**config, **(scheduler or {})}

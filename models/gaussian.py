@@ -8,6 +8,9 @@ marginal x_t | x_0 ~ N(α_t x_0, σ_t² I) the diffused density is again a mixtu
 
 so the score, the log-density at any t (t = 0 and the terminal T included) and exact samples are
 all available in closed form. Everything is computed in float64 and returned in the input's dtype.
+
+:class:`ClassConditionalMixture` is the class-conditional version: class k is component k, so the
+score of a sample asked for class k is the exact score of N(α_t μ_k, α_t² s_k² + σ_t²).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import math
 import torch
 from torch import Tensor
 
+from models.score import class_indices
 from models.sde import SDE, expand_like
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "ClassConditionalMixture"]
 
 
 class GaussianMixture:
@@ -147,3 +151,42 @@ class GaussianMixture:
     def isotropic(cls, sde: SDE, mean: float = 0.3, std: float = 0.5, shape: tuple[int, ...] = (1, 4, 4)):
         """A single Gaussian N(mean, std² I): the linear problem whose probability-flow map is affine."""
         return cls(torch.full((1, *shape), float(mean)), torch.tensor([std]), sde)
+
+
+class ClassConditionalMixture:
+    """A class-conditional exact-score model: class k is component k of ``mixture``.
+
+    Unconditioned it holds no labels and refuses to be called; :meth:`conditioned` ``(labels [B])``
+    gives the model whose row i has the exact score of component ``labels[i]`` (the per-sample state
+    that follows a solver's row subsets, :func:`models.score.select_rows`). Ground truth for samplers on
+    class-conditional models: a sample asked for class k is a sample of component k alone.
+    """
+
+    def __init__(self, mixture: GaussianMixture) -> None:
+        self.mixture = mixture
+        self.sde, self.shape, self.data_range = mixture.sde, mixture.shape, mixture.data_range
+        self.label_dim = mixture.means.shape[0]
+        self.row_labels: Tensor | None = None
+
+    def component(self, k: int) -> GaussianMixture:
+        """Component k alone as a :class:`GaussianMixture` (the unconditional model of class k)."""
+        m = self.mixture
+        return GaussianMixture(m.means[k : k + 1], m.stds[k : k + 1], m.sde, data_range=m.data_range)
+
+    def conditioned(self, labels: Tensor) -> ClassConditionalMixture:
+        new = ClassConditionalMixture(self.mixture)
+        new.row_labels = class_indices(labels, self.label_dim, type(self).__name__)
+        return new
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        k = self.row_labels
+        if k is None or k.shape[0] != x.shape[0]:
+            got = "no class labels" if k is None else f"{k.shape[0]} class labels"
+            raise ValueError(f"{type(self).__name__}: {got} for a batch of {x.shape[0]} rows (condition it per "
+                             f"batch; a row subset must go through models.score.select_rows)")
+        m = self.mixture
+        mu, var, _ = m._components(t)  # [B, K, D]
+        rows = torch.arange(x.shape[0], device=x.device)
+        k = k.to(x.device)
+        diff = x.reshape(x.shape[0], -1).to(torch.float64) - mu[rows, k]
+        return (-diff / var[rows, k]).reshape(x.shape).to(x.dtype)

@@ -27,7 +27,7 @@ from solvers.langevin import AnnealedLangevin, Composed, LangevinCorrector, Pred
 from solvers.likelihood import LikelihoodResult, ProbabilityFlowLikelihood, bits_per_dim_offset, dequantize
 from solvers.lms import LMS
 from solvers.multistep import Multistep
-from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds
+from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds, seed_labels
 from solvers.ode import ProbabilityFlowEuler, ProbabilityFlowHeun
 from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
@@ -114,7 +114,7 @@ __all__ = [
     "SAMPLERS", "make_sampler", "sampler_options", "sampler_class", "Problem", "Solution", "SolveStats",
     "Status", "Step", "FixedGrid", "Multistep", "Adaptive", "IntegralController", "Composed", "tweedie",
     "DENOISE", "DEFAULT_DENOISE", "TimeGrid", "SCHEDULES", "SeededNoise", "RecordedNoise", "BrownianNoise",
-    "parse_seeds", "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "PredictorCorrector",
+    "parse_seeds", "seed_labels", "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "PredictorCorrector",
     "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler", "ProbabilityFlowHeun", "TorchSDE",
     "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler", "AdaptiveEM",
     "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize",

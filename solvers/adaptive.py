@@ -200,7 +200,8 @@ class Adaptive:
                                  index=idx if self.per_sample_eval else None) if rule.stochastic else None
                 # Attempt one step; count the calls it made, each on every selected row.
                 calls, rows = counter.nfe, counter.rows
-                out = rule.step(problem, xs, ts, ts_next, state, z, h=hs)
+                rows_problem = problem.select_rows(idx) if self.per_sample_eval else problem  # labels follow
+                out = rule.step(rows_problem, xs, ts, ts_next, state, z, h=hs)
                 calls, rows = counter.nfe - calls, counter.rows - rows
                 if rows != calls * len(idx):
                     raise RuntimeError(f"{type(self).__name__}: a step evaluated {rows} rows in {calls} calls "

@@ -15,6 +15,7 @@ Every registered sampler is a frozen dataclass whose fields are its options (val
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from models.priors import GaussianPrior
-from models.score import CountingScore, ScoreModel
+from models.score import CountingScore, ScoreModel, conditioned, select_rows
 
 __all__ = ["Problem", "Step", "SolveStats", "Solution", "Status", "Sampler", "SteppingRule"]
 
@@ -70,6 +71,18 @@ class Problem:
     def prior_sample(self, n: int, noise, dtype=torch.float32, device="cpu") -> Tensor:
         """n draws from the prior at T, [n, *shape]."""
         return self.prior.sample((n, *self.score.shape), noise, dtype=dtype, device=device)
+
+    def conditioned(self, labels: Tensor) -> Problem:
+        """The problem for a batch whose row i asks for class ``labels[i]`` (class-conditional models;
+        :func:`models.score.conditioned`); the calls are counted by this problem's counter."""
+        return dataclasses.replace(self, score=conditioned(self.score, labels))
+
+    def select_rows(self, idx: Tensor | slice) -> Problem:
+        """The problem on rows ``idx`` of the batch: itself unless the score holds per-sample state
+        (class labels), which then follows the rows. Every solver that evaluates the score on a
+        subset of its batch's rows solves that subset on ``problem.select_rows(idx)``."""
+        score = select_rows(self.score, idx)
+        return self if score is self.score else dataclasses.replace(self, score=score)
 
 
 @dataclass

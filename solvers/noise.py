@@ -10,16 +10,22 @@ API: ``normal(shape, dtype=, device=, index=None)`` returns standard normals of 
 ``increment(t, t_next, shape, ...)`` returns the standard normal tied to the interval [t_next, t]
 (equal to ``normal`` except for Brownian paths); ``index`` selects a subset of the samples (adaptive
 per-sample solvers draw only for their running samples).
+
+:func:`seed_labels` draws the class label of each seed for class-conditional models, from a stream
+of its own (independent of the seed's noise).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SeededNoise", "RecordedNoise", "BrownianNoise", "parse_seeds"]
+__all__ = ["SeededNoise", "RecordedNoise", "BrownianNoise", "parse_seeds", "seed_labels", "LABEL_STREAM"]
+
+LABEL_STREAM = int.from_bytes(b"label", "big")  # 0x6C6162656C: the tag of the label streams
 
 
 def parse_seeds(spec: str | int | Iterable[int]) -> list[int]:
@@ -37,6 +43,23 @@ def parse_seeds(spec: str | int | Iterable[int]) -> list[int]:
                 out.append(int(part))
         return out
     return [int(s) for s in spec]
+
+
+def seed_labels(seeds: str | int | Iterable[int], num_classes: int) -> Tensor:
+    """The class label of each seed, [B] int64, uniform over 0..num_classes − 1.
+
+    label(s) = ``numpy.random.default_rng([LABEL_STREAM, s]).integers(num_classes)``: numpy's PCG64
+    seeded through ``SeedSequence(entropy=[LABEL_STREAM, s])``, which hashes the pair. It is a function
+    of the seed alone (the same at any batch size, shard or worker), and a stream of its own: the
+    sample's noise comes from ``torch.Generator().manual_seed(s)`` (:class:`SeededNoise`), so the label
+    is independent of the noise draws. (EDM's generate.py draws the label from the sample's own
+    generator after its latents; seeding a generator with s for the label alone would tie the label
+    to the sample's first noise draw.)
+    """
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
+        raise ValueError(f"seed_labels: num_classes must be a positive integer, got {num_classes!r}")
+    labels = [int(np.random.default_rng([LABEL_STREAM, int(s)]).integers(num_classes)) for s in parse_seeds(seeds)]
+    return torch.tensor(labels, dtype=torch.int64)
 
 
 class _Chunks:

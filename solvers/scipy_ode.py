@@ -193,7 +193,7 @@ class ScipyProbabilityFlow:
             outs, per_nfe = [], []
             for i in range(B):
                 before = counter.rows
-                outs.append(self._solve(problem, x_init[i : i + 1]))
+                outs.append(self._solve(problem.select_rows(slice(i, i + 1)), x_init[i : i + 1]))
                 per_nfe.append(counter.rows - before)  # rows evaluated during sample i's own solve
             x = torch.cat([o[0] for o in outs])
             results = [o[1] for o in outs]

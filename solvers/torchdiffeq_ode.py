@@ -203,11 +203,12 @@ class TorchdiffeqProbabilityFlow:
         del noise  # deterministic
         counter = problem.counter
         nfe0, B = counter.nfe, x_init.shape[0]
-        parts = [x_init[i : i + 1] for i in range(B)] if self.per_sample else [x_init]
+        parts = [slice(i, i + 1) for i in range(B)] if self.per_sample else [slice(None)]
         outs, per_nfe = [], []
-        for part in parts:
+        for sl in parts:
+            part = x_init[sl]
             before = counter.rows
-            outs.append(self._solve(problem, part))
+            outs.append(self._solve(problem.select_rows(sl), part))  # the labels follow the rows
             # Rows evaluated during this solve, per sample in it (each call sees every sample of the part).
             per_nfe += [(counter.rows - before) // part.shape[0]] * part.shape[0]
         x = torch.cat([o[0] for o in outs])

@@ -369,5 +369,5 @@ def test_other_architectures_round_trip(precond, kwargs):
         t = torch.tensor([0.5, 0.5], dtype=torch.float64)
         with torch.no_grad():
             a = model(x, t)
-            model.net.class_labels = torch.eye(10)[[4]]
-            assert not torch.allclose(a, model(x, t))  # the label reaches the network
+            assert not torch.allclose(a, EDMScore(loaded, sde_for(loaded), torch.eye(10)[[4]])(x, t))  # it reaches
+            assert torch.equal(a, model.conditioned(torch.tensor([3, 3]))(x, t))  # the network; indices = one-hot

@@ -21,6 +21,7 @@ The sampling range defaults to ``generate.py``'s σ ∈ [0.002, 80], clamped to 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,11 @@ from torch import Tensor, nn
 
 from models.edm.precond import PRECONDS
 from models.edm.unpickle import Container, Persistent, UnsafePickleError, plain, read_snapshot, state_dict
+from models.score import class_indices
 from models.sde import VESDE, VPSDE, expand_like
 
-__all__ = ["load_network", "network_from_record", "load_edm", "EDMScore", "EDMDenoiser", "sde_for", "SIGMA_RANGE"]
+__all__ = ["load_network", "network_from_record", "network_label_dim", "load_edm", "EDMScore", "EDMDenoiser",
+           "sde_for", "SIGMA_RANGE"]
 
 SIGMA_RANGE = (0.002, 80.0)  # generate.py's edm_sampler defaults
 VE_EPS = 1e-5  # where VE/EDM sampling stops in t (score_sde's VE eps); σ(eps) = sigma_min exactly
@@ -92,6 +95,24 @@ def load_network(path: str | Path, key: str = "ema") -> tuple[nn.Module, Network
     return network_from_record(data[key], f"{path} entry {key!r}")
 
 
+def network_label_dim(path: str | Path, key: str = "ema") -> int:
+    """The number of classes of the network under ``key`` (0: unconditional), read from its stored
+    constructor arguments without deserialising its tensors (a check before anything runs)."""
+    path = Path(path)
+    data = read_snapshot(path, tensors=False)
+    if key not in data:
+        raise ValueError(f"{path}: no entry {key!r}; expected one of: {', '.join(map(str, data))}")
+    record = data[key]
+    if not isinstance(record, Persistent) or record.class_name not in PRECONDS:
+        name = record.class_name if isinstance(record, Persistent) else type(record).__name__
+        raise ValueError(f"{path} entry {key!r}: {name!r} is not a network the loader builds; expected one of: "
+                         f"{', '.join(PRECONDS)}")
+    label_dim = plain(record.init_kwargs).get("label_dim", 0)
+    if not isinstance(label_dim, int) or isinstance(label_dim, bool) or label_dim < 0:
+        raise ValueError(f"{path} entry {key!r}: label_dim {label_dim!r} is not a number of classes")
+    return label_dim
+
+
 def network_from_record(record, source: str = "<record>") -> tuple[nn.Module, NetworkInfo]:
     """The project's network for one persistent record (see :func:`load_network`)."""
     path = source
@@ -142,30 +163,33 @@ def sde_for(net: nn.Module, sigma_min: float | None = None, sigma_max: float | N
 
 
 class EDMDenoiser(nn.Module):
-    """``net(x_ve, sigma [B]) -> D(x_ve; σ)`` with the run's class labels held (None: unconditional)."""
+    """``net(x_ve, sigma [B], class_labels [1 or B, label_dim] or None) -> D(x_ve; σ)``; a
+    class-conditional network called without labels is an error (EDM would feed zeros)."""
 
-    def __init__(self, precond: nn.Module, class_labels: Tensor | None = None) -> None:
+    def __init__(self, precond: nn.Module) -> None:
         super().__init__()
         self.precond = precond
-        self.register_buffer("class_labels", class_labels, persistent=False)
 
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        labels = self.class_labels
-        if labels is not None and labels.shape[0] not in (1, x.shape[0]):
-            raise ValueError(f"EDM model: {labels.shape[0]} per-sample class labels for a batch of {x.shape[0]}")
-        return self.precond(x, sigma, labels)
+    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        label_dim = self.precond.label_dim
+        if label_dim and class_labels is None:
+            raise ValueError(f"EDM model: the network is class-conditional ({label_dim} classes) and was called "
+                             f"without class labels; give load_edm(label=...) or condition it per batch "
+                             f"(models.score.conditioned)")
+        if class_labels is not None and class_labels.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"EDM model: {class_labels.shape[0]} per-sample class labels for a batch of {x.shape[0]} "
+                             f"(a row subset must go through models.score.select_rows)")
+        return self.precond(x, sigma, class_labels)
 
 
-def one_hot_labels(label_dim: int, label, n: int | None = None) -> Tensor | None:
-    """Class labels [1 or n, label_dim]: None for unconditional networks; a fixed class index; or a
-    sequence of per-sample class indices."""
-    if label_dim == 0:
-        if label is not None:
-            raise ValueError(f"EDM model: 'label' given ({label!r}) but the network is unconditional")
-        return None
+def one_hot_labels(label_dim: int, label) -> Tensor | None:
+    """Class labels [1 or n, label_dim]: None without a label (a class-conditional network must then be
+    conditioned per batch before it is called); a fixed class index; or a sequence of n per-sample
+    class indices."""
+    if label_dim == 0 and label is not None:
+        raise ValueError(f"EDM model: 'label' given ({label!r}) but the network is unconditional")
     if label is None:
-        raise ValueError(f"EDM model: the network is class-conditional ({label_dim} classes); give 'label' "
-                         f"(a class index in 0..{label_dim - 1})")
+        return None
     idx = torch.as_tensor(label if isinstance(label, list | tuple | Tensor) else [label])
     valid = not idx.is_floating_point() and idx.dim() == 1 and bool(((idx >= 0) & (idx < label_dim)).all())
     if not valid:
@@ -179,28 +203,54 @@ class EDMScore:
     Args:
         precond: a loaded :mod:`models.edm.precond` network.
         sde: its SDE (:func:`sde_for`).
-        class_labels: [1 or B, label_dim] one-hot labels for class-conditional networks.
+        class_labels: label vectors for class-conditional networks: [1, label_dim] (every sample, e.g.
+            a fixed class) or [B, label_dim] (one per row; they follow the rows a solver evaluates).
+            Per batch, :meth:`conditioned` replaces them (what the harness does for ``label: random``).
     """
 
     def __init__(self, precond: nn.Module, sde, class_labels: Tensor | None = None) -> None:
-        self.net = EDMDenoiser(precond, class_labels).eval()
+        self.net = EDMDenoiser(precond).eval()
         self.precond = precond
         self.sde = sde
         self.shape = (precond.img_channels, precond.img_resolution, precond.img_resolution)
         self.data_range = (-1.0, 1.0)
+        self.label_dim = int(precond.label_dim)
+        self.class_labels: Tensor | None = None  # [1 or B, label_dim], fed to the network
+        self.row_labels: Tensor | None = None  # the per-sample labels that follow the rows (None: broadcast)
+        if class_labels is not None:
+            self._set_labels(torch.as_tensor(class_labels), per_sample=class_labels.shape[0] > 1)
+
+    def _set_labels(self, labels: Tensor, per_sample: bool) -> None:
+        D = self.label_dim
+        if labels.dim() == 1:
+            vectors = torch.eye(D)[class_indices(labels, D, "EDM model")]
+        elif D and labels.dim() == 2 and labels.shape[1] == D:
+            vectors = labels
+        else:
+            raise ValueError(f"EDM model: class labels must be [B] class indices or [B, {D}] label vectors, "
+                             f"got shape {list(labels.shape)}" + (" (the network is unconditional)" if not D else ""))
+        param = next(self.precond.parameters())
+        self.class_labels = vectors.to(device=param.device, dtype=param.dtype)
+        self.row_labels = labels.to(param.device) if per_sample else None
+
+    def conditioned(self, labels: Tensor) -> EDMScore:
+        """The same network with per-sample labels (:func:`models.score.conditioned`): [B] class indices
+        or [B, label_dim] label vectors; no copy of the network."""
+        new = copy.copy(self)
+        new._set_labels(torch.as_tensor(labels), per_sample=True)
+        return new
 
     def denoise(self, x_ve: Tensor, sigma: Tensor) -> Tensor:
         """D(x_ve; σ) in x_ve's dtype (one network call)."""
-        return self.net(x_ve, sigma).to(x_ve.dtype)
+        labels = () if self.class_labels is None else (self.class_labels,)  # net(x, σ) when unconditional
+        return self.net(x_ve, sigma, *labels).to(x_ve.dtype)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         alpha, sigma = self.sde.marginal(t.to(torch.float64))
         if self.sde.kind == "ve":  # α = 1: D(x; σ_t)
-            D = self.net(x, sigma).to(x.dtype)
-            return (D - x) / expand_like(sigma**2, x)
+            return (self.denoise(x, sigma) - x) / expand_like(sigma**2, x)
         a = expand_like(alpha, x)
-        D = self.net(x / a, sigma / alpha).to(x.dtype)
-        return (a * D - x) / expand_like(sigma**2, x)
+        return (a * self.denoise(x / a, sigma / alpha) - x) / expand_like(sigma**2, x)
 
 
 def load_edm(path: str | Path, key: str = "ema", label=None, sigma_min: float | None = None,
@@ -210,7 +260,8 @@ def load_edm(path: str | Path, key: str = "ema", label=None, sigma_min: float | 
     Args:
         path: ``network-snapshot-*.pkl`` or a released ``edm-*.pkl``.
         key: the snapshot entry ('ema', the only network in released files).
-        label: class index (or per-sample indices) for class-conditional networks; None otherwise.
+        label: class index (or per-sample indices) for class-conditional networks; None: unconditional,
+            or conditioned per batch later (:func:`models.score.conditioned`).
         sigma_min, sigma_max: the sampling range in σ (default generate.py's, clamped to the network's).
     """
     net, _ = load_network(path, key)

@@ -160,12 +160,34 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refused persistent id {pid!r} (not used by EDM snapshots)")
 
 
-def read_snapshot(path: str | Path) -> dict:
-    """The top-level dict of an EDM pickle (``ema``, ``loss_fn``, ...), networks as :class:`Persistent`."""
+class _Skipped:
+    """What a tensor reads as when :func:`read_snapshot` is asked for the records only."""
+
+
+_SKIPPED = _Skipped()
+
+
+class _RecordsOnlyUnpickler(RestrictedUnpickler):
+    """:class:`RestrictedUnpickler` that reads tensors as :data:`_SKIPPED` (same accepted globals; the
+    storage bytes are read but never deserialised): the constructor arguments of a large snapshot
+    for checks made before anything runs."""
+
+    _SKIP = {("torch.storage", "_load_from_bytes"), ("torch._utils", "_rebuild_tensor_v2"),
+             ("torch._utils", "_rebuild_parameter")}
+
+    def find_class(self, module: str, name: str):
+        fn = super().find_class(module, name)
+        return (lambda *args, **kwargs: _SKIPPED) if (module, name) in self._SKIP else fn
+
+
+def read_snapshot(path: str | Path, tensors: bool = True) -> dict:
+    """The top-level dict of an EDM pickle (``ema``, ``loss_fn``, ...), networks as :class:`Persistent`
+    (``tensors=False``: their tensors are left unread, for a look at the constructor arguments)."""
     path = Path(path)
+    unpickler = RestrictedUnpickler if tensors else _RecordsOnlyUnpickler
     with open(path, "rb") as f:
         try:
-            data = RestrictedUnpickler(f, source=str(path)).load()
+            data = unpickler(f, source=str(path)).load()
         except UnsafePickleError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
