@@ -31,9 +31,9 @@ from bench.grid import RunSpec
 from bench.models import DTYPES, RunScore, accelerate, batch_labels, load_score_model, run_sde
 from bench.records import canonical, now
 from bench.seeds import SeedRanges
-from bench.shards import BPD, Shard, merge_record, run_shards
+from bench.shards import BPD, Shard, merge_record, run_shards, shard_state
 
-__all__ = ["execute_shard", "execute_run", "merge_states", "build_metrics", "metric_options", "resolve_device",
+__all__ = ["execute_shard", "execute_unit", "execute_run", "merge_states", "merge_or_fail", "build_metrics", "metric_options", "resolve_device",
            "RunTimeout", "EXACT_METRICS", "IMAGE_METRICS", "CLASSIFIER_METRICS"]
 
 EXACT_METRICS = ("fd_exact", "sw2_exact", "loglik_exact")
@@ -238,6 +238,19 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
     return state
 
 
+def execute_unit(run: RunSpec, shard: Shard, budget_s: float | None = None, progress: bool | None = False,
+                 info: dict | None = None) -> dict:
+    """What a worker computes for ``shard`` (:func:`execute_shard`; ``info`` is added to its ``info``).
+    When the shard is its run's only one and succeeded, the run's record is merged here too, where the
+    state already is: ``state['merged'] = (record, kept samples)`` (:func:`merge_states`), so the driver
+    only writes it — a merge is then as parallel as the shards."""
+    state = execute_shard(run, shard, budget_s, progress)
+    state["info"].update(info or {})
+    if state["status"] == "ok" and len(run_shards(run)) == 1:
+        state["merged"] = merge_or_fail(run, [shard_state(shard, state)])
+    return state
+
+
 def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch.Tensor | None]:
     """Run every shard of ``run`` here, one after another, and return ``(record, kept samples)``."""
     states, failure, spent = [], None, 0.0
@@ -250,6 +263,16 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
             break
         states.append(s)
     return merge_states(run, states, failure)
+
+
+def merge_or_fail(run: RunSpec, states: list[dict], failure: dict | None = None) -> tuple[dict, torch.Tensor | None]:
+    """:func:`merge_states`, or a failed record giving the reason where merging raises."""
+    try:
+        return merge_states(run, states, failure)
+    except Exception as e:  # noqa: BLE001  (a merge that fails fails the run, with the reason)
+        from bench.records import failed_record
+
+        return failed_record(run, "error", f"merging shards: {type(e).__name__}: {e}"), None
 
 
 def merge_states(run: RunSpec, states: list[dict], failure: dict | None = None) -> tuple[dict, torch.Tensor | None]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.execute import execute_shard
+from bench.execute import execute_unit
 from bench.grid import RunSpec
 from bench.shards import Shard
 from bench.sweep import Sweep
@@ -91,7 +91,7 @@ class InlinePool:
         threads = cpu_threads(run.threads)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return [(key, execute_shard(run, shard, budget, self.progress))]
+        return [(key, execute_unit(run, shard, budget, self.progress))]
 
     def close(self) -> None:
         pass
@@ -179,9 +179,7 @@ def _worker(i: int, threads: int, gpu: int | None, tasks, results) -> None:
         run = RunSpec.from_dict(spec)
         if gpu is not None and run.device == "auto":
             run = run.replace(device="cuda")
-        state = execute_shard(run, shard, budget, progress=False)
-        state["info"]["worker_gpu"] = gpu
-        results.put((i, key, state))
+        results.put((i, key, execute_unit(run, shard, budget, progress=False, info={"worker_gpu": gpu})))
 
 
 class LocalExecutor:
@@ -214,14 +212,14 @@ class LocalExecutor:
 # --- Ray -----------------------------------------------------------------------------------------
 def _ray_task(spec: dict, shard: Shard, budget_s: float | None, threads: int) -> dict:
     torch.set_num_threads(threads)
-    state = execute_shard(RunSpec.from_dict(spec), shard, budget_s, progress=False)
+    info = {}
     try:
         import ray
 
-        state["info"]["ray_node"] = ray.get_runtime_context().get_node_id()
+        info["ray_node"] = ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001
         pass
-    return state
+    return execute_unit(RunSpec.from_dict(spec), shard, budget_s, progress=False, info=info)
 
 
 class RayPool:

@@ -124,6 +124,8 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
             tqdm.write(f"run {record['run_id']} ({record['model']}, {record['solver']}) {record['status']}: "
                        f"{record['message']}", file=sys.stderr)
 
+    if report:  # imported now (pandas, matplotlib): beside worker processes it overlaps their start-up
+        import bench.report  # noqa: F401
     if todo:
         computed = make_executor(executor, address=address, progress=progress, workers=workers).run(
             todo, out, on_result)

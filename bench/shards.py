@@ -32,7 +32,7 @@ import torch
 from bench.records import atomic_write, metric_entry, now
 
 __all__ = ["DEFAULT_SHARD_SAMPLES", "Shard", "run_shards", "shard_size", "shard_dir", "shard_path",
-           "write_shard", "read_shard", "merge_record", "remove_shards", "finished_shards"]
+           "write_shard", "read_shard", "shard_state", "merge_record", "remove_shards", "finished_shards"]
 
 DEFAULT_SHARD_SAMPLES = 2000
 SHARDS_DIR = "shards"
@@ -102,10 +102,15 @@ def plain(obj):
     return json.loads(json.dumps(obj, default=_json_default))
 
 
+def shard_state(shard: Shard, state: dict) -> dict:
+    """A finished shard's state as it is stored: plain containers and CPU tensors, with its identity."""
+    return plain({**state, "run_id": shard.run_id, "index": shard.index, "start": shard.start, "stop": shard.stop})
+
+
 def write_shard(out: Path, shard: Shard, state: dict) -> dict:
     """Atomically write a finished shard's state (unique temp name, fsync, rename); returns the state as
     written (what :func:`read_shard` reads back)."""
-    state = plain({**state, "run_id": shard.run_id, "index": shard.index, "start": shard.start, "stop": shard.stop})
+    state = shard_state(shard, state)
     atomic_write(shard_path(out, shard), lambda f: torch.save(state, f))
     return state
 

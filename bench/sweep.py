@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.claims import Claims
-from bench.execute import merge_states
+from bench.execute import merge_or_fail
 from bench.grid import RunSpec
 from bench.plan import bpd_evaluations, estimate_nfe
 from bench.records import OK, now, read_record, record_path
@@ -194,7 +194,11 @@ class Sweep:
     def _finish(self, sh: Shard, state: dict) -> None:
         rs = self.runs[sh.run_id]
         rs.spent_s += float(state.get("wall_time_s", 0.0))
-        if state.get("status") == "ok":
+        merged = state.pop("merged", None)
+        if state.get("status") == "ok" and merged is not None and not rs.finished and self._finalize(rs, merged=merged):
+            self.computed.append(f"{sh.run_id}/{sh.name}")  # a run of one shard, merged by its worker: no shard file
+            self.claims.release(self._claim_path(sh))
+        elif state.get("status") == "ok":
             rs.last = {sh.name: write_shard(self.out, sh, state)}
             self.computed.append(f"{sh.run_id}/{sh.name}")
             self.claims.release(self._claim_path(sh))
@@ -214,15 +218,20 @@ class Sweep:
         if all(self._shard_done(sh) for sh in rs.shards):
             self._finalize(rs)
 
-    def _finalize(self, rs: _RunState, failure: dict | None = None) -> None:
+    def _finalize(self, rs: _RunState, failure: dict | None = None, merged: tuple | None = None) -> bool:
+        """Merge and write the run's record (``merged``: already merged by the worker); False when another
+        invocation holds the record's claim (its record is polled for), else True."""
         run = rs.run
         claim = shard_dir(self.out, run.run_id) / "record.claim"
         if not self.claims.try_claim(claim):
-            return  # another invocation is merging it: polled until its record appears
+            return False  # another invocation is merging it: polled until its record appears
         try:
             if self._record_final(run.run_id):
                 rs.finished, rs.last = True, {}
-                return
+                return True
+            if merged is not None:
+                self._write(rs, claim, *merged)
+                return True
             states = []
             for sh in rs.shards:
                 if failure is not None and _index_key(sh) >= _index_key(Shard(run.run_id, failure["index"])):
@@ -231,23 +240,22 @@ class Sweep:
                 if s is None:
                     if failure is None:  # unreadable: recompute it
                         shard_path(self.out, sh).unlink(missing_ok=True)
-                        return
+                        return False
                     break
                 states.append(s)
-            try:
-                record, samples = merge_states(run, states, failure)
-            except Exception as e:  # noqa: BLE001  (a merge that fails fails the run, with the reason)
-                from bench.records import failed_record
-
-                record, samples = failed_record(run, "error", f"merging shards: {type(e).__name__}: {e}"), None
-            record["executor"] = self.executor_name
-            self.on_record(record, samples)
-            rs.finished, rs.last = True, {}
-            if record["status"] == OK:
-                self.claims.release(claim)
-                remove_shards(self.out, run.run_id)
+            self._write(rs, claim, *merge_or_fail(run, states, failure))
+            return True
         finally:
             self.claims.release(claim)
+
+    def _write(self, rs: _RunState, claim: Path, record: dict, samples) -> None:
+        """Write the run's record (its samples first), then drop its shard folder if it is ok."""
+        record["executor"] = self.executor_name
+        self.on_record(record, samples)
+        rs.finished, rs.last = True, {}
+        if record["status"] == OK:
+            self.claims.release(claim)
+            remove_shards(self.out, rs.run.run_id)
 
 
 def _index_key(sh: Shard) -> float:

@@ -91,6 +91,25 @@ def test_shards_are_whole_batches_and_do_not_change_results(tmp_path):
     assert not shard_dir(outs[8], rid).exists(), "shard states are removed once the record is written"
 
 
+def test_single_shard_runs_are_merged_by_their_worker(tmp_path, monkeypatch):
+    """A run of one shard is merged where it is computed (the driver writes the record, no shard file):
+    records from 2 worker processes equal those of one process, samples bit for bit."""
+    import bench.sweep
+
+    written = []
+    monkeypatch.setattr(bench.sweep, "write_shard", lambda out, sh, state: written.append(sh) or state)
+    grid = write_grid(tmp_path / "g.yaml", delay=0.0, n_steps=[4, 6, 9], num_samples=8, shard_size=8)
+    assert [len(run_shards(r)) for r in load_grid(grid).runs] == [1, 1, 1]
+    for workers in ("1", "2"):
+        assert main(cli(grid, tmp_path / f"o{workers}", "--workers", workers)[3:]) == 0
+    assert written == [], "no shard state is written for a run of one shard"
+    one, two = read_records(tmp_path / "o1"), read_records(tmp_path / "o2")
+    assert_same_records(one, two, exact=True)
+    assert len({w for r in two.values() for w in r["shards"]["workers"]}) == 2, "merged in two processes"
+    for rid in one:
+        assert torch.equal(torch.load(samples_path(tmp_path / "o1", rid)), torch.load(samples_path(tmp_path / "o2", rid)))
+
+
 def test_killed_after_second_shard_resumes_with_the_two_missing(tmp_path):
     """Must show: a 4-shard run killed after its 2nd shard: the rerun computes exactly the 2 missing
     shards; the record equals an uninterrupted run's (samples bit-identical, metrics ≤ 1e-9)."""
