@@ -33,8 +33,8 @@ from bench.records import canonical, now
 from bench.seeds import SeedRanges
 from bench.shards import BPD, Shard, merge_record, run_shards, shard_state
 
-__all__ = ["execute_shard", "execute_unit", "execute_run", "merge_states", "merge_or_fail", "build_metrics", "metric_options", "resolve_device",
-           "RunTimeout", "EXACT_METRICS", "IMAGE_METRICS", "CLASSIFIER_METRICS"]
+__all__ = ["execute_shard", "execute_unit", "execute_run", "merge_states", "merge_or_fail", "build_metrics",
+           "metric_options", "resolve_device", "RunTimeout", "EXACT_METRICS", "IMAGE_METRICS", "CLASSIFIER_METRICS"]
 
 EXACT_METRICS = ("fd_exact", "sw2_exact", "loglik_exact")
 IMAGE_METRICS = ("fid", "kid")
@@ -248,6 +248,7 @@ def execute_unit(run: RunSpec, shard: Shard, budget_s: float | None = None, prog
     state["info"].update(info or {})
     if state["status"] == "ok" and len(run_shards(run)) == 1:
         state["merged"] = merge_or_fail(run, [shard_state(shard, state)])
+        state.update(metrics={}, samples=None)  # in the record now: not sent to the driver twice
     return state
 
 

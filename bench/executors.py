@@ -3,13 +3,14 @@
 Every executor's ``run(runs, out, on_record)`` drives a :class:`bench.sweep.Sweep` (claims, shard
 files, merging) with a *pool* of workers; only the driver process writes files, so Ray nodes need no
 shared file system. A pool has ``free()``, ``submit(key, run, shard, budget_s)`` and
-``wait(timeout) -> [(key, shard state)]``.
+``wait(timeout) -> [(key, shard state)]``. ``starmap(fn, items)`` runs other independent work where
+the executor can (the report's figures on local worker processes), and ``close()`` ends the executor.
 
 * ``local`` — ``workers=1``: in this process, one shard after another, ``torch.set_num_threads`` set
   to the run's ``threads`` or every core this process may use (:func:`cpu_threads`). ``workers=N``:
-  N spawned processes pull shards from a queue, each with ``cores // N`` threads (on CPU) or pinned
-  to one GPU (``CUDA_VISIBLE_DEVICES``; one per visible device where runs use CUDA). A worker that
-  dies fails its shard's run ("worker process died"), and is replaced.
+  N spawned processes (:mod:`bench.workers`) pull shards from a queue, each with ``cores // N``
+  threads (on CPU) or pinned to one GPU (``CUDA_VISIBLE_DEVICES``; one per visible device where runs
+  use CUDA). A worker that dies fails its shard's run ("worker process died"), and is replaced.
 * ``ray`` — one Ray task per shard with its CPU/GPU request and ``max_retries`` (default 3): a
   worker or node dying mid-shard costs that shard's retry, not the run; a task that still fails
   fails its run. Connects to ``address`` or to an already initialised Ray, else starts a local one.
@@ -17,9 +18,9 @@ shared file system. A pool has ``free()``, ``submit(key, run, shard, budget_s)``
 
 from __future__ import annotations
 
+import itertools
 import os
-import queue
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from bench.execute import execute_unit
 from bench.grid import RunSpec
 from bench.shards import Shard
 from bench.sweep import Sweep
+from bench.workers import ProcessPool, failed_state
 
 __all__ = ["EXECUTORS", "make_executor", "LocalExecutor", "RayExecutor", "ray_available", "available_cores",
            "cpu_threads", "RAY_MAX_RETRIES"]
@@ -64,10 +66,6 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _failed_state(message: str) -> dict:
-    return {"status": "error", "message": message, "wall_time_s": 0.0}
-
-
 # --- local ---------------------------------------------------------------------------------------
 class InlinePool:
     """Computes each submitted shard in this process when ``wait`` is called."""
@@ -97,97 +95,21 @@ class InlinePool:
         pass
 
 
-class ProcessPool:
-    """``n`` spawned worker processes; each holds its running shard and one queued behind it, so a
-    worker never waits for the driver to write a result before starting its next shard.
+class LocalExecutor:
+    """Shards in this process (``workers=1``) or in ``workers`` worker processes (one per GPU on CUDA).
 
     Args:
-        n: number of workers.
-        threads: torch threads per worker (CPU).
-        gpus: pin worker i to GPU ``i % gpus`` (0: no pinning).
+        progress: tqdm bars (None: automatic).
+        workers: worker processes.
+        pool: a :class:`~bench.workers.ProcessPool` already spawned with ``workers`` processes (the CLI
+            starts it before importing torch); configured here for the runs, closed by :meth:`close`.
     """
 
-    DEPTH = 2  # shards handed to a worker at once: the running one and the next
-
-    def __init__(self, n: int, threads: int, gpus: int = 0) -> None:
-        import multiprocessing as mp
-
-        self.ctx = mp.get_context("spawn")
-        self.results = self.ctx.Queue()
-        self.threads, self.gpus = threads, gpus
-        self.workers: list[dict] = [self._start(i) for i in range(n)]
-        # The driver only merges and writes: one torch thread, so that it does not take cores from the
-        # workers (idle intra-op threads spin); restored on close.
-        self._driver_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def _start(self, i: int) -> dict:
-        tasks = self.ctx.Queue()
-        p = self.ctx.Process(target=_worker, args=(i, self.threads, i % self.gpus if self.gpus else None, tasks,
-                                                   self.results), daemon=True)
-        p.start()
-        return {"i": i, "proc": p, "tasks": tasks, "keys": []}
-
-    def free(self) -> bool:
-        return any(len(w["keys"]) < self.DEPTH for w in self.workers)
-
-    def submit(self, key, run: RunSpec, shard: Shard, budget_s: float | None) -> None:
-        w = min(self.workers, key=lambda w: len(w["keys"]))
-        w["keys"].append((key, (key, run.to_dict(), shard, budget_s)))
-        w["tasks"].put((key, run.to_dict(), shard, budget_s))
-
-    def wait(self, timeout: float | None) -> list:
-        out = []
-        try:
-            item = self.results.get(timeout=timeout)
-            while True:
-                i, key, state = item
-                keys = self.workers[i]["keys"]
-                self.workers[i]["keys"] = [k for k in keys if k[0] != key]
-                out.append((key, state))
-                item = self.results.get_nowait()
-        except queue.Empty:
-            pass
-        for k, w in enumerate(self.workers):
-            if w["keys"] and not w["proc"].is_alive():
-                (key, _), *queued = w["keys"]  # the running shard fails; the queued ones move on
-                out.append((key, _failed_state(f"worker process died (exit code {w['proc'].exitcode})")))
-                self.workers[k] = self._start(w["i"])
-                for key, task in queued:
-                    self.workers[k]["keys"].append((key, task))
-                    self.workers[k]["tasks"].put(task)
-        return out
-
-    def close(self) -> None:
-        for w in self.workers:
-            if w["proc"].is_alive():
-                w["tasks"].put(None)
-        for w in self.workers:
-            w["proc"].join(timeout=10)
-            if w["proc"].is_alive():
-                w["proc"].terminate()
-        torch.set_num_threads(self._driver_threads)
-
-
-def _worker(i: int, threads: int, gpu: int | None, tasks, results) -> None:
-    """One local worker: pinned to its GPU or to ``threads`` CPU threads, it runs shards until the sentinel."""
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    torch.set_num_threads(threads)
-    while (item := tasks.get()) is not None:
-        key, spec, shard, budget = item
-        run = RunSpec.from_dict(spec)
-        if gpu is not None and run.device == "auto":
-            run = run.replace(device="cuda")
-        results.put((i, key, execute_unit(run, shard, budget, progress=False, info={"worker_gpu": gpu})))
-
-
-class LocalExecutor:
-    """Shards in this process (``workers=1``) or in ``workers`` spawned processes (one per GPU on CUDA)."""
-
-    def __init__(self, progress: bool | None = None, workers: int = 1, **_: object) -> None:
+    def __init__(self, progress: bool | None = None, workers: int = 1, pool: ProcessPool | None = None,
+                 **_: object) -> None:
         self.progress = progress
         self.workers = workers
+        self._pool = pool
 
     def pool(self, runs: Sequence[RunSpec]):
         gpus = _visible_gpus()
@@ -195,18 +117,32 @@ class LocalExecutor:
         n = self.workers if not on_cuda else (min(self.workers, gpus) if self.workers > 1 else gpus)
         if n <= 1:
             return InlinePool(self.progress)
-        return ProcessPool(n, threads=max(1, available_cores() // n) if not on_cuda else 1,
-                           gpus=gpus if on_cuda else 0)
+        if self._pool is None or len(self._pool) < n:
+            if self._pool is not None:
+                self._pool.close(now=True)
+            self._pool = ProcessPool(n)
+        self._pool.configure(n, threads=max(1, available_cores() // n) if not on_cuda else 1,
+                             gpus=gpus if on_cuda else 0)
+        return self._pool
 
     def run(self, runs: Sequence[RunSpec], out: Path, on_record: OnRecord) -> list[str]:
-        """Compute and merge ``runs`` into ``out``; returns the shards computed here."""
+        """Compute and merge ``runs`` into ``out``; returns the shards computed here. Worker processes stay
+        up for :meth:`starmap` until :meth:`close`."""
         pool = self.pool(runs)  # first: spawned workers import torch while the sweep orders the shards
-        try:
-            sweep = Sweep(out, list(runs), on_record, executor_name="local")
-            sweep.run(pool)
-        finally:
-            pool.close()
+        sweep = Sweep(out, list(runs), on_record, executor_name="local")
+        sweep.run(pool)
         return sweep.computed
+
+    def starmap(self, fn: Callable, items: Iterable[tuple]) -> list:
+        """``[fn(*item) for item in items]`` on the worker processes, if any (the report's figures)."""
+        if self._pool is None:
+            return list(itertools.starmap(fn, items))
+        return self._pool.starmap(fn, items)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 # --- Ray -----------------------------------------------------------------------------------------
@@ -255,7 +191,7 @@ class RayPool:
             try:
                 state = self.ray.get(ref)
             except Exception as e:  # retries exhausted: worker crashes, OOM kills, cancellation
-                state = _failed_state(f"Ray task failed after {self.max_retries} retries: {type(e).__name__}: "
+                state = failed_state(f"Ray task failed after {self.max_retries} retries: {type(e).__name__}: "
                                       f"{' '.join(str(e).split())[:500]}")
             out.append((key, state))
         return out
@@ -281,6 +217,13 @@ class RayExecutor:
         sweep = Sweep(out, list(runs), on_record, executor_name="ray")
         sweep.run(RayPool(ray, self.max_retries))
         return sweep.computed
+
+    def starmap(self, fn: Callable, items: Iterable[tuple]) -> list:
+        """``[fn(*item) for item in items]`` in this process."""
+        return list(itertools.starmap(fn, items))
+
+    def close(self) -> None:
+        pass
 
 
 EXECUTORS: dict[str, type] = {"local": LocalExecutor, "ray": RayExecutor}

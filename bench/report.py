@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -128,16 +130,18 @@ def _pareto_html(front: pd.DataFrame, metric: str) -> str:
 
 
 def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
-                 targets: dict[str, list[float]] | None = None) -> dict:
+                 targets: dict[str, list[float]] | None = None, starmap: Callable = itertools.starmap) -> dict:
     """Write report.html, the CSV / Markdown / LaTeX tables, plots and sample grids for the records under ``out``.
 
     Args:
         out: the results folder.
         budgets: NFE budgets of the budget table.
         targets: quality targets per metric for the NFE-to-reach table (default: :func:`default_targets`).
+        starmap: draws the figures, ``starmap(figure_png, [args, ...])`` (default here, one after
+            another; the sweep passes its executor's, which spreads them over its worker processes).
     """
     from bench.report_html import page, table
-    from bench.report_plots import curve_styles, metric_figure
+    from bench.report_plots import curve_styles, figure_png
 
     out = Path(out)
     records = sorted(read_records(out).values(), key=lambda r: (r["model"], family(r), r.get("nfe") or 0))
@@ -153,16 +157,20 @@ def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
     else:
         _write_text(out / "summary.csv", "")
     styles = curve_styles(ok) if len(ok) else {}
+    jobs = [(model, m, "wall-clock per run (s)" if m == "wall_time_s" else m)
+            for model in sorted(ok["model"].unique()) for m in metrics + ["wall_time_s"]]
+    pngs = starmap(figure_png, [(ok[ok["model"] == model], model, m, label, styles) for model, m, label in jobs])
+    drawn = dict(zip(((model, m) for model, m, _ in jobs), pngs, strict=True))
     plots, models, fronts, budget_rows, reach_rows, md, tex = [], [], [], [], [], [], []
     for model in sorted(ok["model"].unique()):
         mrows = ok[ok["model"] == model]
         figures, sections = [], []
         for m in metrics + ["wall_time_s"]:
             label = "wall-clock per run (s)" if m == "wall_time_s" else m
-            name = "wall" if m == "wall_time_s" else m
-            p = metric_figure(mrows, model, m, label, styles,
-                              output_path(out, "plots", f"{name}_vs_nfe_{model}", suffix=".png"))
-            if p is not None:
+            png = drawn[(model, m)]
+            if png is not None:
+                p = output_path(out, "plots", f"{'wall' if m == 'wall_time_s' else m}_vs_nfe_{model}", suffix=".png")
+                atomic_write(p, lambda f, png=png: f.write(png))  # concurrent report rebuilds never mix files
                 plots.append(p)
                 figures.append((p, f"{model}: {label} vs NFE"))
         for m in metrics:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.records import atomic_write
 from bench.report_tables import LOWER_IS_BETTER, nfe_column, pareto_table
 
-__all__ = ["GROUPS", "GROUP_ORDER", "MAX_CURVES", "group_of", "curve_styles", "panels", "metric_figure"]
+__all__ = ["GROUPS", "GROUP_ORDER", "MAX_CURVES", "group_of", "curve_styles", "panels", "figure_png"]
 
 # solver registry key -> sampler group (one panel each); solvers not listed go to "other".
 GROUPS: dict[str, str] = {
@@ -83,18 +81,16 @@ def _fixed_layout(fig, ncol: int, nrow: int) -> None:
                         wspace=m["wspace"] / panel_w, hspace=m["hspace"] / panel_h)
 
 
-def metric_figure(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[str, tuple[str, str]],
-                  path: Path) -> Path | None:
-    """Write the small-multiples figure of ``y`` against NFE for one model's successful runs.
+def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[str, tuple[str, str]]) -> bytes | None:
+    """The small-multiples figure of ``y`` against NFE for one model's successful runs, as PNG bytes.
 
     Args:
         df: the model's rows of the runs frame (``status == 'ok'``).
         y: a metric name or ``'wall_time_s'``; metrics get error bars from ``<y>_lo`` / ``<y>_hi``.
         styles: from :func:`curve_styles` over the whole report.
-        path: the PNG to write.
 
     Returns:
-        ``path``, or None when no run has a finite value.
+        The PNG, or None when no run has a finite value.
     """
     import matplotlib
 
@@ -154,5 +150,4 @@ def metric_figure(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dic
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))  # concurrent report rebuilds never mix files
-    return path
+    return buf.getvalue()

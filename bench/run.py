@@ -9,7 +9,7 @@ each finished shard is written at once under ``<out>/shards/<run_id>/``, each fi
 several invocations on one folder share the work. ``--plan`` prints the cost instead
 (:mod:`bench.plan`). Finally the tables and plots are rebuilt from the records (:mod:`bench.report`).
 
-The body of one shard is :func:`bench.execute.execute_shard`; :func:`execute_run` runs a whole run
+The body of one shard is :func:`bench.execute.execute_shard`; :func:`bench.execute.execute_run` runs a whole run
 in this process.
 """
 
@@ -20,22 +20,21 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used: `main` starts --workers processes before importing torch
+    import torch
 
-from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS, execute_run
-from bench.grid import GridError, GridSpec, RunSpec, load_grid
-from bench.records import OK, atomic_write, clean_temp, metric_entry, read_records, write_record, write_samples
+    from bench.grid import GridSpec, RunSpec
 
-__all__ = ["execute_run", "run_grid", "preflight", "main", "DEFAULT_GRID", "EXACT_METRICS", "metric_entry"]
+__all__ = ["run_grid", "preflight", "main", "DEFAULT_GRID"]
 
 DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml"
-LOWER_IS_BETTER = {"fid": True, "kid": True, "fd_digits": True, "fd_fashion": True, "fd_exact": True,
-                   "sw2_exact": True, "loglik_exact": False, "bpd": True}
 
 
 def _check_metric_assets(name: str, run: RunSpec) -> None:
     """Pre-flight: raise if a file metric ``name`` needs is missing (loads nothing heavy)."""
+    from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS
     if name in EXACT_METRICS and run.model["kind"] in ("official", "checkpoint"):
         raise ValueError(f"metric {name!r} needs an exact mixture model (kind: mixture); model {run.model_name!r} "
                          f"is of kind {run.model['kind']!r}")
@@ -63,6 +62,8 @@ def _check_metric_assets(name: str, run: RunSpec) -> None:
 
 def preflight(grid: GridSpec) -> None:
     """Check every file the runs need (checkpoints at load time, metric assets and datasets here)."""
+    from bench.grid import GridError
+
     seen = set()
     for run in grid.runs:
         for name in run.metrics:
@@ -79,6 +80,8 @@ def preflight(grid: GridSpec) -> None:
 # --- the sweep -------------------------------------------------------------------------------
 def select_runs(grid: GridSpec, out: Path, retry_failed: bool = False) -> tuple[list[RunSpec], dict]:
     """Runs still to do, and counts of those skipped: ok records always, failed ones unless retrying."""
+    from bench.records import OK, read_records
+
     records = read_records(out)
     todo, skipped = [], {"ok": 0, "failed": 0}
     for run in grid.runs:
@@ -94,12 +97,16 @@ def select_runs(grid: GridSpec, out: Path, retry_failed: bool = False) -> tuple[
 
 def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | None = None,
              retry_failed: bool = False, progress: bool | None = None, report: bool = True,
-             workers: int = 1) -> dict:
+             workers: int = 1, pool=None) -> dict:
     """Run every pending run of ``grid`` into ``out``; returns counts {'ran', 'ok', 'failed', 'skipped_ok',
-    'skipped_failed', 'shards_computed'} ('ran': runs this invocation merged into a record)."""
+    'skipped_failed', 'shards_computed'} ('ran': runs this invocation merged into a record).
+
+    ``pool``: local worker processes already started (:class:`bench.workers.ProcessPool`), used and closed
+    here; the report's figures are drawn on the executor's workers too."""
     from tqdm.auto import tqdm
 
     from bench.executors import make_executor
+    from bench.records import OK, atomic_write, clean_temp, write_record, write_samples
 
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -124,17 +131,18 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
             tqdm.write(f"run {record['run_id']} ({record['model']}, {record['solver']}) {record['status']}: "
                        f"{record['message']}", file=sys.stderr)
 
-    if report:  # imported now (pandas, matplotlib): beside worker processes it overlaps their start-up
-        import bench.report  # noqa: F401
-    if todo:
-        computed = make_executor(executor, address=address, progress=progress, workers=workers).run(
-            todo, out, on_result)
-        counts["shards_computed"] = len(computed)
-    bar.close()
-    if report:
-        from bench.report import build_report
+    options = {"workers": workers, "pool": pool} if executor == "local" else {"address": address}
+    ex = make_executor(executor, progress=progress, **options)
+    try:
+        if todo:
+            counts["shards_computed"] = len(ex.run(todo, out, on_result))
+        bar.close()
+        if report:
+            from bench.report import build_report
 
-        build_report(out)
+            build_report(out, starmap=ex.starmap)
+    finally:
+        ex.close()
     return counts
 
 
@@ -162,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 def dry_run_table(grid: GridSpec, out: Path) -> str:
     """The expanded runs; ``batch_invariant`` says whether a run's samples depend on its batches (then
     the batch size and seeds are part of its result and identity)."""
+    from bench.records import read_records
+
     records = read_records(out)
     labelled = any(r.model.get("label") is not None for r in grid.runs)  # class-conditional models: a column
     rows = [("run_id", "model", *(("label",) if labelled else ()), "solver", "options", "T", "metrics", "samples",
@@ -195,6 +205,8 @@ def _raise_stopped(signum, frame) -> None:
 
 def _stop_cleanly(grid: GridSpec, out: Path, signum: int, report: bool) -> int:
     """After SIGINT/SIGTERM: one line, the report rebuilt from the records that finished, 128 + signum."""
+    from bench.records import read_records
+
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while rebuilding ends it at once
         signal.signal(sig, signal.SIG_DFL)
     done = [r for r in read_records(out).values() if r.get("grid") == grid.name]
@@ -217,11 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     invocation), 2 (bad input, nothing written), 130 / 143 (stopped by SIGINT / SIGTERM: the records
     that finished are kept and the report rebuilt from them)."""
     args = build_parser().parse_args(argv)
-    grid_path = args.grid or str(DEFAULT_GRID)
-    overrides = {"num_samples": args.samples, "batch_size": args.batch_size, "device": args.device}
     if args.workers < 1:
         print(f"error: --workers must be a positive integer, got {args.workers}", file=sys.stderr)
         return 2
+    pool = None
+    if args.executor == "local" and args.workers > 1 and not (args.dry_run or args.plan):
+        from bench.workers import ProcessPool
+
+        pool = ProcessPool(args.workers)  # now: the workers import torch while this process validates the grid
+    try:
+        return _main(args, pool)
+    finally:
+        if pool is not None:  # closed by the sweep when it ran; stopped at once after an early exit
+            pool.close(now=True)
+
+
+def _main(args: argparse.Namespace, pool) -> int:
+    from bench.grid import GridError, load_grid
+
+    grid_path = args.grid or str(DEFAULT_GRID)
+    overrides = {"num_samples": args.samples, "batch_size": args.batch_size, "device": args.device}
     try:
         from bench.bounds import check_bounds
 
@@ -254,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = run_grid(grid, out, args.executor, args.address, args.retry_failed,
                           progress=False if args.no_progress else None, report=not args.no_report,
-                          workers=args.workers)
+                          workers=args.workers, pool=pool)
     except KeyboardInterrupt:
         return _stop_cleanly(grid, out, signal.SIGINT, not args.no_report)
     except Stopped as e:

@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.execute import execute_run  # noqa: E402
 from bench.grid import load_grid  # noqa: E402
-from bench.run import execute_run  # noqa: E402
 
 SAMPLERS = {"euler_maruyama, 10 steps": ("euler_maruyama", 10), "pf_heun, 15 steps": ("pf_heun", 15),
             "dpm_solver_pp, 10 steps": ("dpm_solver_pp", 10)}

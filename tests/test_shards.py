@@ -107,7 +107,8 @@ def test_single_shard_runs_are_merged_by_their_worker(tmp_path, monkeypatch):
     assert_same_records(one, two, exact=True)
     assert len({w for r in two.values() for w in r["shards"]["workers"]}) == 2, "merged in two processes"
     for rid in one:
-        assert torch.equal(torch.load(samples_path(tmp_path / "o1", rid)), torch.load(samples_path(tmp_path / "o2", rid)))
+        a, b = (torch.load(samples_path(tmp_path / o, rid)) for o in ("o1", "o2"))
+        assert torch.equal(a, b)
 
 
 def test_killed_after_second_shard_resumes_with_the_two_missing(tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 from bench.metrics import METRICS, make_metric
 from bench.metrics.uncertainty import GROUPS, jackknife
-from bench.run import metric_entry
+from bench.records import metric_entry
 from tests.test_metric_state import _case, _mixture, _rel, _round_trip, inception  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|load)` is deprecated:DeprecationWarning")
