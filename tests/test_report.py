@@ -57,6 +57,27 @@ def test_report_from_records_alone(tmp_path):
     assert {p.name for p in made["samples"]} == {"a000000001.png", "a000000003.png"}
 
 
+def test_figures_drawn_on_worker_processes_are_the_same_files(tmp_path):
+    """build_report with a worker pool's starmap (as the sweep passes it) writes byte-identical plots."""
+    from bench.workers import ProcessPool
+
+    rows = [record(f"a00000000{k}", s, n, fd, n / 10, options={"n_steps": n})
+            for k, (s, n, fd) in enumerate([("euler_maruyama", 10, 0.5), ("euler_maruyama", 100, 0.1),
+                                            ("pf_heun", 19, 0.2), ("ddim", 10, 0.3)])]
+    for out in (tmp_path / "here", tmp_path / "pool"):
+        for r in rows:
+            write_record(out, r)
+    here = build_report(tmp_path / "here")
+    pool = ProcessPool(2)
+    try:
+        there = build_report(tmp_path / "pool", starmap=pool.starmap)
+    finally:
+        pool.close()
+    assert [p.name for p in here["plots"]] == [p.name for p in there["plots"]] and len(here["plots"]) == 2
+    for a, b in zip(here["plots"], there["plots"], strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 def test_report_cli(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "no run records" in capsys.readouterr().err

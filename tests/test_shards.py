@@ -111,6 +111,34 @@ def test_single_shard_runs_are_merged_by_their_worker(tmp_path, monkeypatch):
         assert torch.equal(a, b)
 
 
+def _square(x: int) -> int:
+    if x < 0:
+        raise ValueError("negative")
+    return x * x
+
+
+def test_worker_pool_starmap_and_early_exit(tmp_path, capsys):
+    """The pool the CLI spawns before validating: starmap gives fn's results in order (an exception in a
+    worker raised here); an invalid grid exits 2 and leaves no worker process behind."""
+    import multiprocessing as mp
+
+    from bench.workers import ProcessPool
+
+    pool = ProcessPool(2)
+    try:
+        assert pool.starmap(_square, [(k,) for k in range(7)]) == [k * k for k in range(7)]
+        with pytest.raises(RuntimeError, match="negative"):
+            pool.starmap(_square, [(1,), (-1,)])
+    finally:
+        pool.close()
+    assert not mp.active_children()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodel: {kind: mixture}\nsweeps: [{solver: no_such_solver}]\n")
+    assert main(["--grid", str(bad), "--out", str(tmp_path / "o"), "--workers", "2"]) == 2
+    assert "no_such_solver" in capsys.readouterr().err
+    assert not mp.active_children() and not (tmp_path / "o").exists()
+
+
 def test_killed_after_second_shard_resumes_with_the_two_missing(tmp_path):
     """Must show: a 4-shard run killed after its 2nd shard: the rerun computes exactly the 2 missing
     shards; the record equals an uninterrupted run's (samples bit-identical, metrics ≤ 1e-9)."""
