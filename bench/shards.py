@@ -107,12 +107,10 @@ def shard_state(shard: Shard, state: dict) -> dict:
     return plain({**state, "run_id": shard.run_id, "index": shard.index, "start": shard.start, "stop": shard.stop})
 
 
-def write_shard(out: Path, shard: Shard, state: dict) -> dict:
-    """Atomically write a finished shard's state (unique temp name, fsync, rename); returns the state as
-    written (what :func:`read_shard` reads back)."""
+def write_shard(out: Path, shard: Shard, state: dict) -> Path:
+    """Atomically write a finished shard's state (:func:`shard_state`; unique temp name, fsync, rename)."""
     state = shard_state(shard, state)
-    atomic_write(shard_path(out, shard), lambda f: torch.save(state, f))
-    return state
+    return atomic_write(shard_path(out, shard), lambda f: torch.save(state, f))
 
 
 def read_shard(out: Path, shard: Shard) -> dict | None:

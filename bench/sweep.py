@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.claims import Claims
@@ -68,9 +68,6 @@ def shard_costs(runs: list[RunSpec]) -> dict[tuple[str, str], float]:
 class _RunState:
     run: RunSpec
     shards: list[Shard]
-    # The state of the shard this invocation wrote last, by name: merged without reading it back (one per
-    # run at most: a shard state of FID with seed groups is ~0.3 GB).
-    last: dict[str, dict] = field(default_factory=dict)
     finished: bool = False
     spent_s: float = 0.0
 
@@ -199,7 +196,7 @@ class Sweep:
             self.computed.append(f"{sh.run_id}/{sh.name}")  # a run of one shard, merged by its worker: no shard file
             self.claims.release(self._claim_path(sh))
         elif state.get("status") == "ok":
-            rs.last = {sh.name: write_shard(self.out, sh, state)}
+            write_shard(self.out, sh, state)
             self.computed.append(f"{sh.run_id}/{sh.name}")
             self.claims.release(self._claim_path(sh))
             self._to_merge.append(rs)
@@ -213,7 +210,7 @@ class Sweep:
         if rs.finished:
             return
         if self._record_final(rs.run.run_id):
-            rs.finished, rs.last = True, {}
+            rs.finished = True
             return
         if all(self._shard_done(sh) for sh in rs.shards):
             self._finalize(rs)
@@ -227,7 +224,7 @@ class Sweep:
             return False  # another invocation is merging it: polled until its record appears
         try:
             if self._record_final(run.run_id):
-                rs.finished, rs.last = True, {}
+                rs.finished = True
                 return True
             if merged is not None:
                 self._write(rs, claim, *merged)
@@ -236,7 +233,7 @@ class Sweep:
             for sh in rs.shards:
                 if failure is not None and _index_key(sh) >= _index_key(Shard(run.run_id, failure["index"])):
                     break
-                s = rs.last.get(sh.name) or read_shard(self.out, sh)
+                s = read_shard(self.out, sh)
                 if s is None:
                     if failure is None:  # unreadable: recompute it
                         shard_path(self.out, sh).unlink(missing_ok=True)
@@ -252,7 +249,7 @@ class Sweep:
         """Write the run's record (its samples first), then drop its shard folder if it is ok."""
         record["executor"] = self.executor_name
         self.on_record(record, samples)
-        rs.finished, rs.last = True, {}
+        rs.finished = True
         if record["status"] == OK:
             self.claims.release(claim)
             remove_shards(self.out, rs.run.run_id)

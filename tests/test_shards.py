@@ -97,7 +97,7 @@ def test_single_shard_runs_are_merged_by_their_worker(tmp_path, monkeypatch):
     import bench.sweep
 
     written = []
-    monkeypatch.setattr(bench.sweep, "write_shard", lambda out, sh, state: written.append(sh) or state)
+    monkeypatch.setattr(bench.sweep, "write_shard", lambda out, sh, state: written.append(sh))
     grid = write_grid(tmp_path / "g.yaml", delay=0.0, n_steps=[4, 6, 9], num_samples=8, shard_size=8)
     assert [len(run_shards(r)) for r in load_grid(grid).runs] == [1, 1, 1]
     for workers in ("1", "2"):
