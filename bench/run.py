@@ -35,6 +35,7 @@ DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml"
 def _check_metric_assets(name: str, run: RunSpec) -> None:
     """Pre-flight: raise if a file metric ``name`` needs is missing (loads nothing heavy)."""
     from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS
+
     if name in EXACT_METRICS and run.model["kind"] in ("official", "checkpoint"):
         raise ValueError(f"metric {name!r} needs an exact mixture model (kind: mixture); model {run.model_name!r} "
                          f"is of kind {run.model['kind']!r}")
