@@ -1,10 +1,14 @@
 """Samplers for score-based diffusion models behind one interface.
 
-``SAMPLERS`` maps a registry name to the sampler's dataclass; ``make_sampler(name, **options)``
-builds one with its options validated (unknown names or options raise ValueError listing the valid
-choices). ``name`` may also be an import path ``"package.module:Class"`` naming a user's own sampler
-class (a frozen dataclass on one of the drivers, see docs/adding_a_sampler.md). Every sampler
-implements ``sample(problem, x_init, noise) -> Solution``.
+``SAMPLERS`` maps a registry name to a class: a **method** (a frozen dataclass of its own options with
+``step`` and a default ``controller``), which ``make_sampler`` composes with its controller into a
+:class:`~solvers.sampler.Sampler`, or a self-contained **sampler** with its own loop (SciPy,
+torchdiffeq, torchsde). ``make_sampler(name, **options)`` builds one with its options validated
+(unknown names or options raise ValueError listing the valid choices); options are flat: the
+method's, the controller's (``n_steps``, ``schedule``, ``convention``; ``rtol``, ``atol``, …) and
+``denoise``. ``name`` may also be an import path ``"package.module:Class"`` naming a user's own
+method or sampler class (docs/adding_a_sampler.md). Every sampler implements
+``sample(problem, x_init, noise) -> Solution`` and declares :data:`solvers.base.PROTOCOL`.
 """
 
 from __future__ import annotations
@@ -12,25 +16,27 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from solvers.adaptive import Adaptive, AdaptiveEM, AdaptiveImprovedEuler, IntegralController
-from solvers.base import Problem, Solution, SolveStats, Status, Step
+from solvers.adaptive import IntegralController
+from solvers.base import PROTOCOL, Problem, Solution, SolveStats, Status, Step, declared
 from solvers.ddim import DDIM
-from solvers.denoise import DEFAULT_DENOISE, DENOISE
+from solvers.denoise import DEFAULT_DENOISE, DENOISE, tweedie
 from solvers.denoiser import Denoiser
 from solvers.dpm_adaptive import DPMSolverAdaptive
 from solvers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPPSDE
 from solvers.edm import EDMHeun, EDMStochastic
-from solvers.fixed import FixedGrid, tweedie
+from solvers.fixed import FixedSteps
+from solvers.ggf import AdaptiveEM, AdaptiveImprovedEuler
 from solvers.grids import SCHEDULES, TimeGrid
 from solvers.ipndm import IPNDM
-from solvers.langevin import AnnealedLangevin, Composed, LangevinCorrector, PredictorCorrector
+from solvers.langevin import AnnealedLangevin, LangevinCorrector, PredictorCorrector
 from solvers.likelihood import LikelihoodResult, ProbabilityFlowLikelihood, bits_per_dim_offset, dequantize
 from solvers.lms import LMS
-from solvers.multistep import Multistep
 from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds, seed_labels
 from solvers.ode import ProbabilityFlowEuler, ProbabilityFlowHeun
 from solvers.scipy_ode import ScipyProbabilityFlow
+from solvers.sampler import Sampler
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
+from solvers.solve import solve
 from solvers.torchdiffeq_ode import TorchdiffeqProbabilityFlow
 from solvers.torchsde_solver import TorchSDE
 from solvers.unipc import UniPC
@@ -61,6 +67,11 @@ SAMPLERS: dict[str, type] = {
 }
 
 
+def is_method(cls: type) -> bool:
+    """Whether ``cls`` is a method (composed with its default ``controller``) rather than a sampler."""
+    return callable(getattr(cls, "step", None)) and hasattr(cls, "controller")
+
+
 def sampler_class(name: str) -> type:
     """The class of a registered name, or of an import path ``"package.module:Class"``."""
     if name in SAMPLERS:
@@ -73,25 +84,36 @@ def sampler_class(name: str) -> type:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"sampler {name!r}: cannot import {attr!r} from module {module!r} ({err})") from None
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and callable(getattr(cls, "sample", None))):
-        raise ValueError(f"sampler {name!r}: {cls!r} is not a sampler class (a dataclass with "
-                         f"sample(problem, x_init, noise); see docs/adding_a_sampler.md)")
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+            and (is_method(cls) or callable(getattr(cls, "sample", None)))):
+        raise ValueError(f"sampler {name!r}: {cls!r} is neither a method (a dataclass with step() and a "
+                         f"controller) nor a sampler (a dataclass with sample(problem, x_init, noise)); "
+                         f"see docs/adding_a_sampler.md")
     return cls
 
 
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
 def _nested(cls: type) -> dict[str, dataclasses.Field]:
-    """The fields of ``cls`` holding an options dataclass (the adaptive samplers' controller)."""
+    """The fields of a sampler class holding an options dataclass (torchsde's steps), given flat."""
     return {f.name: f for f in dataclasses.fields(cls)
             if f.init and dataclasses.is_dataclass(f.default) and not isinstance(f.default, type)}
 
 
-def sampler_options(name: str) -> list[str]:
-    """The option names a sampler accepts (a controller's fields are given flat)."""
-    cls = sampler_class(name)
+def _groups(cls: type) -> dict[str, list[str]]:
+    """Where each flat option goes: {'method' | 'controller' | 'denoise' | a nested field: [names]}."""
+    if is_method(cls):
+        return {"method": _fields(cls), "controller": _fields(type(cls.controller)), "denoise": ["denoise"]}
     nested = _nested(cls)
-    own = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in nested]
-    inner = [g.name for f in nested.values() for g in dataclasses.fields(f.default) if g.init]
-    return sorted(own + inner)
+    own = [n for n in _fields(cls) if n not in nested]
+    return {"own": own, **{key: _fields(type(f.default)) for key, f in nested.items()}}
+
+
+def sampler_options(name: str) -> list[str]:
+    """The option names a sampler accepts, flat (a controller's fields among them)."""
+    return sorted(n for names in _groups(sampler_class(name)).values() for n in names)
 
 
 def make_sampler(name: str, **options):
@@ -102,17 +124,18 @@ def make_sampler(name: str, **options):
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for sampler {name!r}; "
                          f"expected one of: {', '.join(valid)}")
-    for key, f in _nested(cls).items():
-        inner = {g.name for g in dataclasses.fields(f.default)}
-        given = {k: options.pop(k) for k in list(options) if k in inner}
-        if given:
-            options[key] = dataclasses.replace(f.default, **given)
-    return cls(**options)
+    groups = _groups(cls)
+    given = {key: {k: v for k, v in options.items() if k in names} for key, names in groups.items()}
+    if is_method(cls):
+        return Sampler(cls(**given["method"]), dataclasses.replace(cls.controller, **given["controller"]),
+                       given["denoise"].get("denoise", DEFAULT_DENOISE))
+    nested = {key: dataclasses.replace(f.default, **given[key]) for key, f in _nested(cls).items() if given[key]}
+    return cls(**given["own"], **nested)
 
 
 __all__ = [
-    "SAMPLERS", "make_sampler", "sampler_options", "sampler_class", "Problem", "Solution", "SolveStats",
-    "Status", "Step", "FixedGrid", "Multistep", "Adaptive", "IntegralController", "Composed", "tweedie",
+    "SAMPLERS", "make_sampler", "sampler_options", "sampler_class", "is_method", "Problem", "Solution", "SolveStats",
+    "Status", "Step", "PROTOCOL", "declared", "Sampler", "solve", "FixedSteps", "IntegralController", "tweedie",
     "DENOISE", "DEFAULT_DENOISE", "TimeGrid", "SCHEDULES", "SeededNoise", "RecordedNoise", "BrownianNoise",
     "parse_seeds", "seed_labels", "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "PredictorCorrector",
     "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler", "ProbabilityFlowHeun", "TorchSDE",

@@ -1,16 +1,14 @@
 """The one solver protocol: Problem in, Solution out; NFE read from the counting wrapper.
 
-A sampler is a **stepping rule** run by one of three **drivers** (diffrax's separation):
+A sampler is a frozen dataclass whose fields are its options (validated in ``__post_init__``) with
+``sample(problem, x_init, noise) -> Solution``. The built-in ones compose a **method** (the update
+and its state) with a **step-size controller** (a fixed grid, or the adaptive error controller),
+run by the one loop of :mod:`solvers.solve`; SciPy, torchdiffeq and torchsde keep their own loops.
 
-* the rule (:class:`SteppingRule`) declares ``order`` and ``nfe_per_step``, builds its state with
-  ``init(problem, x, ts)`` and makes one step with ``step(problem, x, t, t_next, state, noise) ->
-  Step`` (new x, its noise-free mean, the new state and, for embedded pairs, an error estimate);
-* the driver owns the loop: :class:`solvers.fixed.FixedGrid` (a grid from a schedule),
-  :class:`solvers.multistep.Multistep` (the same loop; the rule's state is its history) and
-  :class:`solvers.adaptive.Adaptive` (per-sample t and h, one controller).
-
-Every registered sampler is a frozen dataclass whose fields are its options (validated in
-``__post_init__``), a driver subclass whose ``rule`` is usually itself. See docs/adding_a_sampler.md.
+Every sampler declares what the harness reads of it (:data:`PROTOCOL`, read by :func:`declared`):
+``order``, ``nfe_per_step``, ``expected_nfe`` (the NFE its options fix, None where it is adaptive),
+``batch_invariant`` (sample i is the same at any batch size and composition), ``per_sample_loop``
+(it loops over the batch's samples in Python) and ``adaptive``. See docs/adding_a_sampler.md.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from torch import Tensor
 from models.priors import GaussianPrior
 from models.score import CountingScore, ScoreModel, conditioned, select_rows
 
-__all__ = ["Problem", "Step", "SolveStats", "Solution", "Status", "Sampler", "SteppingRule"]
+__all__ = ["Problem", "Step", "SolveStats", "Solution", "Status", "Sampler", "Method", "PROTOCOL", "declared"]
 
 
 class Status(StrEnum):
@@ -124,17 +122,43 @@ class Solution:
 
 
 class Sampler(Protocol):
+    """What the harness calls and reads: ``sample`` and the declarations of :data:`PROTOCOL`."""
+
+    order: float  # ODE order, or strong order for SDE samplers (0: MCMC)
+    nfe_per_step: int
+    expected_nfe: int | None  # the NFE its options fix (tests compare it with the counter); None: adaptive
+    batch_invariant: bool  # sample i is the same at any batch size and composition
+    per_sample_loop: bool  # loops over the batch's samples in Python (its cost grows with the batch)
+    adaptive: bool  # NFE chosen at run time by an error controller
+
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution: ...
 
 
-class SteppingRule(Protocol):
-    """One step of a method. ``t``, ``t_next``: [B] float64; ``state``: what ``init`` (or the last
-    step) returned; ``noise``: a NoiseSource (or, in the adaptive driver, the attempt's normal draw)."""
+PROTOCOL = ("order", "nfe_per_step", "expected_nfe", "batch_invariant", "per_sample_loop", "adaptive")
 
-    nfe_per_step: int
-    order: float
 
-    def init(self, problem: Problem, x: Tensor, ts: Tensor | None) -> object: ...
+def declared(sampler) -> dict:
+    """The sampler's declarations {name: value} of :data:`PROTOCOL`; ValueError naming the ones it
+    lacks (no default is assumed: a sampler says what it is)."""
+    missing = [k for k in PROTOCOL if not hasattr(sampler, k)]
+    if missing:
+        raise ValueError(f"sampler {type(sampler).__name__} does not declare {', '.join(missing)} "
+                         f"(every sampler declares {', '.join(PROTOCOL)}; see docs/adding_a_sampler.md)")
+    return {k: getattr(sampler, k) for k in PROTOCOL}
+
+
+class Method(Protocol):
+    """One step of a method, run by :func:`solvers.solve.solve` under any controller.
+
+    ``t``, ``t_next``: [B] float64; ``state``: what ``init`` (or the last step) returned; ``noise``: the
+    noise source of the rows being stepped (``increment(t, t_next, shape, ...)`` for the step's draw,
+    ``normal(shape, ...)`` for others). ``grid``: [n + 1, B] for a fixed grid, None under the adaptive
+    controller. Adaptive pairs also take ``h=`` (the step in their own variable) and return
+    ``Step.error`` and ``Step.x_check``."""
+
+    def check(self, problem: Problem) -> None: ...
+
+    def init(self, problem: Problem, x: Tensor, grid: Tensor | None) -> object: ...
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step: ...
 

@@ -10,15 +10,15 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice, check_positive
-from solvers.fixed import FixedGrid
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["DDIM", "DDIM_ALPHAS"]
 
 DDIM_ALPHAS = ("continuous", "table")
 
 
-@dataclass(frozen=True, kw_only=True)
-class DDIM(FixedGrid):
+@dataclass(frozen=True)
+class DDIM:
     """DDIM's generalised reverse process (Song et al. 2021, Eq. 12 and Eq. 16).
 
     With ε̂ = −σ_t s(x, t) and x̂₀ = (x − σ_t ε̂)/α_t, one step from t to t_next is
@@ -45,10 +45,12 @@ class DDIM(FixedGrid):
     num_scales: int = 1000
 
     order: ClassVar[float] = 1.0
-    conventions: ClassVar[tuple[str, ...]] = ("grid",)
+    nfe_per_step: ClassVar[int] = 1
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps()
+    conventions: ClassVar[dict] = ON_GRID
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         name = type(self).__name__
         if not isinstance(self.eta, int | float) or isinstance(self.eta, bool) or not self.eta >= 0:
             raise ValueError(f"{name}: eta must be a number >= 0, got {self.eta!r}")
@@ -58,6 +60,9 @@ class DDIM(FixedGrid):
     def check(self, problem: Problem) -> None:
         if self.alphas == "table" and problem.sde.kind != "vp":
             raise ValueError(f"DDIM: alphas='table' is the discrete DDPM table of a VP SDE; got {problem.sde.kind!r}")
+
+    def init(self, problem: Problem, x: Tensor, walk) -> None:
+        del problem, x, walk
 
     def _alpha_sigma(self, problem: Problem, t: Tensor) -> tuple[Tensor, Tensor]:
         """(α, σ) at times t [B]."""

@@ -2,7 +2,7 @@
 Sampling in Around 10 Steps") and DPM-Solver++ (Lu et al. 2022b, "DPM-Solver++: Fast Solver for
 Guided Sampling of Diffusion Probabilistic Models"): exponential integrators of the probability-flow
 ODE in λ (formulas in :mod:`solvers.exp_integrator`), run by the multistep driver
-(:class:`solvers.multistep.Multistep`). Adaptive DPM-Solver is :mod:`solvers.dpm_adaptive`.
+(:mod:`solvers.multistep`). Adaptive DPM-Solver is :mod:`solvers.dpm_adaptive`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import Tensor
 
 from models.sde import expand_like
-from solvers.base import check_choice
+from solvers import multistep
+from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import phi
-from solvers.exp_integrator import exp_integrator_step, lambda_derivatives, singlestep
-from solvers.multistep import Multistep
+from solvers.exp_integrator import exp_integrator_step, lambda_derivatives
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "METHODS"]
 
@@ -24,8 +26,8 @@ METHODS = ("singlestep", "multistep")
 
 
 # ---- DPM-Solver / DPM-Solver++ ------------------------------------------------------------------
-@dataclass(frozen=True, kw_only=True)
-class DPMSolver(Multistep):
+@dataclass(frozen=True)
+class DPMSolver:
     """DPM-Solver of order 1–3, singlestep or multistep, with noise or data prediction.
 
     Integrates: the probability-flow ODE, in λ. Order: ``solver_order`` (multistep with the default
@@ -59,44 +61,58 @@ class DPMSolver(Multistep):
     solver_order: int = 3
     method: str = "singlestep"
     prediction: str = "noise"
+    lower_order_final: bool = True
+    warmup: str = "lower_order"
 
     lower_order_final_below: ClassVar[float] = 10  # the official DPM-Solver code
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="log_snr")
+    conventions: ClassVar[dict] = ON_GRID
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        multistep.check_multistep(self)
         check_choice(type(self).__name__, "method", self.method, METHODS)
 
     @property
-    def order(self) -> float:  # type: ignore[override]
+    def order(self) -> float:
         """Global order: ``solver_order``, but at most 2 for multistep with the lower-order warm-up."""
         if self.method == "multistep" and self.warmup == "lower_order":
             return float(min(self.solver_order, 2))
         return float(self.solver_order)
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
+    def nfe_per_step(self) -> int:
         return self.solver_order if self.method == "singlestep" else 1
 
-    def step_order(self, i: int, n: int) -> int:
-        return self.solver_order if self.method == "singlestep" else super().step_order(i, n)
+    def warmup_nfe(self, n: int) -> int:
+        return 0 if self.method == "singlestep" else multistep.warmup_nfe(self, n)
 
-    def warmup_order(self, i: int, n: int) -> int:
-        return 0 if self.method == "singlestep" else super().warmup_order(i, n)
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
+        del x
+        return multistep.init(problem, walk)
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        return multistep.step(self, problem, x, t, t_next, state, noise, singlestep_only=self.method == "singlestep")
+
+    def correct(self, problem, x, out, memo):
+        del problem, out, memo
+        return x
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         del noise
         h = lam_next - lams[0]
-        if self.method == "multistep":
-            if len(outs) == 2:  # DPM-Solver++(2M), Algorithm 2: weight ½ h φ₁ on h·m'.
-                w0 = h * phi(1, -h if self.prediction == "data" else h)
-                terms = [outs[0], outs[0] - outs[1]]
-                return exp_integrator_step(problem, self.prediction, x, t, t_next, h, terms,
-                                           [w0, w0 * 0.5 * h / (lams[0] - lams[1])])
-            return exp_integrator_step(problem, self.prediction, x, t, t_next, h, lambda_derivatives(lams, outs))
-        return singlestep(problem, self.prediction, x, t, t_next, lams[0], h, outs[0], self.solver_order)
+        if len(outs) == 2:  # DPM-Solver++(2M), Algorithm 2: weight ½ h φ₁ on h·m'.
+            w0 = h * phi(1, -h if self.prediction == "data" else h)
+            terms = [outs[0], outs[0] - outs[1]]
+            return exp_integrator_step(problem, self.prediction, x, t, t_next, h, terms,
+                                       [w0, w0 * 0.5 * h / (lams[0] - lams[1])])
+        return exp_integrator_step(problem, self.prediction, x, t, t_next, h, lambda_derivatives(lams, outs))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class DPMSolverPP(DPMSolver):
     """DPM-Solver++ (Lu et al. 2022b): DPM-Solver with data prediction x̂₀, multistep by default.
 
@@ -111,8 +127,8 @@ class DPMSolverPP(DPMSolver):
     prediction: str = "data"
 
 
-@dataclass(frozen=True, kw_only=True)
-class DPMSolverPPSDE(Multistep):
+@dataclass(frozen=True)
+class DPMSolverPPSDE:
     """SDE-DPM-Solver++ (Lu et al. 2022b, §5/App.: SDE-DPM-Solver++1 and ++(2M)), data prediction.
 
     The reverse SDE written in λ has the linear part's exact solution
@@ -130,12 +146,34 @@ class DPMSolverPPSDE(Multistep):
             this variant (the official DPM-Solver code has no SDE solver).
     """
 
-    order: ClassVar[float] = 1.0
-    lower_order_final_below: ClassVar[float] = 15  # diffusers' DPMSolverMultistepScheduler
+    solver_order: int = 2
+    prediction: str = "data"
+    lower_order_final: bool = True
+    warmup: str = "lower_order"
 
-    orders: ClassVar[tuple[int, ...]] = (1, 2)
-    warmups: ClassVar[tuple[str, ...]] = ("lower_order",)
-    predictions: ClassVar[tuple[str, ...]] = ("data",)
+    order: ClassVar[float] = 1.0
+    nfe_per_step: ClassVar[int] = 1
+    lower_order_final_below: ClassVar[float] = 15  # diffusers' DPMSolverMultistepScheduler
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="log_snr")
+    conventions: ClassVar[dict] = ON_GRID
+
+    def __post_init__(self) -> None:
+        multistep.check_multistep(self, orders=(1, 2), predictions=("data",), warmups=("lower_order",))
+
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
+        del x
+        return multistep.init(problem, walk)
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        return multistep.step(self, problem, x, t, t_next, state, noise)
+
+    def correct(self, problem, x, out, memo):
+        del problem, out, memo
+        return x
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         h = lam_next - lams[0]

@@ -21,7 +21,7 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem, Step
 from solvers.denoiser import Denoiser
-from solvers.fixed import FixedGrid
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["EDMHeun", "EDMStochastic"]
 
@@ -35,8 +35,8 @@ def _heun(D: Denoiser, x_ve: Tensor, sigma: Tensor, t: Tensor, sigma_next: Tenso
     return x_ve + dsigma * 0.5 * (d + d_next)
 
 
-@dataclass(frozen=True, kw_only=True)
-class EDMHeun(FixedGrid):
+@dataclass(frozen=True)
+class EDMHeun:
     """EDM's deterministic sampler: Heun's 2nd-order method in σ (Karras et al. 2022, Algorithm 1).
 
     Integrates: the probability-flow ODE, written as dx_ve/dσ = (x_ve − D(x_ve; σ))/σ. Order: 2.
@@ -44,11 +44,17 @@ class EDMHeun(FixedGrid):
     (through x_ve = x/α_t, σ_ve = σ_t/α_t).
     """
 
-    schedule: str = "karras"
-
-    nfe_per_step: ClassVar[int] = 2
     order: ClassVar[float] = 2.0
-    conventions: ClassVar[tuple[str, ...]] = ("grid",)
+    nfe_per_step: ClassVar[int] = 2
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
+    conventions: ClassVar[dict] = ON_GRID
+
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> None:
+        del problem, x, walk
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         del noise
@@ -58,8 +64,8 @@ class EDMHeun(FixedGrid):
         return Step(x, x, state)
 
 
-@dataclass(frozen=True, kw_only=True)
-class EDMStochastic(FixedGrid):
+@dataclass(frozen=True)
+class EDMStochastic:
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2): churn, then a Heun step.
 
     At each step with σ_i ∈ [S_tmin, S_tmax]: γ = min(S_churn/N, √2 − 1) (N = ``n_steps``, the number
@@ -78,18 +84,18 @@ class EDMStochastic(FixedGrid):
         S_noise: noise inflation (EDM: 1.007 on ImageNet, 1 otherwise).
     """
 
-    schedule: str = "karras"
     S_churn: float = 0.0
     S_tmin: float = 0.0
     S_tmax: float = math.inf
     S_noise: float = 1.0
 
-    nfe_per_step: ClassVar[int] = 2
     order: ClassVar[float] = 1.0
-    conventions: ClassVar[tuple[str, ...]] = ("grid",)
+    nfe_per_step: ClassVar[int] = 2
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
+    conventions: ClassVar[dict] = ON_GRID
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         name = type(self).__name__
         for key in ("S_churn", "S_tmin", "S_tmax", "S_noise"):
             v = getattr(self, key)
@@ -98,13 +104,21 @@ class EDMStochastic(FixedGrid):
         if self.S_tmin > self.S_tmax:
             raise ValueError(f"{name}: need S_tmin <= S_tmax, got {self.S_tmin} > {self.S_tmax}")
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> int:
+        """The state: N, the grid's number of points (EDM's ``num_steps``, in γ)."""
+        del problem, x
+        return walk.steps.n_steps
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state: int, noise) -> Step:
         D = Denoiser(problem)
         sigma, sigma_next = D.sigma(t), D.sigma(t_next)
         x_ve = D.to_ve(x, t)
         if self.S_churn > 0:
             # Churn: raise the noise level to σ̂ = (1 + γ) σ by adding fresh noise.
-            gamma_max = min(self.S_churn / self.n_steps, math.sqrt(2) - 1)
+            gamma_max = min(self.S_churn / state, math.sqrt(2) - 1)
             in_range = (sigma >= self.S_tmin) & (sigma <= self.S_tmax)
             gamma = torch.where(in_range, torch.full_like(sigma, gamma_max), torch.zeros_like(sigma))
             sigma_hat = sigma * (1 + gamma)

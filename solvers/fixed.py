@@ -1,4 +1,4 @@
-"""The fixed-grid driver: a stepping rule run over a grid of times from a schedule.
+"""The fixed-grid step-size controller: a grid of times from a schedule, every step accepted.
 
 ``n_steps`` is N, the number of grid points t_0 = T > … > t_{N−1} = eps, in both conventions
 (``convention``); they differ only in what happens at eps:
@@ -8,87 +8,75 @@
   Gotta Go Fast's fixed-step baseline (REFERENCE §2.3) and EDM's loop.
 * ``"score_sde"``: score_sde's PC loop (REFERENCE §1.4): a step *from* every one of the N points of
   ``linspace(T, eps, N)`` (the last one from eps); ``denoise='x_mean'`` returns the last step's
-  noise-free mean (no extra call), ``'none'`` its noisy state. NFE = N·nfe_per_step.
+  noise-free mean (no extra call), ``'none'`` its noisy state. NFE = N·nfe_per_step. NCSNv2's
+  annealed Langevin visits its N noise levels the same way.
 
-The rule is ``sampler.rule`` (the sampler itself unless it composes parts, as predictor–corrector
-does); its state, from ``rule.init(problem, x, ts)``, is threaded through the steps.
+A method names its default :class:`FixedSteps` (its ``controller``) and, in ``conventions``, the
+conventions it can walk with the final denoisings valid in each; :class:`solvers.sampler.Sampler`
+composes the two (grids give ``n_steps``, ``schedule`` and ``convention`` flat).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from solvers.base import Problem, Solution, SolveStats, check_choice, check_positive, finite_status
-from solvers.denoise import DEFAULT_DENOISE, check_denoise, denoise_nfe, final_denoise, tweedie
+from solvers.base import Problem, SolveStats, Status, check_choice, check_positive
+from solvers.denoise import check_denoise, denoise_nfe
 from solvers.grids import SCHEDULES
+from solvers.solve import Attempt
 
-__all__ = ["FixedGrid", "tweedie", "CONVENTIONS", "GRID_DENOISE"]
+__all__ = ["FixedSteps", "FixedWalk", "CONVENTIONS", "GRID_DENOISE", "ON_GRID"]
 
 CONVENTIONS = ("grid", "score_sde")
+# The final denoisings each convention allows (a method's ``conventions`` maps its own to them).
 GRID_DENOISE = {"grid": ("tweedie", "ggf", "none"), "score_sde": ("x_mean", "none")}
+ON_GRID = {"grid": GRID_DENOISE["grid"]}  # what most methods declare: the 'grid' convention only
 
 
-@dataclass(frozen=True, kw_only=True)
-class FixedGrid:
-    """Driver of every fixed-step sampler: the options common to all and the loop over the grid.
-
-    A subclass is a stepping rule: it declares ``nfe_per_step`` and ``order`` and implements
-    ``step(problem, x, t, t_next, state, noise) -> Step`` (and ``init`` if it keeps a state).
+@dataclass(frozen=True)
+class FixedSteps:
+    """A grid of ``n_steps`` points from T to eps (``schedule``), walked in ``convention``.
 
     Args:
         n_steps: N, grid points from T to eps (see the module docstring), ≥ 2.
         schedule: a key of :data:`solvers.grids.SCHEDULES`.
         convention: 'grid' or 'score_sde' (module docstring).
-        denoise: the final denoising (:mod:`solvers.denoise`); 'tweedie' by default, 'x_mean' or
-            'none' with ``convention='score_sde'``.
     """
 
     n_steps: int = 1000
     schedule: str = "uniform"
     convention: str = "grid"
-    denoise: str = DEFAULT_DENOISE
-
-    nfe_per_step: ClassVar[int] = 1
-    startup_nfe: ClassVar[int] = 0  # calls before the first step (e.g. a library's shape check)
-    order: ClassVar[float] = 1.0
-    conventions: ClassVar[tuple[str, ...]] = CONVENTIONS
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        check_positive(name, "n_steps", self.n_steps, integer=True)
+        check_positive("FixedSteps", "n_steps", self.n_steps, integer=True)
         if self.n_steps < 2:
-            raise ValueError(f"{name}: n_steps must be >= 2 (grid points from T to eps), got {self.n_steps}")
-        check_choice(name, "schedule", self.schedule, tuple(SCHEDULES))
-        check_choice(name, "convention", self.convention, self.conventions)
-        check_denoise(name, self.denoise, GRID_DENOISE[self.convention], f"convention={self.convention!r}")
+            raise ValueError(f"FixedSteps: n_steps must be >= 2 (grid points from T to eps), got {self.n_steps}")
+        check_choice("FixedSteps", "schedule", self.schedule, tuple(SCHEDULES))
+        check_choice("FixedSteps", "convention", self.convention, CONVENTIONS)
         if self.convention == "score_sde" and self.schedule != "uniform":
-            raise ValueError(f"{name}: convention 'score_sde' uses the uniform grid; got schedule={self.schedule!r}")
+            raise ValueError(f"FixedSteps: convention 'score_sde' uses the uniform grid; got schedule={self.schedule!r}")
 
-    @property
-    def rule(self):
-        """The stepping rule this driver runs (the sampler itself by default)."""
-        return self
-
-    def check(self, problem: Problem) -> None:
-        """Raise ValueError if this sampler cannot run on ``problem`` (called before any NFE)."""
-        del problem
-
-    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> object:
-        """The rule's state before the first step (none by default); ``ts`` [n + 1, B] is the grid."""
-        del problem, x, ts
+    adaptive = False
 
     @property
     def steps_taken(self) -> int:
         return self.n_steps if self.convention == "score_sde" else self.n_steps - 1
 
-    @property
-    def expected_nfe(self) -> int:
-        """Declared NFE (tests compare it with the counter; never reported)."""
-        return self.startup_nfe + self.steps_taken * self.rule.nfe_per_step + denoise_nfe(self.denoise)
+    def check(self, owner: str, method, denoise: str) -> None:
+        """ValueError unless ``method`` walks this convention and ``denoise`` is valid in it."""
+        conventions = method.conventions
+        check_choice(owner, "convention", self.convention, tuple(conventions))
+        check_denoise(owner, denoise, conventions[self.convention], f"convention={self.convention!r}")
+
+    def expected_nfe(self, method, denoise: str) -> int:
+        """Declared NFE of a solve: steps × the method's ``nfe_per_step`` + its warm-up's extra calls (a
+        multistep method's ``warmup_nfe(steps)``, where it has one) + the denoise's calls (tests compare
+        it with the counter; never reported)."""
+        warmup = method.warmup_nfe(self.steps_taken) if hasattr(method, "warmup_nfe") else 0
+        return warmup + self.steps_taken * method.nfe_per_step + denoise_nfe(denoise)
 
     def grid(self, problem: Problem) -> Tensor:
         """The steps' end points, [steps_taken + 1] float64 from T (score_sde: one virtual point past eps)."""
@@ -98,22 +86,36 @@ class FixedGrid:
             ts = torch.cat([ts, (2 * ts[-1] - ts[-2]).clamp(min=0.0)[None]])
         return ts
 
-    def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
-        rule = self.rule
-        rule.check(problem)
-        counter = problem.counter
-        nfe0 = counter.nfe
-        ts = self.grid(problem).to(x_init.device)[:, None].expand(-1, x_init.shape[0])  # [n + 1, B]
-        x = x_mean = x_init
-        with torch.no_grad():
-            state = rule.init(problem, x, ts)
-            for t, t_next in zip(ts[:-1], ts[1:]):
-                out = rule.step(problem, x, t, t_next, state, noise)
-                x, x_mean, state = out.x, out.x_mean, out.state
-            x = final_denoise(problem, x, self.denoise, x_mean)
-        status, message = finite_status(x)
-        n = self.steps_taken
-        return Solution(x, SolveStats(nfe=counter.nfe - nfe0, n_steps=n, n_accepted=n), status, message)
+    def start(self, problem: Problem, x: Tensor, noise, method) -> FixedWalk:
+        del method
+        ts = self.grid(problem).to(x.device)[:, None].expand(-1, x.shape[0])  # [n + 1, B]
+        return FixedWalk(self, problem, x, noise, ts)
 
 
-FixedGridSampler = FixedGrid  # the name solvers/torchsde_solver.py imports
+class FixedWalk:
+    """A solve on a fixed grid: every row, every step, all accepted. The method's ``init`` sees it:
+    ``grid`` [n + 1, B] and ``steps`` (the FixedSteps: n_steps, convention)."""
+
+    status, message = Status.OK, ""
+
+    def __init__(self, steps: FixedSteps, problem: Problem, x: Tensor, noise, ts: Tensor) -> None:
+        self.steps, self.problem, self.x, self.noise = steps, problem, x, noise
+        self.grid = ts  # [n + 1, B]
+        self.i = 0
+
+    def attempt(self, x: Tensor) -> Attempt | None:
+        if self.i == len(self.grid) - 1:
+            return None
+        self.i += 1
+        return Attempt(self.problem, x, self.grid[self.i - 1], self.grid[self.i], self.noise)
+
+    def judge(self, attempt: Attempt, out) -> tuple[Tensor, Tensor]:
+        del attempt
+        return out.x, out.x_mean
+
+    def denoised(self, calls: int) -> None:
+        del calls
+
+    def stats(self, nfe: int) -> SolveStats:
+        return SolveStats(nfe=nfe, n_steps=self.i, n_accepted=self.i)
+

@@ -4,11 +4,16 @@ Runge–Kutta one — the multistep baseline of DEIS and later fast-sampler pape
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from torch import Tensor
+
 from models.sde import expand_like
-from solvers.multistep import Multistep
+from solvers import multistep
+from solvers.base import Problem, Step
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["IPNDM"]
 
@@ -16,8 +21,8 @@ __all__ = ["IPNDM"]
 AB_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-@dataclass(frozen=True, kw_only=True)
-class IPNDM(Multistep):
+@dataclass(frozen=True)
+class IPNDM:
     """iPNDM: the DDIM step x_next = α_next (x/α_t + (σ_ve,next − σ_ve,t) ε') with ε' the
     Adams–Bashforth combination of the last ``solver_order`` noise predictions ε̂ = −σ_t s.
 
@@ -34,14 +39,37 @@ class IPNDM(Multistep):
     solver_order: int = 4
     prediction: str = "noise"
     lower_order_final: bool = False
-    schedule: str = "karras"
-    orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4)
-    warmups: ClassVar[tuple[str, ...]] = ("lower_order",)
-    predictions: ClassVar[tuple[str, ...]] = ("noise",)
+    warmup: str = "lower_order"
+
+    nfe_per_step: ClassVar[int] = 1
+    lower_order_final_below: ClassVar[float] = math.inf
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
+    conventions: ClassVar[dict] = ON_GRID
+
+    def __post_init__(self) -> None:
+        multistep.check_multistep(self, orders=(1, 2, 3, 4), predictions=("noise",), warmups=("lower_order",))
 
     @property
-    def order(self) -> float:  # type: ignore[override]
+    def order(self) -> float:
         return 1.0 if self.solver_order == 1 else 2.0
+
+    def correct(self, problem, x, out, memo):
+        del problem, out, memo
+        return x
+
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
+        del x
+        return multistep.init(problem, walk)
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        return multistep.step(self, problem, x, t, t_next, state, noise)
+
+    def warmup_nfe(self, n: int) -> int:
+        return multistep.warmup_nfe(self, n)
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         del lams, lam_next, noise

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice, check_positive
-from solvers.fixed import FixedGrid
+from solvers.fixed import GRID_DENOISE, FixedSteps
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
 
-__all__ = ["LangevinCorrector", "Composed", "PredictorCorrector", "AnnealedLangevin", "ncsnv2_step_size"]
+__all__ = ["LangevinCorrector", "PredictorCorrector", "AnnealedLangevin", "ncsnv2_step_size"]
 
 NORMS = ("batch_mean", "per_sample")
 PREDICTORS = {"euler_maruyama": EulerMaruyama, "reverse_diffusion": ReverseDiffusion,
@@ -26,20 +26,19 @@ CORRECTORS = ("langevin", "ald", "none")
 class LangevinCorrector:
     """Langevin MCMC at fixed t: x ← x + ε s(x, t) + √(2ε) z, ``n_steps`` times (1 NFE each).
 
-    A stepping rule that stays at t (t_next is ignored), so that it composes with a predictor.
+    A method that stays at t (t_next is ignored), so that it composes with a predictor.
     ``kind='langevin'`` (Song et al. 2021, Algorithm 4; score_sde ``LangevinCorrector``):
     ε = 2 α_i (snr ‖z‖ / ‖s‖)², with score_sde's batch means of the per-sample L2 norms (one scalar per
-    batch, so results depend on the batch) or, with ``norm='per_sample'``, per-sample norms.
-    ``kind='ald'`` (score_sde ``AnnealedLangevinDynamics``, NCSN/NCSNv2): ε = 2 α_i (snr σ_t)² per sample.
-    α_i = 1 − β_i for VP/sub-VP, 1 for VE (``sde.langevin_alpha``, N = the sampler's n_steps).
-    Order: none (MCMC). NFE per step: ``n_steps``.
+    batch, so results depend on the batch: ``batch_invariant`` False) or, with ``norm='per_sample'``,
+    per-sample norms. ``kind='ald'`` (score_sde ``AnnealedLangevinDynamics``, NCSN/NCSNv2):
+    ε = 2 α_i (snr σ_t)² per sample. α_i = 1 − β_i for VP/sub-VP, 1 for VE (``sde.langevin_alpha``,
+    N = the grid's n_steps: the state). Order: none (MCMC). NFE per step: ``n_steps``.
     """
 
     kind: str = "langevin"
     snr: float = 0.16
     n_steps: int = 1
     norm: str = "batch_mean"
-    N: int = 1000
 
     order: ClassVar[float] = 0.0
 
@@ -47,19 +46,25 @@ class LangevinCorrector:
     def nfe_per_step(self) -> int:
         return self.n_steps
 
+    @property
+    def batch_invariant(self) -> bool:
+        return not (self.kind == "langevin" and self.norm == "batch_mean")
+
     def check(self, problem: Problem) -> None:
-        sde = problem.sde
-        alpha = sde.langevin_alpha(torch.tensor([sde.T], dtype=torch.float64), self.N)
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> int:
+        del x
+        sde, N = problem.sde, walk.steps.n_steps
+        alpha = sde.langevin_alpha(torch.tensor([sde.T], dtype=torch.float64), N)
         if not bool((alpha > 0).all()):
             raise ValueError(f"LangevinCorrector: the corrector's α_i = 1 − β_i of score_sde's table is "
-                             f"≤ 0 for n_steps={self.N} on this SDE (β_i ≥ 1); use more steps")
+                             f"≤ 0 for n_steps={N} on this SDE (β_i ≥ 1); use more steps")
+        return N
 
-    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> None:
-        del problem, x, ts
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state: int, noise) -> Step:
         sde = problem.sde
-        alpha = sde.langevin_alpha(t, self.N)
+        alpha = sde.langevin_alpha(t, state)
         for _ in range(self.n_steps):
             s = problem.score(x, t)
             z = noise.normal(x.shape, dtype=x.dtype, device=x.device)
@@ -77,48 +82,16 @@ class LangevinCorrector:
 
 
 @dataclass(frozen=True)
-class Composed:
-    """Predictor–corrector as one stepping rule: the corrector at t, then the predictor from t to
-    t_next (score_sde's order). Order: the predictor's; NFE per step: the sum of the parts'."""
-
-    predictor: object | None
-    corrector: object | None
-
-    @property
-    def parts(self) -> tuple:
-        return tuple(p for p in (self.corrector, self.predictor) if p is not None)
-
-    @property
-    def order(self) -> float:
-        return 0.0 if self.predictor is None else self.predictor.order
-
-    @property
-    def nfe_per_step(self) -> int:
-        return sum(p.nfe_per_step for p in self.parts)
-
-    def check(self, problem: Problem) -> None:
-        for p in self.parts:
-            p.check(problem)
-
-    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> tuple:
-        return tuple(p.init(problem, x, ts) for p in self.parts)
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
-        out, states = Step(x, x), []
-        for part, s in zip(self.parts, state):
-            out = part.step(problem, out.x, t, t_next, s, noise)
-            states.append(out.state)
-        return Step(out.x, out.x_mean, tuple(states))
-
-
-@dataclass(frozen=True, kw_only=True)
-class PredictorCorrector(FixedGrid):
+class PredictorCorrector:
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1; score_sde ``get_pc_sampler``).
 
     Integrates: the reverse SDE (predictor) with Langevin correction towards p_t at each grid time;
-    the corrector runs first, then the predictor, both at t (:class:`Composed`). Order: that of the
-    predictor. NFE per step: [predictor ≠ none] + corrector_steps·[corrector ≠ none]. SDEs: those of
-    the parts. ``predictor='none'`` gives corrector-only sampling (the paper's C2000).
+    at each step the corrector runs first, then the predictor, both from t (score_sde's order).
+    Order: that of the predictor. NFE per step: [predictor ≠ none] + corrector_steps·[corrector ≠
+    none]. SDEs: those of the parts. ``predictor='none'`` gives corrector-only sampling (the paper's
+    C2000). The default corrector (score_sde's: Langevin with the batch-mean step size) couples the
+    samples of a batch: ``batch_invariant`` is then False; ``corrector_norm='per_sample'`` and
+    ``corrector='ald'`` are batch-invariant.
     """
 
     predictor: str = "reverse_diffusion"
@@ -128,8 +101,10 @@ class PredictorCorrector(FixedGrid):
     corrector_norm: str = "batch_mean"
     probability_flow: bool = False
 
+    controller: ClassVar[FixedSteps] = FixedSteps()
+    conventions: ClassVar[dict] = GRID_DENOISE
+
     def __post_init__(self) -> None:
-        super().__post_init__()
         name = type(self).__name__
         check_choice(name, "predictor", self.predictor, tuple(PREDICTORS))
         check_choice(name, "corrector", self.corrector, CORRECTORS)
@@ -142,24 +117,47 @@ class PredictorCorrector(FixedGrid):
             raise ValueError(f"{name}: probability_flow=True needs predictor 'reverse_diffusion'")
 
     @property
-    def rule(self) -> Composed:
-        """The predictor and corrector rules, built from this sampler's options."""
+    def parts(self) -> tuple:
+        """The corrector and the predictor methods, in the order they run."""
         pred = PREDICTORS[self.predictor]
-        extra = {"probability_flow": True} if self.probability_flow else {}
-        predictor = pred(n_steps=self.n_steps, schedule=self.schedule, convention=self.convention, denoise="none",
-                         **extra) \
-            if pred else None
+        predictor = None if pred is None else (
+            pred(probability_flow=True) if self.probability_flow else pred())
         corrector = None if self.corrector == "none" else LangevinCorrector(
-            self.corrector, self.snr, self.corrector_steps, self.corrector_norm, self.n_steps)
-        return Composed(predictor, corrector)
+            self.corrector, self.snr, self.corrector_steps, self.corrector_norm)
+        return tuple(p for p in (corrector, predictor) if p is not None)
 
     @property
-    def order(self) -> float:  # type: ignore[override]
-        return self.rule.order
+    def order(self) -> float:
+        return 0.0 if self.predictor == "none" else self.parts[-1].order
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
-        return self.rule.nfe_per_step
+    def nfe_per_step(self) -> int:
+        return sum(p.nfe_per_step for p in self.parts)
+
+    @property
+    def batch_invariant(self) -> bool:
+        return all(p.batch_invariant for p in self.parts)
+
+    def check_controller(self, steps: FixedSteps) -> None:
+        for p in self.parts:
+            if hasattr(p, "check_controller"):
+                p.check_controller(steps)
+
+    def check(self, problem: Problem) -> None:
+        for p in self.parts:
+            p.check(problem)
+
+    def init(self, problem: Problem, x: Tensor, walk) -> tuple:
+        parts = self.parts
+        return parts, tuple(p.init(problem, x, walk) for p in parts)
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        parts, states = state
+        out, new = Step(x, x), []
+        for part, s in zip(parts, states):
+            out = part.step(problem, out.x, t, t_next, s, noise)
+            new.append(out.state)
+        return Step(out.x, out.x_mean, (parts, tuple(new)))
 
 
 def ncsnv2_step_size(sigma_min: float, gamma: float, steps_per_level: int) -> float:
@@ -188,57 +186,50 @@ def ncsnv2_step_size(sigma_min: float, gamma: float, steps_per_level: int) -> fl
     return math.exp((lo + hi) / 2)
 
 
-@dataclass(frozen=True, kw_only=True)
-class AnnealedLangevin(FixedGrid):
+@dataclass(frozen=True)
+class AnnealedLangevin:
     """Annealed Langevin dynamics of NCSNv2 (Song & Ermon 2020, Algorithm 1 with Technique 4).
 
     Integrates: Langevin MCMC at each noise level σ_i of the geometric sequence σ(T) … σ(eps) (the
-    n_steps grid points of a VE SDE), ``steps_per_level`` steps with α_i = ε σ_i²/σ_L², then the final
-    denoising x + σ_L² s(x, σ_L) (NCSNv2's 'denoise'). ε is chosen by Technique 4 / Eq. (4) unless
-    ``step_size`` is given. Order: none (MCMC). NFE per step: steps_per_level; +1 for the denoise.
-    SDEs: VE only (the σ-perturbation the algorithm is written for).
+    n_steps grid points of a VE SDE, each visited: the 'score_sde' walk of :mod:`solvers.fixed`),
+    ``steps_per_level`` steps with α_i = ε σ_i²/σ_L², then the final denoising x + σ_L² s(x, σ_L)
+    (NCSNv2's 'denoise'). ε is chosen by Technique 4 / Eq. (4) unless ``step_size`` is given. Order:
+    none (MCMC). NFE per step: steps_per_level; +1 for the denoise. SDEs: VE only (the
+    σ-perturbation the algorithm is written for).
     """
 
     steps_per_level: int = 5
     step_size: float | None = None
 
     order: ClassVar[float] = 0.0
-    conventions: ClassVar[tuple[str, ...]] = ("grid",)
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(convention="score_sde")
+    conventions: ClassVar[dict] = {"score_sde": GRID_DENOISE["grid"]}  # levels, then Tweedie at eps
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         check_positive(type(self).__name__, "steps_per_level", self.steps_per_level, integer=True)
         if self.step_size is not None:
             check_positive(type(self).__name__, "step_size", self.step_size)
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
+    def nfe_per_step(self) -> int:
         return self.steps_per_level
-
-    @property
-    def steps_taken(self) -> int:  # one Langevin level per grid point, eps included
-        return self.n_steps
 
     def check(self, problem: Problem) -> None:
         if problem.sde.kind != "ve":
             raise ValueError(f"AnnealedLangevin needs a VE SDE (noise levels σ_i); got {problem.sde.kind!r}")
 
-    def epsilon(self, problem: Problem) -> float:
+    def epsilon(self, problem: Problem, n_levels: int) -> float:
         if self.step_size is not None:
             return self.step_size
         sde = problem.sde
         sigma_max, sigma_min = sde.prior_std(), sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** sde.eps
-        gamma = (sigma_max / sigma_min) ** (1 / (self.n_steps - 1))
+        gamma = (sigma_max / sigma_min) ** (1 / (n_levels - 1))
         return ncsnv2_step_size(sigma_min, gamma, self.steps_per_level)
 
-    def grid(self, problem: Problem) -> Tensor:
-        """The n_steps levels and a virtual end point past eps (the last level is eps)."""
-        ts = super().grid(problem)
-        return torch.cat([ts, (2 * ts[-1] - ts[-2]).clamp(min=0.0)[None]])
-
-    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> float:
+    def init(self, problem: Problem, x: Tensor, walk) -> float:
         """ε (Technique 4 unless ``step_size`` is given), found once per solve."""
-        return self.epsilon(problem)
+        return self.epsilon(problem, walk.steps.n_steps)
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         # Grid points are the noise levels; the 'step' at each level is the Langevin loop (no predictor),

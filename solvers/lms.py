@@ -15,7 +15,7 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import Denoiser
-from solvers.fixed import FixedGrid
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["LMS"]
 
@@ -36,8 +36,8 @@ def lms_coefficients(sigmas: list[Tensor], sigma_next: Tensor) -> list[Tensor]:
     return out
 
 
-@dataclass(frozen=True, kw_only=True)
-class LMS(FixedGrid):
+@dataclass(frozen=True)
+class LMS:
     """Linear multistep in σ (k-diffusion ``sample_lms``): x_ve,next = x_ve + Σ_j c_j d_{i−j}, with
     d = (x_ve − D)/σ at the last ``solver_order`` grid points and c_j the exact integrals of their
     Lagrange basis over [σ_i, σ_{i+1}]; the rule's state is that history.
@@ -52,14 +52,21 @@ class LMS(FixedGrid):
     """
 
     solver_order: int = 4
-    schedule: str = "karras"
+
     order: ClassVar[float] = 2.0
+    nfe_per_step: ClassVar[int] = 1
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
+    conventions: ClassVar[dict] = ON_GRID
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         check_choice(type(self).__name__, "solver_order", self.solver_order, (1, 2, 3, 4))
 
-    def init(self, problem: Problem, x: Tensor, ts: Tensor) -> tuple:
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> tuple:
+        del problem, x, walk
         return ((), ())  # past σ's and derivatives, newest first
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:

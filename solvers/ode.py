@@ -9,7 +9,7 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step
-from solvers.fixed import FixedGrid
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["ProbabilityFlowEuler", "ProbabilityFlowHeun", "probability_flow_drift"]
 
@@ -21,15 +21,24 @@ def probability_flow_drift(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
     return sde.drift(x, t) - 0.5 * g2 * problem.score(x, t)
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProbabilityFlowEuler(FixedGrid):
+@dataclass(frozen=True)
+class ProbabilityFlowEuler:
     """Euler's method on the probability-flow ODE (Song et al. 2021, Eq. 13), on the grid's spacing.
 
     Integrates: the probability-flow ODE. Order: 1. NFE per step: 1. SDEs: VE, VP, sub-VP.
     """
 
     order: ClassVar[float] = 1.0
-    conventions: ClassVar[tuple[str, ...]] = ("grid",)
+    nfe_per_step: ClassVar[int] = 1
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps()
+    conventions: ClassVar[dict] = ON_GRID
+
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> None:
+        del problem, x, walk
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         del noise
@@ -37,17 +46,25 @@ class ProbabilityFlowEuler(FixedGrid):
         return Step(x, x, state)
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProbabilityFlowHeun(FixedGrid):
+@dataclass(frozen=True)
+class ProbabilityFlowHeun:
     """Heun's method (explicit trapezoid) on the probability-flow ODE (as EDM's Algorithm 1 with the
     time variable t).
 
     Integrates: the probability-flow ODE. Order: 2. NFE per step: 2. SDEs: VE, VP, sub-VP.
     """
 
-    nfe_per_step: ClassVar[int] = 2
     order: ClassVar[float] = 2.0
-    conventions: ClassVar[tuple[str, ...]] = ("grid",)
+    nfe_per_step: ClassVar[int] = 2
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps()
+    conventions: ClassVar[dict] = ON_GRID
+
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> None:
+        del problem, x, walk
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         del noise

@@ -156,7 +156,17 @@ class ScipyProbabilityFlow:
     per_sample: bool = False
     max_steps: int = 100_000
 
-    order: ClassVar[float] = 5.0
+    adaptive: ClassVar[bool] = True
+    expected_nfe: ClassVar[None] = None  # adaptive: chosen by SciPy's error control
+
+    @property
+    def order(self) -> float:
+        return float(SCIPY_METHODS[self.method][0])
+
+    @property
+    def nfe_per_step(self) -> int:
+        """Evaluations per attempted step (6 for RK45), besides the 2 start-up ones."""
+        return SCIPY_METHODS[self.method][1]
 
     @property
     def batch_invariant(self) -> bool:

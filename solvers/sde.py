@@ -2,6 +2,8 @@
 
 All integrate the reverse SDE dx = [f(x, t) − g(t)² s(x, t)] dt + g(t) dW̄ from T to eps with one
 score call per step; noise is additive, so Euler–Maruyama has strong order 1 with the exact score.
+They walk a fixed grid in either convention (:mod:`solvers.fixed`); their state is that grid's
+:class:`~solvers.fixed.FixedSteps` (score_sde's dt = T/N and tables with N = n_steps need it).
 """
 
 from __future__ import annotations
@@ -14,35 +16,33 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
-from solvers.fixed import FixedGrid
+from solvers.fixed import GRID_DENOISE, FixedSteps
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "AncestralSampling"]
 
 DISCRETIZATIONS = ("table", "transition")
 
 
-def _check_table(sampler, problem: Problem) -> None:
+def check_table(method, problem: Problem, n_steps: int) -> None:
     """score_sde's tables need β_i < 1 (VP: n_steps > β_max·T); refuse before any score call."""
-    if sampler.discretization != "table":
+    if method.discretization != "table":
         return
     sde = problem.sde
-    c, G = sde.discretize(torch.tensor([sde.T], dtype=torch.float64), sampler.n_steps)
+    c, G = sde.discretize(torch.tensor([sde.T], dtype=torch.float64), n_steps)
     if not (torch.isfinite(c).all() and torch.isfinite(G).all()):
-        raise ValueError(f"{type(sampler).__name__}: score_sde's discrete table is invalid for n_steps="
-                         f"{sampler.n_steps} on this SDE (β_i ≥ 1); use more steps or "
-                         f"discretization='transition'")
+        raise ValueError(f"{type(method).__name__}: score_sde's discrete table is invalid for n_steps="
+                         f"{n_steps} on this SDE (β_i ≥ 1); use more steps or discretization='transition'")
 
 
-def _check_discretization(sampler) -> None:
-    name = type(sampler).__name__
-    check_choice(name, "discretization", sampler.discretization, DISCRETIZATIONS)
-    if sampler.discretization == "table" and sampler.schedule != "uniform":
-        raise ValueError(f"{name}: discretization 'table' needs schedule 'uniform'; "
-                         f"use discretization='transition' for schedule={sampler.schedule!r}")
+def check_uniform_table(method, steps: FixedSteps) -> None:
+    """score_sde's tables are indexed by the uniform grid: refuse another schedule (at construction)."""
+    if method.discretization == "table" and steps.schedule != "uniform":
+        raise ValueError(f"{type(method).__name__}: discretization 'table' needs schedule 'uniform'; "
+                         f"use discretization='transition' for schedule={steps.schedule!r}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class EulerMaruyama(FixedGrid):
+@dataclass(frozen=True)
+class EulerMaruyama:
     """Euler–Maruyama on the reverse SDE.
 
     Integrates: the reverse SDE. Order: strong 1.0 (additive noise; 0.5 in general). NFE per step: 1.
@@ -52,10 +52,21 @@ class EulerMaruyama(FixedGrid):
     """
 
     order: ClassVar[float] = 1.0
+    nfe_per_step: ClassVar[int] = 1
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps()
+    conventions: ClassVar[dict] = GRID_DENOISE
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> FixedSteps:
+        del problem, x
+        return walk.steps
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state: FixedSteps, noise) -> Step:
         sde = problem.sde
-        dt = t - t_next if self.convention == "grid" else torch.full_like(t, sde.T / self.n_steps)
+        dt = t - t_next if state.convention == "grid" else torch.full_like(t, sde.T / state.n_steps)
         g = sde.diffusion(t)
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
         # x_mean = x − (f − g² s)·dt, written as (1 − f_coef·dt)·x + g²·dt·s.
@@ -63,8 +74,8 @@ class EulerMaruyama(FixedGrid):
         return Step(x_mean + expand_like(g * dt.sqrt(), x) * z, x_mean, state)
 
 
-@dataclass(frozen=True, kw_only=True)
-class ReverseDiffusion(FixedGrid):
+@dataclass(frozen=True)
+class ReverseDiffusion:
     """Reverse diffusion: the reverse of the forward process' own discretisation.
 
     Integrates: the reverse SDE, or with ``probability_flow=True`` the probability-flow ODE (the
@@ -80,16 +91,30 @@ class ReverseDiffusion(FixedGrid):
     probability_flow: bool = False
     discretization: str = "table"
 
+    order: ClassVar[float] = 1.0
+    nfe_per_step: ClassVar[int] = 1
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps()
+    conventions: ClassVar[dict] = GRID_DENOISE
+
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_discretization(self)
+        check_choice(type(self).__name__, "discretization", self.discretization, DISCRETIZATIONS)
+        check_choice(type(self).__name__, "probability_flow", self.probability_flow, (False, True))
+
+    def check_controller(self, steps: FixedSteps) -> None:
+        check_uniform_table(self, steps)
 
     def check(self, problem: Problem) -> None:
-        _check_table(self, problem)
+        del problem
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+    def init(self, problem: Problem, x: Tensor, walk) -> int:
+        del x
+        check_table(self, problem, walk.steps.n_steps)
+        return walk.steps.n_steps
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state: int, noise) -> Step:
         if self.discretization == "table":
-            c, G = problem.sde.discretize(t, self.n_steps)
+            c, G = problem.sde.discretize(t, state)
             G2 = G**2
         else:
             a, G2 = problem.sde.transition(t, t_next)
@@ -102,8 +127,8 @@ class ReverseDiffusion(FixedGrid):
         return Step(x_mean + expand_like(G2.sqrt(), x) * z, x_mean, state)
 
 
-@dataclass(frozen=True, kw_only=True)
-class AncestralSampling(FixedGrid):
+@dataclass(frozen=True)
+class AncestralSampling:
     """Ancestral sampling (DDPM for VP, SMLD for VE).
 
     Integrates: the reverse Markov chain of the discretised forward process. Order: strong 1.0.
@@ -116,20 +141,32 @@ class AncestralSampling(FixedGrid):
 
     discretization: str = "table"
 
+    order: ClassVar[float] = 1.0
+    nfe_per_step: ClassVar[int] = 1
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps()
+    conventions: ClassVar[dict] = GRID_DENOISE
+
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_discretization(self)
+        check_choice(type(self).__name__, "discretization", self.discretization, DISCRETIZATIONS)
+
+    def check_controller(self, steps: FixedSteps) -> None:
+        check_uniform_table(self, steps)
 
     def check(self, problem: Problem) -> None:
         if getattr(problem.sde, "ancestral", None) is None:
             raise ValueError(f"AncestralSampling needs an SDE with `ancestral()` (VP or VE); "
                              f"{type(problem.sde).__name__} has none")
-        _check_table(self, problem)
 
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+    def init(self, problem: Problem, x: Tensor, walk) -> int:
+        del x
+        check_table(self, problem, walk.steps.n_steps)
+        return walk.steps.n_steps
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state: int, noise) -> Step:
         sde = problem.sde
         if self.discretization == "table":
-            cx, cs, std = sde.ancestral(t, self.n_steps)
+            cx, cs, std = sde.ancestral(t, state)
         else:
             a, v = sde.transition(t, t_next)
             cx, cs, std = 1 / a, v / a, sde.marginal(t_next)[1] * v.sqrt() / sde.marginal(t)[1]

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from solvers.base import Problem, Solution, SolveStats, Status, check_choice, check_positive, finite_status
-from solvers.denoise import DEFAULT_DENOISE
+from solvers.denoise import DEFAULT_DENOISE, denoise_nfe
 from solvers.ode_common import ODE_DENOISE, check_tolerances, flat_drift, ode_denoise
 
 __all__ = ["TorchdiffeqProbabilityFlow", "TorchdiffeqResult", "integrate_torchdiffeq", "TORCHDIFFEQ_METHODS"]
@@ -180,6 +180,19 @@ class TorchdiffeqProbabilityFlow:
     @property
     def order(self) -> float:
         return float(TORCHDIFFEQ_METHODS[self.method][0])
+
+    @property
+    def nfe_per_step(self) -> int:
+        """Evaluations per (attempted) step, besides the start-up ones of the adaptive methods."""
+        return TORCHDIFFEQ_METHODS[self.method][2]
+
+    @property
+    def expected_nfe(self) -> int | None:
+        """The fixed-grid methods' NFE on the batch (steps × stages + the denoise's call); None for the
+        adaptive methods and for one solve per sample (its calls grow with the batch)."""
+        if self.adaptive or self.per_sample:
+            return None
+        return self.n_steps * self.nfe_per_step + denoise_nfe(self.denoise)
 
     @property
     def batch_invariant(self) -> bool:

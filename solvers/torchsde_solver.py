@@ -20,7 +20,8 @@ from torch import Tensor
 from torchsde.types import Scalar
 
 from solvers.base import Problem, Solution, SolveStats, check_choice, finite_status
-from solvers.fixed import FixedGridSampler, tweedie
+from solvers.denoise import DEFAULT_DENOISE, tweedie
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["TorchSDE", "TORCHSDE_METHODS", "PerSampleBrownian", "row_entropies"]
 
@@ -111,8 +112,8 @@ class _ReversedSDE(torch.nn.Module):
         return self.problem.sde.diffusion(self._t(s, y)).to(y.dtype)[:, None].expand_as(y)
 
 
-@dataclass(frozen=True, kw_only=True)
-class TorchSDE(FixedGridSampler):
+@dataclass(frozen=True)
+class TorchSDE:
     """A torchsde method (``method``) with fixed step (T − eps)/(n_steps − 1), then optional Tweedie.
 
     Integrates: the reverse SDE. Order: the method's strong order for additive noise (see
@@ -129,12 +130,15 @@ class TorchSDE(FixedGridSampler):
     is mixed into every row's entropy, giving another set of paths for the same seeds.
     """
 
+    steps: FixedSteps = FixedSteps()  # n_steps (uniform grid, 'grid' convention): grids give it flat
+    denoise: str = DEFAULT_DENOISE
     method: str = "euler"
     seed: int | None = None
     reusable_path: bool = True
     per_sample_path: bool = True
 
-    conventions: ClassVar[tuple[str, ...]] = ("grid",)
+    adaptive: ClassVar[bool] = False
+    conventions: ClassVar[dict] = ON_GRID
 
     @property
     def batch_invariant(self) -> bool:
@@ -148,25 +152,26 @@ class TorchSDE(FixedGridSampler):
         return self.per_sample_path
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        self.steps.check(type(self).__name__, self, self.denoise)
         check_choice(type(self).__name__, "method", self.method, tuple(TORCHSDE_METHODS))
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise ValueError(f"TorchSDE: seed must be a non-negative integer or null, got {self.seed!r}")
         check_choice(type(self).__name__, "per_sample_path", self.per_sample_path, (False, True))
-        if self.schedule != "uniform":
+        if self.steps.schedule != "uniform":
             raise ValueError(f"TorchSDE: torchsde steps with a fixed dt; schedule must be 'uniform', "
-                             f"got {self.schedule!r}")
+                             f"got {self.steps.schedule!r}")
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
+    def nfe_per_step(self) -> int:
         return TORCHSDE_METHODS[self.method][1]
 
     @property
-    def startup_nfe(self) -> int:  # type: ignore[override]
-        return TORCHSDE_METHODS[self.method][2]
+    def expected_nfe(self) -> int:
+        """torchsde's start-up calls + steps × calls per step + the denoise's call."""
+        return TORCHSDE_METHODS[self.method][2] + self.steps.expected_nfe(self, self.denoise)
 
     @property
-    def order(self) -> float:  # type: ignore[override]
+    def order(self) -> float:
         return TORCHSDE_METHODS[self.method][3]
 
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
@@ -189,12 +194,12 @@ class TorchSDE(FixedGridSampler):
         rsde = _ReversedSDE(problem, tuple(x_init.shape), sde_type)
         with torch.no_grad():
             # dt a hair above the spacing so float round-off never adds a sliver step.
-            dt = (T - eps) / (self.n_steps - 1) * (1 + 1e-9)
+            dt = (T - eps) / (self.steps.n_steps - 1) * (1 + 1e-9)
             ys = torchsde.sdeint(rsde, y0, ts, bm=bm, method=self.method, dt=dt)
             x = ys[-1].reshape(x_init.shape)
             if self.denoise in ("tweedie", "ggf"):
                 t_eps = torch.full((x.shape[0],), eps, dtype=torch.float64, device=x.device)
                 x = tweedie(problem, x, t_eps, divide_by_alpha=self.denoise == "tweedie")
         status, message = finite_status(x)
-        n = self.n_steps - 1
+        n = self.steps.n_steps - 1
         return Solution(x, SolveStats(nfe=counter.nfe - nfe0, n_steps=n, n_accepted=n), status, message)

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from models.sde import expand_like
-from solvers.base import Problem, check_choice
+from solvers import multistep
+from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import phi
 from solvers.exp_integrator import exp_integrator_step
-from solvers.multistep import Multistep, check_bool
+from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["UniPC", "UNIPC_VARIANTS"]
 
@@ -52,8 +54,8 @@ def unified_update(problem: Problem, prediction: str, variant: str, x: Tensor, t
     return x_next
 
 
-@dataclass(frozen=True, kw_only=True)
-class UniPC(Multistep):
+@dataclass(frozen=True)
+class UniPC:
     """UniPC-p: the predictor UniP-p (p − 1 previous outputs) and the corrector UniC-p.
 
     Step i: evaluate the model at the predicted state x̃_i (1 NFE), correct x̃_i with UniC using that
@@ -74,24 +76,47 @@ class UniPC(Multistep):
         prediction: 'data' (default, as the paper's image results) or 'noise'.
         lower_order_final: order ≤ steps left on the last steps of every grid, as the official UniPC
             code (``uni_pc.py``: ``if lower_order_final: step_order = min(order, steps + 1 - step)``).
-        warmup: 'lower_order' (the paper's code) or 'singlestep' (see :class:`solvers.multistep.Multistep`).
+        warmup: 'lower_order' (the paper's code) or 'singlestep' (see :mod:`solvers.multistep`).
     """
 
+    solver_order: int = 2
+    prediction: str = "data"
+    lower_order_final: bool = True
+    warmup: str = "lower_order"
     variant: str = "bh2"
     use_corrector: bool = True
 
+    nfe_per_step: ClassVar[int] = 1
+    lower_order_final_below: ClassVar[float] = math.inf  # every grid, as the official UniPC code
+    batch_invariant: ClassVar[bool] = True
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="log_snr")
+    conventions: ClassVar[dict] = ON_GRID
+
     def __post_init__(self) -> None:
-        super().__post_init__()
+        multistep.check_multistep(self)
         name = type(self).__name__
         check_choice(name, "variant", self.variant, UNIPC_VARIANTS)
-        check_bool(name, "use_corrector", self.use_corrector)
+        multistep.check_bool(name, "use_corrector", self.use_corrector)
 
     @property
-    def order(self) -> float:  # type: ignore[override]
+    def order(self) -> float:
         """p + 1 with the corrector (p without); with the lower-order warm-up at most 3 (2 without):
         the first step, UniP-1 + UniC-1, has local error O(h³)."""
         p = self.solver_order + self.use_corrector
         return float(p if self.warmup == "singlestep" else min(p, 2 + self.use_corrector))
+
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
+        del x
+        return multistep.init(problem, walk)
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        return multistep.step(self, problem, x, t, t_next, state, noise)
+
+    def warmup_nfe(self, n: int) -> int:
+        return multistep.warmup_nfe(self, n)
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         del noise
