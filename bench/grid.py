@@ -25,7 +25,7 @@ import yaml
 
 from bench.records import canonical
 from bench.seeds import SeedRanges
-from solvers import SAMPLERS, make_sampler, sampler_class, sampler_options
+from solvers import SAMPLERS, declared, make_sampler, sampler_class, sampler_options
 
 __all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES",
            "canonical"]
@@ -514,10 +514,9 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         if k in COUNT_OPTIONS and _is_number(v) and v > MAX_STEPS:
             where.positive_int(k, v, at_most=MAX_STEPS)
     try:
-        sampler = make_sampler(solver, **options)
+        batch_invariant = bool(declared(make_sampler(solver, **options))["batch_invariant"])
     except (TypeError, ValueError) as e:
         raise where.error(f"solver {solver!r}: {e}") from e
-    batch_invariant = bool(getattr(sampler, "batch_invariant", True))
     T, eps = cell.get("T"), cell.get("eps")
     _check_time(where, T, eps)
     step_rule = cell.get("step_rule")

@@ -9,7 +9,7 @@ this device.
   and ``eps`` applied), on 2 samples of the model's shape, or of 4×4 pixels with the model's
   channels where the shape is larger — and the counter around the score reads the calls. For a
   fixed-step sampler this is the run's NFE exactly (the grid does not depend on the model); for
-  adaptive solvers (those with ``rtol``) it is an *estimate*, labelled ``~``, because their steps
+  adaptive solvers (those declaring ``adaptive``) it is an *estimate*, labelled ``~``, because their steps
   depend on the model and the data. A bits/dim run's likelihood solve is estimated the same way on
   2 proxy images, times the images and passes.
 * **Time**: for each model that loads here (files present), 1 warm-up and 3 timed forward passes
@@ -55,10 +55,10 @@ def _model_sde_and_shape(run: RunSpec):
 
 
 def adaptive(run: RunSpec) -> bool:
-    """Whether the run's step count depends on the model (tolerance-driven solvers)."""
-    from solvers import sampler_options
+    """Whether the run's step count depends on the model (the sampler declares itself adaptive)."""
+    from solvers import declared, make_sampler
 
-    return "rtol" in sampler_options(run.solver)
+    return bool(declared(make_sampler(run.solver, **run.options))["adaptive"])
 
 
 def estimate_nfe(run: RunSpec) -> tuple[float | None, bool]:

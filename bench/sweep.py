@@ -44,13 +44,13 @@ def shard_costs(runs: list[RunSpec]) -> dict[tuple[str, str], float]:
     estimate calls per batch, times its samples for samplers that loop over samples in Python
     (``per_sample_loop``); a bits/dim shard makes :func:`bench.plan.bpd_evaluations` row evaluations in
     batches of ``bpd_batch_size``, each row a forward and a backward pass in float64 (row weight × 4)."""
-    from solvers import make_sampler
+    from solvers import declared, make_sampler
 
     costs = {}
     for run in runs:
         nfe, _ = estimate_nfe(run)
         row = 1.0 if run.model["kind"] != "mixture" else 1e-2
-        loop = bool(getattr(make_sampler(run.solver, **run.options), "per_sample_loop", False))
+        loop = bool(declared(make_sampler(run.solver, **run.options))["per_sample_loop"])
         for sh in run_shards(run):
             if sh.index == BPD:
                 rows = bpd_evaluations(run) or 1000.0

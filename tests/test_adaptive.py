@@ -12,7 +12,7 @@ import torch
 from models.gaussian import GaussianMixture
 from models.sde import VESDE, VPSDE
 from solvers import IntegralController, Problem, RecordedNoise, SeededNoise, Status, make_sampler
-from solvers.adaptive import ImprovedEulerRule
+from solvers.ggf import AdaptiveImprovedEuler
 
 MU, S0 = 0.25, 0.5  # exact in float32 (GaussianMixture.isotropic builds its means in float32)
 
@@ -194,7 +194,7 @@ def test_stepper_error_is_half_the_stage_difference():
     x = torch.tensor([[0.4, -1.0]], dtype=torch.float64)
     t, t_next = torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.45], dtype=torch.float64)
     z = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
-    out = ImprovedEulerRule().step(problem, x, t, t_next, None, z)
+    out = AdaptiveImprovedEuler().step(problem, x, t, t_next, None, RecordedNoise([z]))
     torch.testing.assert_close(out.error, out.x - out.x_check)
     fr = torch.tensor([_reverse_drift(x[0].tolist(), 0.5)], dtype=torch.float64)
     k1 = -0.05 * fr + _vp_coefs(0.5)[1] * math.sqrt(0.05) * z

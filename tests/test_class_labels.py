@@ -64,7 +64,7 @@ def labels_follow_rows(name: str, **extra) -> float:
     seeds = list(range(8))
     labels = [s % K for s in seeds]
     sampler = make_sampler(name, **{**options(name), **extra})
-    if getattr(sampler, "batch_invariant", True):
+    if sampler.batch_invariant:
         _, batch = _solve(name, model, seeds, labels, **extra)
         rows = [batch.x[i: i + 1] for i in range(len(seeds))]
     else:  # the batch couples its samples: compare at batch 1, the only batch both runs can share
