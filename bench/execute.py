@@ -14,7 +14,6 @@ as :mod:`bench.run` executed before shards.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import platform
@@ -126,7 +125,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
 
     from bench.priors import build_prior
     from models.sde import sde_to_dict
-    from solvers import Problem, SeededNoise, Status, make_sampler
+    from solvers import Problem, SeededNoise, Status, make_sampler, sampler_config
 
     device = resolve_device(run.device)
     dtype = DTYPES[run.dtype]
@@ -160,7 +159,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                               "seed_to_label": "solvers.noise.seed_labels" if run.model["label"] == "random"
                               else "fixed"}
         sampler = make_sampler(run.solver, **run.options)
-        info["sampler"] = {"class": type(sampler).__name__, **dataclasses.asdict(sampler)}
+        info["sampler"] = sampler_config(sampler)
         if shard.index == BPD:
             from bench.dataset_bpd import dataset_bpd
 

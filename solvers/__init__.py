@@ -33,8 +33,8 @@ from solvers.likelihood import LikelihoodResult, ProbabilityFlowLikelihood, bits
 from solvers.lms import LMS
 from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds, seed_labels
 from solvers.ode import ProbabilityFlowEuler, ProbabilityFlowHeun
-from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sampler import Sampler
+from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
 from solvers.solve import solve
 from solvers.torchdiffeq_ode import TorchdiffeqProbabilityFlow
@@ -133,9 +133,23 @@ def make_sampler(name: str, **options):
     return cls(**given["own"], **nested)
 
 
+def sampler_config(sampler) -> dict:
+    """The sampler's class and every option, resolved and flat (what a run's record states): for a
+    composed sampler the method's class, its options, its controller's and ``denoise``."""
+    if isinstance(sampler, Sampler):
+        return {"class": type(sampler.method).__name__, "controller": type(sampler.controller).__name__,
+                **dataclasses.asdict(sampler.method), **dataclasses.asdict(sampler.controller),
+                "denoise": sampler.denoise}
+    nested = _nested(type(sampler))
+    flat = {k: v for k, v in dataclasses.asdict(sampler).items() if k not in nested}
+    for key in nested:
+        flat.update(dataclasses.asdict(getattr(sampler, key)))
+    return {"class": type(sampler).__name__, **flat}
+
+
 __all__ = [
-    "SAMPLERS", "make_sampler", "sampler_options", "sampler_class", "is_method", "Problem", "Solution", "SolveStats",
-    "Status", "Step", "PROTOCOL", "declared", "Sampler", "solve", "FixedSteps", "IntegralController", "tweedie",
+    "SAMPLERS", "make_sampler", "sampler_options", "sampler_class", "sampler_config", "is_method", "Problem",
+    "Solution", "SolveStats", "Status", "Step", "PROTOCOL", "declared", "Sampler", "solve", "FixedSteps", "IntegralController", "tweedie",
     "DENOISE", "DEFAULT_DENOISE", "TimeGrid", "SCHEDULES", "SeededNoise", "RecordedNoise", "BrownianNoise",
     "parse_seeds", "seed_labels", "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "PredictorCorrector",
     "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler", "ProbabilityFlowHeun", "TorchSDE",

@@ -220,7 +220,8 @@ class AdaptiveWalk:
             return x, x
         left_after = torch.where(accept, self.left_rows - hs, self.left_rows)
         if ctrl.h_min > 0 and bool((live & (h_next < ctrl.h_min) & (h_next < left_after)).any()):
-            self.status, self.message = Status.DT_MIN, f"step size below h_min={ctrl.h_min} at iteration {self.iterations}"
+            self.status = Status.DT_MIN
+            self.message = f"step size below h_min={ctrl.h_min} at iteration {self.iterations}"
             return x, x
         acc_x = accept.reshape(-1, *(1,) * (xs.dim() - 1))  # [b, 1, ...] bool
         x[idx] = torch.where(acc_x, out.x, xs)

@@ -57,7 +57,8 @@ class FixedSteps:
         check_choice("FixedSteps", "schedule", self.schedule, tuple(SCHEDULES))
         check_choice("FixedSteps", "convention", self.convention, CONVENTIONS)
         if self.convention == "score_sde" and self.schedule != "uniform":
-            raise ValueError(f"FixedSteps: convention 'score_sde' uses the uniform grid; got schedule={self.schedule!r}")
+            raise ValueError(f"FixedSteps: convention 'score_sde' uses the uniform grid; "
+                             f"got schedule={self.schedule!r}")
 
     adaptive = False
 
