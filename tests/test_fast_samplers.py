@@ -15,7 +15,7 @@ import torch
 
 from models.gaussian import GaussianMixture
 from models.sde import VESDE, VPSDE, SubVPSDE
-from solvers import Problem, SeededNoise, make_sampler
+from solvers import Problem, SeededNoise, make_sampler, multistep
 from solvers.denoiser import Denoiser, log_snr, phi, time_of_sigma, time_of_sigma_bisection, ve_sigma
 from solvers.grids import SCHEDULES
 
@@ -225,7 +225,9 @@ def test_singlestep_warmup_nfe_and_lower_order_final():
         assert sampler.sample(problem, x_T, noise).stats.nfe == sampler.expected_nfe == expected
     # Few steps: the last steps lower their order, and the warm-up order is capped by the steps left.
     s = make_sampler("unipc", n_steps=4, solver_order=3, warmup="singlestep")
-    assert [s.step_order(i, 3) for i in range(3)] == [1, 2, 1] and [s.warmup_order(i, 3) for i in range(3)] == [3, 2, 0]
+    m = s.method
+    assert [multistep.step_order(m, i, 3) for i in range(3)] == [1, 2, 1]
+    assert [multistep.warmup_order(m, i, 3) for i in range(3)] == [3, 2, 0]
     assert s.expected_nfe == 3 + 2 + 1 + 1
 
 
