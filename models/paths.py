@@ -122,16 +122,19 @@ class GaussianPath:
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         return 0.5 * (lo + hi)
 
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(α_t, σ_t, α̇_t, σ̇_t), [B] each (one evaluation of the path where a subclass can share it)."""
+        return (*self.marginal(t), *self.marginal_derivative(t))
+
     def drift_coef(self, t: Tensor) -> Tensor:
         """f(t) = α̇_t/α_t, [B] (−inf where α_t = 0 and α̇_t < 0)."""
-        alpha, _ = self.marginal(t)
-        return self.marginal_derivative(t)[0] / alpha
+        alpha, _, dalpha, _ = self.coefficients(t)
+        return dalpha / alpha
 
     def diffusion_squared(self, t: Tensor) -> Tensor:
         """g²(t) = 2 σ_t σ̇_t − 2 f(t) σ_t², [B]."""
-        _, sigma = self.marginal(t)
-        dsigma = self.marginal_derivative(t)[1]
-        return 2 * sigma * dsigma - 2 * self.drift_coef(t) * sigma**2
+        alpha, sigma, dalpha, dsigma = self.coefficients(t)
+        return 2 * sigma * dsigma - 2 * (dalpha / alpha) * sigma**2
 
     def diffusion(self, t: Tensor) -> Tensor:
         """g(t) [B]."""
@@ -181,8 +184,8 @@ class CosinePath(GaussianPath):
     s: float = 0.008
     T: float = 0.9946
     eps: float = 1e-3
-    kind: ClassVar[str] = "cosine"
-    t_max: ClassVar[float] = _cosine_t_max(0.008)
+    kind = "cosine"
+    t_max = _cosine_t_max(0.008)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.s, int | float) and 0 < self.s < 1):
@@ -227,8 +230,8 @@ class FlowPath(GaussianPath):
     shift: float = 1.0
     T: float = 1.0
     eps: float = 1e-3
-    kind: ClassVar[str] = "flow"
-    t_max: ClassVar[float] = 1.0
+    kind = "flow"
+    t_max = 1.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.shift, int | float) and not isinstance(self.shift, bool)
@@ -279,14 +282,15 @@ class TabulatedPath(GaussianPath):
     Interpolation (declared): log ᾱ(t) is the monotone piecewise-cubic Hermite interpolant (PCHIP,
     Fritsch & Carlson 1980; the knot slopes of SciPy's ``PchipInterpolator``) through (t_i, log ᾱ_i):
     continuous first derivative, monotone (so λ is strictly decreasing), exact on the table. α_t =
-    exp(½ log ᾱ), σ_t = √(1 − ᾱ); outside [t_0, t_{N−1}] the ends are held. t(λ) by bisection.
+    exp(½ log ᾱ), σ_t = √(1 − ᾱ); outside [t_0, t_{N−1}] the ends are held. t(λ) by Newton's method
+    inside the knot interval holding λ.
     """
 
     alphas_cumprod: tuple = ()
     T: float = 1.0
     eps: float | None = None  # default: t_0 = 1/N (the table's first time)
-    kind: ClassVar[str] = "tabulated"
-    t_max: ClassVar[float] = 1.0
+    kind = "tabulated"
+    t_max = 1.0
 
     def __post_init__(self) -> None:
         table = self.alphas_cumprod
@@ -323,40 +327,70 @@ class TabulatedPath(GaussianPath):
         return 1.0 / len(self.alphas_cumprod)
 
     @cached_property
-    def _knots(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(t_i, log ᾱ_i, PCHIP slopes d_i), float64 [N]."""
+    def _knots(self) -> tuple[Tensor, Tensor]:
+        """(t_i [N], polynomial coefficients [N − 1, 4]): on [t_k, t_{k+1}], with w = t − t_k,
+        log ᾱ(t) = c0 + c1 w + c2 w² + c3 w³, the Hermite cubic through (t_k, y_k, d_k), (t_{k+1}, y_{k+1},
+        d_{k+1}) with the PCHIP slopes d (SciPy's ``PchipInterpolator``), float64."""
         from scipy.interpolate import PchipInterpolator
 
         n = len(self.alphas_cumprod)
         t = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)[1:]
         y = torch.log(torch.tensor(self.alphas_cumprod, dtype=torch.float64))
-        d = torch.from_numpy(PchipInterpolator(t.numpy(), y.numpy()).derivative()(t.numpy()))
-        return t, y, d.to(torch.float64)
+        d = torch.from_numpy(PchipInterpolator(t.numpy(), y.numpy()).derivative()(t.numpy())).to(torch.float64)
+        h = t[1:] - t[:-1]
+        slope = (y[1:] - y[:-1]) / h
+        c2 = (3 * slope - 2 * d[:-1] - d[1:]) / h
+        c3 = (d[:-1] + d[1:] - 2 * slope) / h**2
+        return t, torch.stack([y[:-1], d[:-1], c2, c3], dim=1)
 
     def log_alphas_cumprod(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(log ᾱ(t), d log ᾱ/dt), [B] float64 (the Hermite cubic on t's interval; ends held)."""
-        knots_t, y, d = (v.to(device=_f64(t).device) for v in self._knots)
-        t = _f64(t).clamp(float(knots_t[0]), float(knots_t[-1]))
+        t = _f64(t)
+        knots_t, coef = (v.to(device=t.device) for v in self._knots)
+        t = t.clamp(1.0 / len(self.alphas_cumprod), 1.0)
         k = (torch.searchsorted(knots_t, t, right=True) - 1).clamp(0, len(knots_t) - 2)
-        h = knots_t[k + 1] - knots_t[k]
-        u = (t - knots_t[k]) / h
-        u2, u3 = u * u, u * u * u
-        val = ((2 * u3 - 3 * u2 + 1) * y[k] + (u3 - 2 * u2 + u) * h * d[k] + (-2 * u3 + 3 * u2) * y[k + 1]
-               + (u3 - u2) * h * d[k + 1])
-        der = ((6 * u2 - 6 * u) * y[k] + (3 * u2 - 4 * u + 1) * h * d[k] + (-6 * u2 + 6 * u) * y[k + 1]
-               + (3 * u2 - 2 * u) * h * d[k + 1]) / h
-        return val, der
+        c = coef[k]  # [..., 4]
+        w = t - knots_t[k]
+        c0, c1, c2, c3 = c.unbind(-1)
+        return ((c3 * w + c2) * w + c1) * w + c0, (3 * c3 * w + 2 * c2) * w + c1
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         la, _ = self.log_alphas_cumprod(t)
         return torch.exp(0.5 * la), (-torch.expm1(la)).sqrt()
 
     def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return self.coefficients(t)[2:]
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         la, dla = self.log_alphas_cumprod(t)
         alpha, sigma = torch.exp(0.5 * la), (-torch.expm1(la)).sqrt()
         dalpha = 0.5 * alpha * dla
-        return dalpha, -alpha * dalpha / sigma
+        return alpha, sigma, dalpha, -alpha * dalpha / sigma
+
+    @cached_property
+    def _knot_log_snr(self) -> Tensor:
+        """λ at the table's times (decreasing), float64 [N]."""
+        a = torch.tensor(self.alphas_cumprod, dtype=torch.float64)
+        return 0.5 * (torch.log(a) - torch.log1p(-a))
+
+    def time_of_log_snr(self, lam: Tensor) -> Tensor:
+        """t with λ_t = ``lam`` [B]: the knot interval holding it, then Newton's method on the cubic
+        (from the linear interpolation in λ, kept inside the interval; 8 iterations reach float64
+        round-off). Outside [λ_{N−1}, λ_0] the end times."""
+        lam = _f64(lam)
+        knots_t, knots_lam = self._knots[0].to(lam.device), self._knot_log_snr.to(lam.device)
+        n = len(knots_t)
+        lam_c = lam.clamp(float(knots_lam[-1]), float(knots_lam[0]))
+        # knots_lam decreases: k with λ_k ≥ λ > λ_{k+1}
+        k = (n - 1 - torch.searchsorted(knots_lam.flip(0), lam_c, right=False)).clamp(0, n - 2)
+        lo, hi = knots_t[k], knots_t[k + 1]
+        u = (knots_lam[k] - lam_c) / (knots_lam[k] - knots_lam[k + 1])
+        t = lo + u * (hi - lo)
+        for _ in range(8):
+            alpha, sigma, dalpha, dsigma = self.coefficients(t)
+            dlam = dalpha / alpha - dsigma / sigma
+            t = (t - (self.log_snr(t) - lam_c) / dlam).clamp(lo, hi)
+        return t
 
     def inverse_ve_sigma(self, sigma_ve: Tensor) -> Tensor:
-        t = self._bisect_ve_sigma(_f64(sigma_ve))
-        return t.clamp(min=self.t_min_of_table)
+        return self.time_of_log_snr(-torch.log(_f64(sigma_ve)))
