@@ -105,7 +105,7 @@ class GaussianMixture:
         logn = -0.5 * ((diff**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
         return torch.logsumexp(logn + self.weights.log().to(x.device), dim=1)
 
-    def denoise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def data_and_noise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(x̂₀, ε̂) = (E[x₀ | x_t = x], E[ε | x_t = x]), [B, *shape] each in x's dtype, finite at α_t = 0.
 
         Where α_t > 0 these are Tweedie's x̂₀ = (x + σ_t² s)/α_t and ε̂ = −σ_t s, computed with the same

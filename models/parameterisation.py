@@ -63,7 +63,7 @@ def to_data_and_noise(out: Tensor, x: Tensor, prediction: str, path, t: Tensor) 
 
 class PredictionModel:
     """A network ``net(x, t)`` predicting ``prediction`` seen as a score model on ``path``, with
-    ``denoise(x, t) -> (x̂₀, ε̂)``: each call of either is ONE network call (counted once by
+    ``data_and_noise(x, t) -> (x̂₀, ε̂)``: each call of either is ONE network call (counted once by
     :class:`models.score.CountingScore`).
 
     The network is called with the state and the path's time t as they are, except for 'edm', whose
@@ -84,7 +84,7 @@ class PredictionModel:
         self.net, self.sde, self.prediction = net, path, prediction
         self.shape, self.data_range = tuple(shape), tuple(data_range)
 
-    def denoise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def data_and_noise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(x̂₀, ε̂) [B, ...] at (x, t), one network call."""
         if self.prediction == "edm":
             alpha, sigma = self.sde.marginal(t)
@@ -96,4 +96,4 @@ class PredictionModel:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         """The score −ε̂/σ_t [B, ...], one network call."""
         sigma = self.sde.marginal(t)[1]
-        return -self.denoise(x, t)[1] / expand_like(sigma, x)
+        return -self.data_and_noise(x, t)[1] / expand_like(sigma, x)

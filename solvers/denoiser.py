@@ -16,7 +16,7 @@ closed form for VP: −lmc = ½ log(1 + σ_ve²); sub-VP: −lmc = asinh(σ_ve /
 cosine and flow; bisection for a tabulated ᾱ) and falls back on bisection in float64 for any other
 SDE with ``marginal``.
 
-Models that predict the data or the noise directly may also give ``denoise(x, t) -> (x̂₀, ε̂)`` (one
+Models that predict the data or the noise directly may also give ``data_and_noise(x, t) -> (x̂₀, ε̂)`` (one
 network call, counted by :class:`models.score.CountingScore`): :func:`denoised` then takes both from
 it, which stays finite where α_t = 0 (flow matching at t = 1), where x̂₀ = (x + σ² s)/α is 0/0.
 Models without it (every score network) get exactly the formulas above.
@@ -97,11 +97,11 @@ def time_of_log_snr(sde, lam: Tensor) -> Tensor:
 
 
 def denoised(problem: Problem, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """(x̂₀, ε̂) at (x, t), [B, ...] each, from ONE counted model call: the model's ``denoise`` where it
+    """(x̂₀, ε̂) at (x, t), [B, ...] each, from ONE counted model call: the model's ``data_and_noise`` where it
     has one, else from the score: x̂₀ = (x + σ_t² s)/α_t, ε̂ = −σ_t s."""
     score = problem.score
-    if score.has_denoise:
-        return score.denoise(x, t)
+    if score.has_data_and_noise:
+        return score.data_and_noise(x, t)
     alpha, sigma = problem.marginal(t)
     s = score(x, t)
     return (x + expand_like(sigma**2, x) * s) / expand_like(alpha, x), -expand_like(sigma, x) * s
