@@ -8,6 +8,8 @@ The per-path order table in docs/paths.md is what these tests fit (measured with
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +59,28 @@ def fitted_order(ns, errs):
     return -np.polyfit(np.log(np.array(ns) - 1), np.log(errs), 1)[0]
 
 
+DOC = Path(__file__).resolve().parents[1] / "docs" / "paths.md"
+DOC_COLUMNS = {"ve": "ve", "vp": "vp", "subvp": "subvp", "cosine": "cosine", "flow": "flow",
+               "flow, shift 3": "flow_shift3", "tabulated": "tabulated"}
+
+
+def documented_order(row: str, key: str) -> float:
+    """The fitted order docs/paths.md states for ``row`` (its first cell) on path ``key``."""
+    lines = [ln for ln in DOC.read_text().splitlines() if ln.startswith("| sampler | declared |")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == row and len(cells) == len(header):
+            col = header.index(next(h for h, k in DOC_COLUMNS.items() if k == key))
+            return float(re.match(r"[\d.]+", cells[col]).group())
+    raise KeyError(f"docs/paths.md has no order row {row!r}")
+
+
+def assert_documented(row: str, key: str, order: float) -> None:
+    """The docs' number is this test's measurement (to 0.02: BLAS and platform round-off)."""
+    assert abs(documented_order(row, key) - order) < 0.02, (row, key, order, documented_order(row, key))
+
+
 # ---- deterministic fixed-grid samplers: global order on the exact Gaussian flow ----------------------
 NS = [17, 33, 65, 129, 257]
 DETERMINISTIC = {  # name: (options, expected order if not the declared one, and why)
@@ -73,6 +97,19 @@ DETERMINISTIC = {  # name: (options, expected order if not the declared one, and
     "lms": ({}, "at_least"),  # order ≥ 2: LMS-4 shows its multistep order (≈ 3–3.8) at these steps
     "reverse_diffusion_pf": ({"probability_flow": True, "discretization": "transition"}, None),
 }
+DOC_ROWS = {"edm_stochastic": "edm_stochastic (S_churn = 0: Heun, expected 2)",
+            "dpm_solver": "dpm_solver (singlestep 3)",
+            "dpm_solver_pp": "dpm_solver_pp (2M, log_snr)", "dpm_solver_pp_uniform": "dpm_solver_pp, schedule uniform",
+            "lms": "lms (asserted ≥ 1.7: LMS-4 pre-asymptotic)",
+            "reverse_diffusion_pf": "reverse_diffusion, probability flow, transition",
+            "euler_maruyama*": "euler_maruyama *",
+            "reverse_diffusion*": "reverse_diffusion * (table; transition off VE/VP/sub-VP)",
+            "ancestral_sampling*": "ancestral_sampling *",
+            "pc*": "pc * (corrector none; predictor euler_maruyama off VE/VP/sub-VP)", "ddim*": "ddim * (eta 1)",
+            "dpm_solver_pp_sde*": "dpm_solver_pp_sde * (order 1, uniform)",
+            "scipy_ode": "scipy_ode (RK45), vs NFE", "torchdiffeq_ode": "torchdiffeq_ode (dopri5), vs NFE",
+            "dpm_solver_adaptive": "dpm_solver_adaptive (noise), vs NFE",
+            "dpm_solver_adaptive_data": "dpm_solver_adaptive (data), vs NFE"}
 # Where the declared order shows only at more steps (measured 2026-12-07, local orders over 16–256 steps):
 STEPS = {("pf_heun", "subvp"): [65, 129, 257, 513],  # 2.84, 2.69, 2.16, 2.00
          ("dpm_solver_pp_uniform", "subvp"): [65, 129, 257, 513],  # 2.35, 2.69, 2.39, 2.17
@@ -108,6 +145,7 @@ def test_deterministic_order_on_every_path(case, key):
         assert sol.stats.nfe == problem.counter.nfe == sampler.expected_nfe
         errs.append((sol.x - exact_flow(sde, x_T)).abs().max().item())
     order = fitted_order(ns, errs)
+    assert_documented(DOC_ROWS.get(case, case), key, order)
     if expected == "at_least":
         assert order > sampler.order - 0.3, errs
     else:
@@ -165,6 +203,7 @@ def test_stochastic_strong_order_on_every_path(name, key):
     ref = solve(1025)
     ns = [33, 65, 129]
     errs = [(solve(n) - ref).abs().mean().item() for n in ns]
+    assert_documented(DOC_ROWS[name + "*"], key, fitted_order(ns, errs))
     assert abs(fitted_order(ns, errs) - sampler.order) < 0.3, errs
 
 
@@ -214,6 +253,7 @@ def test_adaptive_ode_order_against_nfe(case, key):
         nfes.append(sol.stats.nfe if per is None else per.double().mean().item())
         errs.append((sol.x - exact_flow(sde, x_T)).abs().max().item())
     order = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
+    assert_documented(DOC_ROWS[case], key, order)
     assert order > sampler.order - 0.5 and errs[-1] < 1e-4, (order, errs, nfes)
 
 
