@@ -1,4 +1,9 @@
-"""Forward SDEs of Song et al. 2021 (VE, VP, sub-VP) with the exact conventions of score_sde.
+"""Forward SDEs of Song et al. 2021 (VE, VP, sub-VP) with the exact conventions of score_sde, and the
+registry of every noise path.
+
+VE, VP and sub-VP are Gaussian paths (:class:`models.paths.GaussianPath`: λ, t(λ), f, g², transition and
+prior from α_t, σ_t and their derivatives) that keep their own closed forms and score_sde's discrete
+tables. ``SDES`` also holds the cosine, flow-matching and tabulated paths of :mod:`models.paths`.
 
 Pure math: no nn.Module, no global step count. Every method takes a time vector ``t`` of shape [B]
 (float64 by convention) and broadcasts over a state of any shape [B, ...] via :func:`expand_like`.
