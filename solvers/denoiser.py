@@ -108,13 +108,21 @@ def denoised(problem: Problem, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def data_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
-    """x̂₀(x, t) = (x + σ_t² s(x, t)) / α_t, [B, ...] in x's dtype (one call; :func:`denoised`)."""
-    return denoised(problem, x, t)[0]
+    """x̂₀(x, t) = (x + σ_t² s(x, t)) / α_t, [B, ...] in x's dtype (one call; as :func:`denoised`)."""
+    score = problem.score
+    if score.has_data_and_noise:
+        return score.data_and_noise(x, t)[0]
+    alpha, sigma = problem.marginal(t)
+    return (x + expand_like(sigma**2, x) * score(x, t)) / expand_like(alpha, x)
 
 
 def noise_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
-    """ε̂(x, t) = −σ_t s(x, t), [B, ...] (one call; :func:`denoised`)."""
-    return denoised(problem, x, t)[1]
+    """ε̂(x, t) = −σ_t s(x, t), [B, ...] (one call; as :func:`denoised`)."""
+    score = problem.score
+    if score.has_data_and_noise:
+        return score.data_and_noise(x, t)[1]
+    sigma = problem.marginal(t)[1]
+    return -expand_like(sigma, x) * score(x, t)
 
 
 class Denoiser:

@@ -362,3 +362,34 @@ def test_denoised_counts_one_call():
     x = torch.zeros(3, 2, dtype=torch.float64)
     denoised(problem, x, torch.full((3,), 0.5, dtype=torch.float64))
     assert problem.counter.nfe == 1 and problem.counter.rows == 3
+
+
+# ---- side by side with diffusers' flow-matching scheduler -----------------------------------------------
+def test_flow_shift_and_euler_match_diffusers_flow_match_scheduler():
+    """diffusers' FlowMatchEulerDiscreteScheduler (SD3/FLUX): its shifted σ's are FlowPath(shift)'s σ at
+    its unshifted ones, and its Euler steps x + (σ_next − σ) u with the exact velocity u from pure noise
+    are pf_euler's on FlowPath() over the same grid (t = σ there)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    n = 12
+    base = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    base.set_timesteps(n)
+    shifted = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    shifted.set_timesteps(n)
+    # diffusers shifts linspace(1, σ_min, n), σ_min its shifted training schedule's smallest σ
+    unshifted = torch.linspace(1.0, float(shifted.sigma_min), n, dtype=torch.float64)
+    torch.testing.assert_close(FlowPath(shift=3.0).marginal(unshifted)[1], shifted.sigmas[:-1].double(), rtol=1e-6,
+                               atol=1e-7)
+    s = base.sigmas[:-1].double()
+
+    path = FlowPath(eps=float(s[-1]))  # diffusers' last σ before 0 is 1/1000
+    gm = mixture(path)
+    noise = SeededNoise(range(5))
+    x_T = Problem(gm).prior_sample(5, noise, dtype=torch.float64)
+    ours = make_sampler("pf_euler", n_steps=n, denoise="none").sample(Problem(gm), x_T, noise).x
+    x = x_T.clone()
+    for t, sigma in zip(base.timesteps[:-1], base.sigmas[:-2]):
+        tt = torch.full((5,), float(sigma), dtype=torch.float64)
+        x0, eps = gm.data_and_noise(x, tt)
+        x = base.step(eps - x0, t, x).prev_sample  # u = dx/dσ = ε − x₀ on α = 1 − σ
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
