@@ -476,6 +476,20 @@ def _check_run_time(where: _Where, name: str, sde, T: Any, eps: Any) -> None:
         raise where.error(f"field 'T' must be at most the SDE's T={sde.T:g} (model {name!r}), got {T!r}")
 
 
+def _check_path(where: _Where, name: str, solver: str, sampler, sde, T: Any, eps: Any) -> None:
+    """The sampler against the run's path (solvers.requirements): one line naming the reason."""
+    from solvers.requirements import refusal
+
+    changes = {k: float(v) for k, v in (("T", T), ("eps", eps)) if v is not None}
+    try:
+        path = dataclasses.replace(sde, **changes) if changes else sde
+    except ValueError as e:
+        raise where.error(f"model {name!r}: {e}") from e
+    why = refusal(sampler, path)
+    if why is not None:
+        raise where.error(f"solver {solver!r} cannot run on model {name!r}: {why}")
+
+
 def expand_entry(where: _Where, entry: dict) -> list[dict]:
     """The cartesian product of an entry's list-valued keys (``metrics`` is not an axis)."""
     axes = {k: v for k, v in entry.items() if isinstance(v, list) and k != "metrics"}
@@ -514,7 +528,8 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         if k in COUNT_OPTIONS and _is_number(v) and v > MAX_STEPS:
             where.positive_int(k, v, at_most=MAX_STEPS)
     try:
-        batch_invariant = bool(declared(make_sampler(solver, **options))["batch_invariant"])
+        sampler = make_sampler(solver, **options)
+        batch_invariant = bool(declared(sampler)["batch_invariant"])
     except (TypeError, ValueError) as e:
         raise where.error(f"solver {solver!r}: {e}") from e
     T, eps = cell.get("T"), cell.get("eps")
@@ -547,6 +562,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         fact = (facts or {}).get(name)
         if fact is not None:
             _check_run_time(where, name, fact.sde, T, eps)
+            _check_path(where, name, solver, sampler, fact.sde, T, eps)
         if "bpd" in metrics and model.get("label") is not None:
             raise where.error(f"metric 'bpd' cannot apply to model {name!r} with 'label': bits/dim of a dataset "
                               f"under a class-conditional model needs each image's own class, which the "

@@ -105,6 +105,24 @@ class GaussianMixture:
         logn = -0.5 * ((diff**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
         return torch.logsumexp(logn + self.weights.log().to(x.device), dim=1)
 
+    def data_and_noise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂₀, ε̂) = (E[x₀ | x_t = x], E[ε | x_t = x]), [B, *shape] each in x's dtype, finite at α_t = 0.
+
+        Where α_t > 0 these are Tweedie's x̂₀ = (x + σ_t² s)/α_t and ε̂ = −σ_t s, computed with the same
+        operations as :func:`solvers.denoiser.denoised` on a score (so samplers give bit for bit the
+        numbers they give on the score alone); where α_t = 0, p_t = N(0, σ_t² I) carries no information
+        on x₀ and E[x₀ | x] is the data mean.
+        """
+        alpha, sigma = self.sde.marginal(t)
+        s = self(x, t)
+        zero = alpha == 0
+        safe = torch.where(zero, torch.ones_like(alpha), alpha)
+        x0 = (x + expand_like(sigma**2, x) * s) / expand_like(safe, x)
+        if bool(zero.any()):
+            data_mean = (self.weights[:, None] * self.means.reshape(-1, self.dim)).sum(0).reshape(self.shape)
+            x0 = torch.where(expand_like(zero, x).bool(), data_mean.to(x), x0)
+        return x0, -expand_like(sigma, x) * s
+
     def denoise_mean(self, x: Tensor, t: Tensor) -> Tensor:
         """E[x_0 | x_t = x] (Tweedie), [B, *shape]."""
         alpha, sigma = self.sde.marginal(t.to(torch.float64))

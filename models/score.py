@@ -2,7 +2,11 @@
 
 A *score model* is a callable ``score(x [B, ...], t [B]) -> ∇_x log p_t(x)`` that also carries its
 SDE, the data range its samples live in and the shape of one sample. Everything that samples or
-evaluates a likelihood talks to this protocol only.
+evaluates a likelihood talks to this protocol only. A model may also give ``data_and_noise(x, t) -> (x̂₀, ε̂)``
+(the data and noise predictions, from the same one network call): networks that predict ε, x₀, v,
+a flow velocity or EDM's D (:mod:`models.parameterisation`) and the exact mixtures do, so that samplers
+can start where α_t = 0 (flow matching at t = 1, where the score cannot give x̂₀). CountingScore
+counts ``data_and_noise`` as one call, like ``__call__``.
 
 Class-conditional models (EDM, diffusers with class embeddings, :class:`~models.gaussian.ClassConditionalMixture`)
 add ``label_dim`` (number of classes) and two optional operations:
@@ -195,12 +199,24 @@ class CountingScore:
         self._tally["rows"] += x.shape[0]
         return self.model(x, t)
 
+    @property
+    def has_data_and_noise(self) -> bool:
+        """Whether the model gives ``data_and_noise(x, t) -> (x̂₀, ε̂)`` itself (a data- or noise-predicting
+        network, the exact mixtures): :func:`solvers.denoiser.denoised` then uses it."""
+        return callable(getattr(self.model, "data_and_noise", None))
+
+    def data_and_noise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's ``data_and_noise(x, t)`` = (x̂₀, ε̂), counted as one call like ``__call__``."""
+        self._tally["nfe"] += 1
+        self._tally["rows"] += x.shape[0]
+        return self.model.data_and_noise(x, t)
+
     def conditioned(self, labels: Tensor) -> CountingScore:
         view = CountingScore(conditioned(self.model, labels))
         view._tally = self._tally
         return view
 
-    def __getattr__(self, name: str):  # forward model attributes (e.g. exact log-densities)
+    def __getattr__(self, name: str):  # forward model attributes (e.g. exact log-densities); not calls
         if name in ("model", "_tally"):
             raise AttributeError(name)
         return getattr(self.model, name)

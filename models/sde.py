@@ -1,4 +1,9 @@
-"""Forward SDEs of Song et al. 2021 (VE, VP, sub-VP) with the exact conventions of score_sde.
+"""Forward SDEs of Song et al. 2021 (VE, VP, sub-VP) with the exact conventions of score_sde, and the
+registry of every noise path.
+
+VE, VP and sub-VP are Gaussian paths (:class:`models.paths.GaussianPath`: λ, t(λ), f, g², transition and
+prior from α_t, σ_t and their derivatives) that keep their own closed forms and score_sde's discrete
+tables. ``SDES`` also holds the cosine, flow-matching and tabulated paths of :mod:`models.paths`.
 
 Pure math: no nn.Module, no global step count. Every method takes a time vector ``t`` of shape [B]
 (float64 by convention) and broadcasts over a state of any shape [B, ...] via :func:`expand_like`.
@@ -24,16 +29,15 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "make_sde", "expand_like"]
+from models.paths import CosinePath, FlowPath, GaussianPath, TabulatedPath, expand_like
 
-
-def expand_like(v: Tensor, x: Tensor) -> Tensor:
-    """Reshape a per-sample vector [B] to broadcast against x [B, ...], in x's dtype."""
-    return v.to(dtype=x.dtype).reshape(v.shape + (1,) * (x.dim() - v.dim()))
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "make_sde", "expand_like", "sde_to_dict"]
 
 
 @runtime_checkable
 class SDE(Protocol):
+    """What samplers read from a path (every :class:`models.paths.GaussianPath` has it)."""
+
     T: float
     eps: float
     kind: str
@@ -42,47 +46,18 @@ class SDE(Protocol):
     def diffusion(self, t: Tensor) -> Tensor: ...
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]: ...
     def prior_std(self) -> float: ...
-    def discretize(self, t: Tensor, N: int) -> tuple[Tensor, Tensor]: ...
-    def langevin_alpha(self, t: Tensor, N: int) -> Tensor: ...
 
 
-class _Base:
-    """Helpers shared by the three SDEs (they are all linear: f(x, t) = f_coef(t)·x)."""
+class _Base(GaussianPath):
+    """The three SDEs of score_sde: the generic path formulas of :class:`models.paths.GaussianPath`
+    (unbounded time domain) plus the index into score_sde's discrete tables."""
 
     T: float
     eps: float
 
-    def _check(self) -> None:
-        if not (self.T > 0 and math.isfinite(self.T)):
-            raise ValueError(f"{type(self).__name__}: T must be > 0, got {self.T}")
-        if not (0 < self.eps < self.T):
-            raise ValueError(f"{type(self).__name__}: eps must be in (0, T={self.T}), got {self.eps}")
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        """f(x, t) [B, ...]."""
-        return expand_like(self.drift_coef(t), x) * x
-
-    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """score_sde's alias: (mean α_t·x0 [B, ...], std σ_t [B])."""
-        alpha, sigma = self.marginal(t)
-        return expand_like(alpha, x0) * x0, sigma
-
     def index(self, t: Tensor, N: int) -> Tensor:
         """Discrete index i = floor(t (N−1) / T) of score_sde's tables, [B] long."""
         return (t * (N - 1) / self.T).long().clamp(0, N - 1)
-
-    def prior_logp(self, z: Tensor) -> Tensor:
-        """log N(z; 0, prior_std² I) summed over all but the batch dimension, [B] (score_sde's prior_logp)."""
-        s = self.prior_std()
-        d = z[0].numel()
-        return -0.5 * d * math.log(2 * math.pi * s * s) - z.flatten(1).pow(2).sum(1) / (2 * s * s)
-
-    def transition(self, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact forward transition t_next → t (t_next < t): x_t = a·x_{t_next} + √v·z. Returns (a, v), [B]."""
-        alpha_t, sigma_t = self.marginal(t)
-        alpha_s, sigma_s = self.marginal(t_next)
-        a = alpha_t / alpha_s
-        return a, sigma_t**2 - a**2 * sigma_s**2
 
 
 @dataclass(frozen=True)
@@ -121,6 +96,12 @@ class VPSDE(_Base):
         """(α_t, σ_t), both [B]."""
         lmc = self.log_mean_coeff(t)
         return lmc.exp(), (-torch.expm1(2 * lmc)).sqrt()
+
+    def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(α̇_t, σ̇_t): α̇ = −½ β(t) α, σ̇ = −α α̇ / σ."""
+        alpha, sigma = self.marginal(t)
+        dalpha = -0.5 * self.beta(t) * alpha
+        return dalpha, -alpha * dalpha / sigma
 
     def inverse_sigma(self, sigma: Tensor) -> Tensor:
         """t such that σ_t = sigma (solves the quadratic in t)."""
@@ -182,6 +163,12 @@ class SubVPSDE(VPSDE):
         lmc = self.log_mean_coeff(t)
         return lmc.exp(), -torch.expm1(2 * lmc)
 
+    def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(α̇_t, σ̇_t): α̇ = −½ β(t) α, σ̇ = −2 α α̇ (σ = 1 − α²)."""
+        alpha = self.marginal(t)[0]
+        dalpha = -0.5 * self.beta(t) * alpha
+        return dalpha, -2 * alpha * dalpha
+
     def inverse_sigma(self, sigma: Tensor) -> Tensor:
         target = -0.5 * torch.log1p(-sigma)
         a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
@@ -234,6 +221,10 @@ class VESDE(_Base):
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return torch.ones_like(t), self.sigma(t)
 
+    def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(α̇_t, σ̇_t) = (0, σ(t) ln(σ_max/σ_min))."""
+        return torch.zeros_like(t), self.sigma(t) * math.log(self.sigma_max / self.sigma_min)
+
     def inverse_sigma(self, sigma: Tensor) -> Tensor:
         return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
@@ -266,11 +257,13 @@ class VESDE(_Base):
         return torch.ones_like(t)
 
 
-SDES: dict[str, type] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES: dict[str, type] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosinePath, "flow": FlowPath,
+                         "tabulated": TabulatedPath}
 
 
 def make_sde(kind: str, **params) -> SDE:
-    """Build an SDE by name ('vp', 'subvp', 've'); unknown names or parameters raise ValueError."""
+    """Build a path by name (a key of ``SDES``: 'vp', 'subvp', 've', 'cosine', 'flow', 'tabulated');
+    unknown names or parameters, or parameters outside their range, raise ValueError."""
     if kind not in SDES:
         raise ValueError(f"unknown sde kind {kind!r}; expected one of: {', '.join(SDES)}")
     cls = SDES[kind]

@@ -149,12 +149,12 @@ def sampler_config(sampler) -> dict:
 
 __all__ = [
     "SAMPLERS", "make_sampler", "sampler_options", "sampler_class", "sampler_config", "is_method", "Problem",
-    "Solution", "SolveStats", "Status", "Step", "PROTOCOL", "declared", "Sampler", "solve", "FixedSteps", "IntegralController", "tweedie",
-    "DENOISE", "DEFAULT_DENOISE", "TimeGrid", "SCHEDULES", "SeededNoise", "RecordedNoise", "BrownianNoise",
-    "parse_seeds", "seed_labels", "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "PredictorCorrector",
-    "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler", "ProbabilityFlowHeun", "TorchSDE",
-    "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler", "AdaptiveEM",
-    "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize",
-    "DDIM", "Denoiser", "EDMHeun", "EDMStochastic", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
-    "DPMSolverAdaptive", "UniPC", "IPNDM", "LMS",
+    "Solution", "SolveStats", "Status", "Step", "PROTOCOL", "declared", "Sampler", "solve", "FixedSteps",
+    "IntegralController", "tweedie", "DENOISE", "DEFAULT_DENOISE", "TimeGrid", "SCHEDULES", "SeededNoise",
+    "RecordedNoise", "BrownianNoise", "parse_seeds", "seed_labels", "EulerMaruyama", "ReverseDiffusion",
+    "AncestralSampling", "PredictorCorrector", "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler",
+    "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
+    "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
+    "Denoiser", "EDMHeun", "EDMStochastic", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "DPMSolverAdaptive",
+    "UniPC", "IPNDM", "LMS",
 ]

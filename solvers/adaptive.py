@@ -105,6 +105,7 @@ class IntegralController:
     precision: str = "float64"
 
     adaptive = True
+    needs = ()  # the methods say what they need from the path
 
     def __post_init__(self) -> None:
         name = type(self).__name__

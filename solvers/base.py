@@ -130,11 +130,12 @@ class Sampler(Protocol):
     batch_invariant: bool  # sample i is the same at any batch size and composition
     per_sample_loop: bool  # loops over the batch's samples in Python (its cost grows with the batch)
     adaptive: bool  # NFE chosen at run time by an error controller
+    needs: tuple[str, ...]  # what it needs from the noise path (solvers.requirements.NEEDS)
 
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution: ...
 
 
-PROTOCOL = ("order", "nfe_per_step", "expected_nfe", "batch_invariant", "per_sample_loop", "adaptive")
+PROTOCOL = ("order", "nfe_per_step", "expected_nfe", "batch_invariant", "per_sample_loop", "adaptive", "needs")
 
 
 def declared(sampler) -> dict:

@@ -57,6 +57,11 @@ class DDIM:
         check_choice(name, "alphas", self.alphas, DDIM_ALPHAS)
         check_positive(name, "num_scales", self.num_scales, integer=True)
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """α_T > 0 (x̂₀ = (x − σ ε̂)/α at T), and the VP table with alphas='table'."""
+        return ("alpha_T", "vp") if self.alphas == "table" else ("alpha_T",)
+
     def check(self, problem: Problem) -> None:
         if self.alphas == "table" and problem.sde.kind != "vp":
             raise ValueError(f"DDIM: alphas='table' is the discrete DDPM table of a VP SDE; got {problem.sde.kind!r}")

@@ -10,10 +10,16 @@ so one call of D is one counted score call. The same quantity, seen in the origi
 the *data prediction* x̂₀(x, t) of DPM-Solver++ and UniPC; the *noise prediction* of DDIM and
 DPM-Solver is ε̂(x, t) = −σ_t s(x, t). The half log-SNR is λ_t = log(α_t / σ_t) = −log σ_ve.
 
-Going back from σ_ve (or λ) to t needs the inverse of t ↦ σ_t / α_t, which is increasing for VE, VP
-and sub-VP. :func:`time_of_sigma` uses the SDE's closed form ``inverse_ve_sigma`` (VP:
-−lmc = ½ log(1 + σ_ve²); sub-VP: −lmc = asinh(σ_ve / 2); VE: ``inverse_sigma``) and falls back on
-bisection in float64 for any other SDE with ``marginal``.
+Going back from σ_ve (or λ) to t needs the inverse of t ↦ σ_t / α_t, which is increasing on every
+Gaussian path (:mod:`models.paths`). :func:`time_of_sigma` uses the path's ``inverse_ve_sigma`` (a
+closed form for VP: −lmc = ½ log(1 + σ_ve²); sub-VP: −lmc = asinh(σ_ve / 2); VE: ``inverse_sigma``;
+cosine and flow; bisection for a tabulated ᾱ) and falls back on bisection in float64 for any other
+SDE with ``marginal``.
+
+Models that predict the data or the noise directly may also give ``data_and_noise(x, t) -> (x̂₀, ε̂)`` (one
+network call, counted by :class:`models.score.CountingScore`): :func:`denoised` then takes both from
+it, which stays finite where α_t = 0 (flow matching at t = 1), where x̂₀ = (x + σ² s)/α is 0/0.
+Models without it (every score network) get exactly the formulas above.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem
 
-__all__ = ["ve_sigma", "time_of_sigma", "time_of_sigma_bisection", "log_snr", "time_of_log_snr", "data_prediction",
-           "noise_prediction", "Denoiser", "phi"]
+__all__ = ["ve_sigma", "time_of_sigma", "time_of_sigma_bisection", "log_snr", "time_of_log_snr", "denoised",
+           "data_prediction", "noise_prediction", "alpha_vanishes_at_T", "Denoiser", "phi"]
 
 _BISECTION_STEPS = 56  # halves [0, t_hi] to below float64 resolution (2^-56 T)
 
@@ -39,8 +45,17 @@ def ve_sigma(sde, t: Tensor) -> Tensor:
 
 
 def log_snr(sde, t: Tensor) -> Tensor:
-    """Half log-SNR λ_t = log(α_t / σ_t) = −log σ_ve(t), [B] float64."""
-    return -torch.log(ve_sigma(sde, t))
+    """Half log-SNR λ_t = log(α_t / σ_t) = −log σ_ve(t), [B] float64 (the path's ``log_snr``)."""
+    own = getattr(sde, "log_snr", None)
+    return own(t) if own is not None else -torch.log(ve_sigma(sde, t))
+
+
+def alpha_vanishes_at_T(sde) -> bool:
+    """Whether α_T = 0 (λ_T = −inf: flow matching at T = 1); a host-side check on the path alone."""
+    known = getattr(sde, "alpha_zero_at_T", None)
+    if known is not None:
+        return known
+    return bool(sde.marginal(torch.tensor([float(sde.T)], dtype=torch.float64))[0][0] == 0)
 
 
 def time_of_sigma(sde, sigma: Tensor) -> Tensor:
@@ -74,20 +89,40 @@ def time_of_sigma_bisection(sde, sigma: Tensor) -> Tensor:
 
 
 def time_of_log_snr(sde, lam: Tensor) -> Tensor:
-    """t such that λ_t = ``lam`` [B] (inverse of :func:`log_snr`)."""
+    """t such that λ_t = ``lam`` [B] (inverse of :func:`log_snr`; the path's ``time_of_log_snr``)."""
+    own = getattr(sde, "time_of_log_snr", None)
+    if own is not None:
+        return own(lam)
     return time_of_sigma(sde, torch.exp(-torch.as_tensor(lam, dtype=torch.float64)))
 
 
-def data_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
-    """x̂₀(x, t) = (x + σ_t² s(x, t)) / α_t, [B, ...] in x's dtype (one score call)."""
+def denoised(problem: Problem, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(x̂₀, ε̂) at (x, t), [B, ...] each, from ONE counted model call: the model's ``data_and_noise`` where it
+    has one, else from the score: x̂₀ = (x + σ_t² s)/α_t, ε̂ = −σ_t s."""
+    score = problem.score
+    if score.has_data_and_noise:
+        return score.data_and_noise(x, t)
     alpha, sigma = problem.marginal(t)
-    return (x + expand_like(sigma**2, x) * problem.score(x, t)) / expand_like(alpha, x)
+    s = score(x, t)
+    return (x + expand_like(sigma**2, x) * s) / expand_like(alpha, x), -expand_like(sigma, x) * s
+
+
+def data_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
+    """x̂₀(x, t) = (x + σ_t² s(x, t)) / α_t, [B, ...] in x's dtype (one call; as :func:`denoised`)."""
+    score = problem.score
+    if score.has_data_and_noise:
+        return score.data_and_noise(x, t)[0]
+    alpha, sigma = problem.marginal(t)
+    return (x + expand_like(sigma**2, x) * score(x, t)) / expand_like(alpha, x)
 
 
 def noise_prediction(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
-    """ε̂(x, t) = −σ_t s(x, t), [B, ...] (one score call)."""
+    """ε̂(x, t) = −σ_t s(x, t), [B, ...] (one call; as :func:`denoised`)."""
+    score = problem.score
+    if score.has_data_and_noise:
+        return score.data_and_noise(x, t)[1]
     sigma = problem.marginal(t)[1]
-    return -expand_like(sigma, x) * problem.score(x, t)
+    return -expand_like(sigma, x) * score(x, t)
 
 
 class Denoiser:
@@ -102,7 +137,7 @@ class Denoiser:
         self.sde = problem.sde
 
     def sigma(self, t: Tensor) -> Tensor:
-        """σ_ve(t), [B] float64 (as :func:`ve_sigma`, through the problem's remembered marginals)."""
+        """σ_ve(t), [B] float64 (as :func:`ve_sigma`)."""
         alpha, sigma = self.problem.marginal(t.to(torch.float64))
         return sigma / alpha
 

@@ -47,6 +47,7 @@ class DPMSolverAdaptive:
     prediction: str = "noise"
 
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[IntegralController] = IntegralController(rtol=0.05, atol=0.0078, exponent=None,
                                                                    h_init=0.05, max_steps=1000)
     end_tol: ClassVar[float] = 0.0  # the last step lands exactly on eps

@@ -31,7 +31,7 @@ class DPMSolver:
     """DPM-Solver of order 1–3, singlestep or multistep, with noise or data prediction.
 
     Integrates: the probability-flow ODE, in λ. Order: ``solver_order`` (multistep with the default
-    lower-order warm-up: min(``solver_order``, 2) asymptotically, see :class:`solvers.multistep.Multistep`).
+    lower-order warm-up: min(``solver_order``, 2) asymptotically, see :mod:`solvers.multistep`).
     NFE per step: ``solver_order`` (singlestep) or 1 (multistep; + (p − 1)² with
     ``warmup='singlestep'``). SDEs: VE, VP, sub-VP.
 
@@ -83,6 +83,14 @@ class DPMSolver:
     @property
     def nfe_per_step(self) -> int:
         return self.solver_order if self.method == "singlestep" else 1
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Multistep DPM-Solver++ with the lower-order warm-up starts from λ = −inf (its first step is
+        the DDIM step x = (σ_next/σ_T) x_T + α_next x̂₀): only its grid may need α_T > 0. The others
+        evaluate σ_ve or noise-prediction weights at T."""
+        starts_at_zero = self.prediction == "data" and self.method == "multistep" and self.warmup == "lower_order"
+        return () if starts_at_zero else ("alpha_T",)
 
     def warmup_nfe(self, n: int) -> int:
         return 0 if self.method == "singlestep" else multistep.warmup_nfe(self, n)
@@ -155,6 +163,7 @@ class DPMSolverPPSDE:
     nfe_per_step: ClassVar[int] = 1
     lower_order_final_below: ClassVar[float] = 15  # diffusers' DPMSolverMultistepScheduler
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="log_snr")
     conventions: ClassVar[dict] = ON_GRID
 

@@ -47,6 +47,7 @@ class EDMHeun:
     order: ClassVar[float] = 2.0
     nfe_per_step: ClassVar[int] = 2
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
     conventions: ClassVar[dict] = ON_GRID
 
@@ -92,6 +93,7 @@ class EDMStochastic:
     order: ClassVar[float] = 1.0
     nfe_per_step: ClassVar[int] = 2
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
     conventions: ClassVar[dict] = ON_GRID
 

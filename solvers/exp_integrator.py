@@ -14,6 +14,7 @@ or from the previous steps' outputs (multistep: :func:`lambda_derivatives`) give
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from models.sde import expand_like
@@ -46,6 +47,10 @@ def exp_integrator_step(problem: Problem, prediction: str, x: Tensor, t: Tensor,
     out = expand_like(lin, x) * x
     for k, d in enumerate(terms):
         w = h ** (k + 1) * phi(k + 1, z) if weights is None else weights[k]
+        if k == 0 and weights is None and prediction == "data":
+            # From λ_t = −inf (α_t = 0) h φ₁(−h) = 1 − e^{−h} is 1 (inf·0 as written): the DDIM step
+            # x_next = (σ_next/σ_t) x + α_next x̂₀ is finite there.
+            w = torch.where(torch.isinf(h), torch.ones_like(w), w)
         out = out + expand_like(c * w, x) * d
     return out
 

@@ -63,6 +63,11 @@ class FixedSteps:
     adaptive = False
 
     @property
+    def needs(self) -> tuple[str, ...]:
+        """α_T > 0 for a grid in σ_ve or λ (its end point σ_ve(T) = σ_T/α_T); none for a grid in t."""
+        return () if self.schedule in ("uniform", "quadratic") else ("alpha_T",)
+
+    @property
     def steps_taken(self) -> int:
         return self.n_steps if self.convention == "score_sde" else self.n_steps - 1
 

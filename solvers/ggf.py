@@ -33,6 +33,7 @@ class _ReverseSDEPair:
     order: ClassVar[float] = 1.0
     nfe_per_step: ClassVar[int] = 2
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[IntegralController] = IntegralController()
     end_tol: ClassVar[float] = 1e-6
 

@@ -37,6 +37,9 @@ class TimeGrid:
         if sde is None:
             raise ValueError(f"schedule {name!r} is defined in σ and needs the SDE (sde=...)")
         sig = ve_sigma(sde, torch.tensor([T, eps], dtype=torch.float64))
+        if not bool(torch.isfinite(sig).all()):
+            raise ValueError(f"schedule {name!r} is defined in σ_ve = σ_t/α_t, which is infinite at T={T:g} on this "
+                             f"path (α_T = 0); use schedule 'uniform' or 'quadratic', or T below the path's end")
         return float(sig[0]), float(sig[1])
 
     @staticmethod

@@ -44,6 +44,7 @@ class IPNDM:
     nfe_per_step: ClassVar[int] = 1
     lower_order_final_below: ClassVar[float] = math.inf
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
     conventions: ClassVar[dict] = ON_GRID
 

@@ -41,6 +41,7 @@ class LangevinCorrector:
     norm: str = "batch_mean"
 
     order: ClassVar[float] = 0.0
+    needs: ClassVar[tuple[str, ...]] = ("tables",)  # α_i = 1 − β_i of score_sde's table (langevin_alpha)
 
     @property
     def nfe_per_step(self) -> int:
@@ -138,6 +139,10 @@ class PredictorCorrector:
     def batch_invariant(self) -> bool:
         return all(p.batch_invariant for p in self.parts)
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return tuple(n for p in self.parts for n in p.needs)
+
     def check_controller(self, steps: FixedSteps) -> None:
         for p in self.parts:
             if hasattr(p, "check_controller"):
@@ -203,6 +208,7 @@ class AnnealedLangevin:
 
     order: ClassVar[float] = 0.0
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("ve",)
     controller: ClassVar[FixedSteps] = FixedSteps(convention="score_sde")
     conventions: ClassVar[dict] = {"score_sde": GRID_DENOISE["grid"]}  # levels, then Tweedie at eps
 

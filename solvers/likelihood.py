@@ -37,6 +37,8 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Status, check_choice, check_positive
+from solvers.denoiser import alpha_vanishes_at_T
+from solvers.ode import velocity
 from solvers.ode_common import check_tolerances
 from solvers.scipy_ode import SCIPY_METHODS, integrate_scipy
 from solvers.torchdiffeq_ode import TORCHDIFFEQ_METHODS, integrate_torchdiffeq
@@ -112,7 +114,8 @@ class ProbabilityFlowLikelihood:
     Integrates: the probability-flow ODE augmented with the log-density change (Song et al. 2021,
     Eq. 13 and App. D.2; Chen et al. 2018, Thm. 1). Order: the ODE method's (RK45: 5). NFE per step:
     the method's evaluations per step (RK45: 6, +2 at start-up), each = 1 forward + 1 backward pass
-    (Hutchinson) or 1 forward + D backward passes (exact). SDEs: VE, VP, sub-VP. Reference: score_sde
+    (Hutchinson) or 1 forward + D backward passes (exact). Paths: every Gaussian path (VE, VP,
+    sub-VP, cosine, flow matching up to T = 1, tabulated). Reference: score_sde
     ``likelihood.py`` ``get_likelihood_fn`` (REFERENCE §1.6): Rademacher, RK45, rtol = atol = 1e-5,
     eps = 1e-5.
 
@@ -164,7 +167,8 @@ class ProbabilityFlowLikelihood:
 
         f̃ = f_coef(t)·x − h(t)·s(x, t) with h = ½ g²: only the score is differentiated, the linear
         part enters in closed form, ∇·f̃ = f_coef·D − h·tr(∂s/∂x) and εᵀ(∂f̃/∂x)ε = f_coef·‖ε‖² −
-        h·εᵀ(∂s/∂x)ε, so the backward pass runs through the score alone.
+        h·εᵀ(∂s/∂x)ε, so the backward pass runs through the score alone. On a path with α_T = 0 (flow
+        matching at T = 1) f̃ is the velocity α̇ x̂₀ + σ̇ ε̂ and the backward pass runs through it.
         """
         B = shape[0]
         n = math.prod(shape)
@@ -172,10 +176,31 @@ class ProbabilityFlowLikelihood:
         sde = problem.sde
         counts = {"vjp": 0}
         eps_sq = None if epsilon is None else epsilon.flatten(1).pow(2).sum(1)
+        vanishes = alpha_vanishes_at_T(sde)
+
+        def velocity_rhs(t_vec: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+            # α_T = 0 (flow matching at T = 1): f̃ = α̇ x̂₀ + σ̇ ε̂ (solvers.ode.velocity), differentiated whole.
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                drift = velocity(problem, xg, t_vec)
+                if epsilon is not None:
+                    (grad,) = torch.autograd.grad(drift, xg, grad_outputs=epsilon)
+                    div = (grad * epsilon).flatten(1).sum(1)
+                    counts["vjp"] += 1
+                else:
+                    div = _exact_divergence(drift, xg)
+                    counts["vjp"] += D
+            return drift.detach(), div
 
         def rhs(t: Tensor, y: Tensor) -> Tensor:
             t_vec = torch.as_tensor(t, device=y.device).to(model_dtype).reshape(()).expand(B)
             x = y[:n].reshape(shape).to(model_dtype)
+            if vanishes:
+                drift, div = velocity_rhs(t_vec, x)
+                out = torch.empty_like(y)
+                out[:n].copy_(drift.reshape(-1))
+                out[n:].copy_(div.detach())
+                return out
             f_coef, h = sde.drift_coef(t_vec), 0.5 * sde.diffusion(t_vec) ** 2
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)

@@ -56,6 +56,7 @@ class LMS:
     order: ClassVar[float] = 2.0
     nfe_per_step: ClassVar[int] = 1
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
     conventions: ClassVar[dict] = ON_GRID
 

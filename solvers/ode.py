@@ -9,16 +9,33 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers.base import Problem, Step
+from solvers.denoiser import alpha_vanishes_at_T, denoised
 from solvers.fixed import ON_GRID, FixedSteps
 
-__all__ = ["ProbabilityFlowEuler", "ProbabilityFlowHeun", "probability_flow_drift"]
+__all__ = ["ProbabilityFlowEuler", "ProbabilityFlowHeun", "probability_flow_drift", "velocity"]
 
 
 def probability_flow_drift(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
-    """f(x, t) − ½ g(t)² s(x, t), [B, ...] (one score call)."""
+    """f(x, t) − ½ g(t)² s(x, t), [B, ...] (one score call).
+
+    On a path where α_T = 0 (flow matching at T = 1, where f = −inf and g² = inf) the same drift is
+    taken in its velocity form α̇_t x̂₀ + σ̇_t ε̂ (equal to it wherever both are finite: with
+    s = −ε̂/σ and g² = 2σσ̇ − 2fσ², f x + ½ g² ε̂/σ = (α̇/α)(x − σ ε̂) + σ̇ ε̂), from one call of
+    :func:`solvers.denoiser.denoised`; it is finite from pure noise on (the Euler step of diffusers'
+    flow-matching scheduler).
+    """
     sde = problem.sde
+    if alpha_vanishes_at_T(sde):
+        return velocity(problem, x, t)
     g2 = expand_like(sde.diffusion(t) ** 2, x)
     return sde.drift(x, t) - 0.5 * g2 * problem.score(x, t)
+
+
+def velocity(problem: Problem, x: Tensor, t: Tensor) -> Tensor:
+    """The probability-flow velocity α̇_t x̂₀ + σ̇_t ε̂ = E[dx_t/dt | x_t = x], [B, ...] (one call)."""
+    x0, eps = denoised(problem, x, t)
+    dalpha, dsigma = problem.sde.marginal_derivative(t)
+    return expand_like(dalpha, x) * x0 + expand_like(dsigma, x) * eps
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,7 @@ class ProbabilityFlowEuler:
 
     order: ClassVar[float] = 1.0
     nfe_per_step: ClassVar[int] = 1
+    needs: ClassVar[tuple[str, ...]] = ()  # from α = 0 too, by the velocity form (its grid decides)
     batch_invariant: ClassVar[bool] = True
     controller: ClassVar[FixedSteps] = FixedSteps()
     conventions: ClassVar[dict] = ON_GRID
@@ -56,6 +74,7 @@ class ProbabilityFlowHeun:
 
     order: ClassVar[float] = 2.0
     nfe_per_step: ClassVar[int] = 2
+    needs: ClassVar[tuple[str, ...]] = ()  # from α = 0 too, by the velocity form (its grid decides)
     batch_invariant: ClassVar[bool] = True
     controller: ClassVar[FixedSteps] = FixedSteps()
     conventions: ClassVar[dict] = ON_GRID

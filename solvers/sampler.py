@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from solvers import requirements
 from solvers.base import Problem, Solution
 from solvers.denoise import DEFAULT_DENOISE
 from solvers.solve import solve
@@ -52,6 +53,11 @@ class Sampler:
         return self.method.batch_invariant
 
     @property
+    def needs(self) -> tuple[str, ...]:
+        """What it needs from the path (solvers.requirements): the method's and its grid's."""
+        return (*self.method.needs, *self.controller.needs)
+
+    @property
     def adaptive(self) -> bool:
         return self.controller.adaptive
 
@@ -60,4 +66,5 @@ class Sampler:
         return None if self.adaptive else self.controller.expected_nfe(self.method, self.denoise)
 
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
+        requirements.check(self, problem.sde)  # before any score call
         return solve(self.method, self.controller, problem, x_init, noise, self.denoise)

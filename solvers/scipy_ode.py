@@ -169,6 +169,12 @@ class ScipyProbabilityFlow:
         return SCIPY_METHODS[self.method][1]
 
     @property
+    def needs(self) -> tuple[str, ...]:
+        """Score_sde's tables for its 'reverse_diffusion' denoise; else none (the drift takes its velocity
+        form where α_T = 0: from pure noise)."""
+        return ("tables",) if self.denoise == "reverse_diffusion" else ()
+
+    @property
     def batch_invariant(self) -> bool:
         """Whether sample i is the same at any batch size: only with one solve per sample."""
         return self.per_sample

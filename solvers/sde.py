@@ -56,6 +56,7 @@ class EulerMaruyama:
     batch_invariant: ClassVar[bool] = True
     controller: ClassVar[FixedSteps] = FixedSteps()
     conventions: ClassVar[dict] = GRID_DENOISE
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
 
     def check(self, problem: Problem) -> None:
         del problem
@@ -100,6 +101,11 @@ class ReverseDiffusion:
     def __post_init__(self) -> None:
         check_choice(type(self).__name__, "discretization", self.discretization, DISCRETIZATIONS)
         check_choice(type(self).__name__, "probability_flow", self.probability_flow, (False, True))
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """score_sde's tables, or (transition) the exact transition from T, a = α_next/α_T."""
+        return ("tables",) if self.discretization == "table" else ("alpha_T",)
 
     def check_controller(self, steps: FixedSteps) -> None:
         check_uniform_table(self, steps)
@@ -149,6 +155,11 @@ class AncestralSampling:
 
     def __post_init__(self) -> None:
         check_choice(type(self).__name__, "discretization", self.discretization, DISCRETIZATIONS)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """score_sde's ancestral step (and tables), or (transition) α_T > 0."""
+        return ("ancestral", "tables") if self.discretization == "table" else ("ancestral", "alpha_T")
 
     def check_controller(self, steps: FixedSteps) -> None:
         check_uniform_table(self, steps)

@@ -195,6 +195,12 @@ class TorchdiffeqProbabilityFlow:
         return self.n_steps * self.nfe_per_step + denoise_nfe(self.denoise)
 
     @property
+    def needs(self) -> tuple[str, ...]:
+        """Score_sde's tables for its 'reverse_diffusion' denoise; else none (the drift takes its velocity
+        form where α_T = 0: from pure noise)."""
+        return ("tables",) if self.denoise == "reverse_diffusion" else ()
+
+    @property
     def batch_invariant(self) -> bool:
         """Whether sample i is the same at any batch size: fixed grids, or one solve per sample."""
         return self.per_sample or not self.adaptive

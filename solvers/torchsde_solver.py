@@ -138,6 +138,7 @@ class TorchSDE:
     per_sample_path: bool = True
 
     adaptive: ClassVar[bool] = False
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     conventions: ClassVar[dict] = ON_GRID
 
     @property

@@ -89,6 +89,7 @@ class UniPC:
     nfe_per_step: ClassVar[int] = 1
     lower_order_final_below: ClassVar[float] = math.inf  # every grid, as the official UniPC code
     batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="log_snr")
     conventions: ClassVar[dict] = ON_GRID
 
