@@ -16,6 +16,7 @@ import scipy.integrate
 import torch
 from torch import Tensor
 
+from solvers import requirements
 from solvers.base import Problem, Solution, SolveStats, Status, check_choice, check_positive, finite_status
 from solvers.denoise import DEFAULT_DENOISE
 from solvers.ode_common import ODE_DENOISE, check_tolerances, flat_drift, ode_denoise
@@ -203,6 +204,7 @@ class ScipyProbabilityFlow:
 
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
         del noise  # deterministic
+        requirements.check(self, problem.sde)  # before any score call
         counter = problem.counter
         nfe0, B = counter.nfe, x_init.shape[0]
         if self.per_sample:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from solvers import requirements
 from solvers.base import Problem, Solution, SolveStats, Status, check_choice, check_positive, finite_status
 from solvers.denoise import DEFAULT_DENOISE, denoise_nfe
 from solvers.ode_common import ODE_DENOISE, check_tolerances, flat_drift, ode_denoise
@@ -220,6 +221,7 @@ class TorchdiffeqProbabilityFlow:
 
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
         del noise  # deterministic
+        requirements.check(self, problem.sde)  # before any score call
         counter = problem.counter
         nfe0, B = counter.nfe, x_init.shape[0]
         parts = [slice(i, i + 1) for i in range(B)] if self.per_sample else [slice(None)]

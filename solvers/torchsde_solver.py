@@ -19,6 +19,7 @@ import torchsde
 from torch import Tensor
 from torchsde.types import Scalar
 
+from solvers import requirements
 from solvers.base import Problem, Solution, SolveStats, check_choice, finite_status
 from solvers.denoise import DEFAULT_DENOISE, tweedie
 from solvers.fixed import ON_GRID, FixedSteps
@@ -176,6 +177,7 @@ class TorchSDE:
         return TORCHSDE_METHODS[self.method][3]
 
     def sample(self, problem: Problem, x_init: Tensor, noise) -> Solution:
+        requirements.check(self, problem.sde)  # before any score call
         sde_type, _, _, _, levy = TORCHSDE_METHODS[self.method]
         counter, nfe0 = problem.counter, problem.counter.nfe
         T, eps = problem.sde.T, problem.sde.eps
