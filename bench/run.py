@@ -242,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args, pool)
     finally:
         if pool is not None:  # closed by the sweep when it ran; stopped at once after an early exit
+            from bench.workers import stop_resource_tracker
+
             pool.close(now=True)
+            stop_resource_tracker()  # every worker has exited: nothing of this sweep outlives the CLI
 
 
 def _main(args: argparse.Namespace, pool) -> int:

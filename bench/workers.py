@@ -17,7 +17,7 @@ import os
 import queue
 from collections.abc import Callable, Iterable
 
-__all__ = ["ProcessPool", "DEPTH", "failed_state"]
+__all__ = ["ProcessPool", "DEPTH", "failed_state", "stop_resource_tracker"]
 
 DEPTH = 2  # shards handed to a worker at once: the running one and the next
 
@@ -127,7 +127,9 @@ class ProcessPool:
             w["tasks"].put(None)
 
     def close(self, now: bool = False) -> None:
-        """Stop the workers (``now``: terminate them, e.g. when the grid turned out invalid)."""
+        """Stop the workers (``now``: terminate them, e.g. when the grid turned out invalid), then release
+        this process's ends of the queues (their named semaphores are unlinked now, not at interpreter exit,
+        so :func:`stop_resource_tracker` finds none in use). A closed pool has no workers."""
         for w in self.workers:
             if now:
                 w["proc"].terminate()
@@ -137,11 +139,32 @@ class ProcessPool:
             w["proc"].join(timeout=10)
             if w["proc"].is_alive():
                 w["proc"].terminate()
+                w["proc"].join()
+        for w in self.workers:
+            w["tasks"].close()
+            w["tasks"].join_thread()  # the feeder thread holds the queue's semaphores until it ends
+        if self.results is not None:
+            self.results.close()
+        self.workers, self.results = [], None
         if self._driver_threads is not None:
             import torch
 
             torch.set_num_threads(self._driver_threads)
             self._driver_threads = None
+
+
+def stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker, once no process of ours uses it any more (the CLI's exit).
+
+    Spawning the workers starts it (a process beside the driver that unlinks named semaphores their
+    owners did not); left alone it outlives the driver: it notices the driver's exit, then exits, a
+    moment after the CLI returned. Stopped here it exits now and is reaped here; a later spawn in this
+    process starts a new one. ``_stop`` is CPython's own (3.8+; what its tests use)."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def _worker(i: int, tasks, results) -> None:
@@ -171,9 +194,13 @@ def _worker(i: int, tasks, results) -> None:
         if gpu is not None and run.device == "auto":
             run = run.replace(device="cuda")
         results.put((i, key, execute_unit(run, shard, budget, progress=False, info={"worker_gpu": gpu})))
-    # Everything this worker computed went through `results`: flush it, then exit without the interpreter's
-    # teardown (~0.4 s with torch loaded, which the driver would wait for), as multiprocessing's own
-    # fork-started children do.
+    # Everything this worker computed went through `results`: flush it, then end as multiprocessing's own
+    # fork-started children do (Process._bootstrap): its exit function first, which runs the finalizers that
+    # unlink and unregister the named semaphores this process created (tqdm's lock, made by every tqdm bar,
+    # even a disabled one; skipped, each is reported by the resource tracker as a "leaked semaphore" when
+    # the CLI exits), then os._exit without the interpreter's teardown (~0.4 s with torch loaded, which
+    # the driver would wait for).
     results.close()
     results.join_thread()
+    mp.util._exit_function()
     os._exit(0)

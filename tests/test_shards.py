@@ -139,6 +139,36 @@ def test_worker_pool_starmap_and_early_exit(tmp_path, capsys):
     assert not mp.active_children() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("report", [True, False], ids=["report", "no-report"])
+def test_worker_sweep_exits_clean(tmp_path, report):
+    """``--workers 2`` through the real CLI (issue 28): stderr holds only the summary line (no
+    resource_tracker "leaked semaphore" warning: the workers' semaphores are released before they
+    exit) and no process of the sweep outlives the CLI (workers joined, the resource tracker reaped):
+    its process group is empty the moment it has exited."""
+    grid = write_grid(tmp_path / "g.yaml", delay=0.0, n_steps=[3, 4, 5, 6, 7, 8], num_samples=8, shard_size=8)
+    args = cli(grid, tmp_path / "o", "--workers", "2")
+    proc = subprocess.Popen([a for a in args if report is False or a != "--no-report"],
+                            env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # the CLI and all it starts: process group proc.pid
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    left = None
+    try:
+        os.killpg(proc.pid, 0)  # succeeds while any process of the group is left (a zombie too)
+        left = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(proc.pid)], capture_output=True,
+                              text=True).stdout
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert proc.returncode == 0, err
+    assert left is None, f"processes of the sweep alive after the CLI exited:\n{left}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("shards: 6 ran (6 ok, 0 failed; 6 shards computed here)"), err
+
+
 def test_killed_after_second_shard_resumes_with_the_two_missing(tmp_path):
     """Must show: a 4-shard run killed after its 2nd shard: the rerun computes exactly the 2 missing
     shards; the record equals an uninterrupted run's (samples bit-identical, metrics ≤ 1e-9)."""
