@@ -286,7 +286,8 @@ DUPLICATES = {
                                  "      beta_max: 10.0\n"
                                  "eval: {num_samples: 4, batch_size: 4, device: cpu}\n"
                                  "sweeps:\n"
-                                 "  - {solver: pf_euler, n_steps: 3}\n", "'beta_max' at line 10, column 7 (first at line 9, column 7)"),
+                                 "  - {solver: pf_euler, n_steps: 3}\n",
+                                 "'beta_max' at line 10, column 7 (first at line 9, column 7)"),
 }
 
 
