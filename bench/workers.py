@@ -15,11 +15,32 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 from collections.abc import Callable, Iterable
 
-__all__ = ["ProcessPool", "DEPTH", "failed_state", "stop_resource_tracker"]
+__all__ = ["ProcessPool", "DEPTH", "MAX_DEFAULT_WORKERS", "available_cores", "default_workers", "failed_state",
+           "stop_resource_tracker"]
 
 DEPTH = 2  # shards handed to a worker at once: the running one and the next
+MAX_DEFAULT_WORKERS = 8  # the default's cap: every worker holds its own copy of the model
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """``--workers`` when not given: one worker process per core this process may use (at most
+    :data:`MAX_DEFAULT_WORKERS`), each with ``cores // workers`` torch threads (1 up to 8 cores); 1 (in
+    this process) on one core. Chosen from the quickstart measured with and without busy processes
+    beside it (docs/harness.md, "The default under load"): single-threaded workers were the fastest
+    configuration in both conditions, and one process with a thread per core slowed down most under load.
+    """
+    return max(1, min(available_cores(), MAX_DEFAULT_WORKERS))
 
 
 def failed_state(message: str) -> dict:
@@ -159,23 +180,41 @@ def stop_resource_tracker() -> None:
     Spawning the workers starts it (a process beside the driver that unlinks named semaphores their
     owners did not); left alone it outlives the driver: it notices the driver's exit, then exits, a
     moment after the CLI returned. Stopped here it exits now and is reaped here; a later spawn in this
-    process starts a new one. ``_stop`` is CPython's own (3.8+; what its tests use)."""
+    process starts a new one. ``_stop`` is CPython's own (3.8+; what its tests use). Queues that only a
+    reference cycle still holds (the frames of a SIGTERM's or SIGINT's traceback) are collected first, so
+    their semaphores are unlinked by their own finalizers, not reported as leaked by the tracker."""
+    import gc
     from multiprocessing import resource_tracker
 
+    gc.collect()
     stop = getattr(resource_tracker._resource_tracker, "_stop", None)
     if stop is not None:
         stop()
 
 
+def _next_task(tasks):
+    """The next task, or None (the sentinel, or the driver is gone: a SIGKILLed driver sends no sentinel,
+    and its worker would wait for one for ever)."""
+    parent = mp.parent_process()
+    while True:
+        try:
+            return tasks.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
+
+
 def _worker(i: int, tasks, results) -> None:
-    """One worker: imports what a shard needs at once, then runs tasks until the sentinel (None)."""
+    """One worker: imports what a shard needs at once, then runs tasks until the sentinel (None).
+    SIGINT is the driver's: a Ctrl-C reaches the whole process group, and the driver stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     from bench.execute import execute_unit
     from bench.grid import RunSpec
 
     pinned = False
-    while (item := tasks.get()) is not None:
+    while (item := _next_task(tasks)) is not None:
         kind, key, *args = item
         if kind == "call":
             fn, arg = args

@@ -6,7 +6,7 @@ folder; with ``--busy K`` K processes that spin on the CPU (pure Python loops, o
 beside it for the whole run. The machine's own load averages are printed beside every figure:
 on a shared machine "no synthetic load" is not "idle".
 
-    python scripts/load_table.py --rounds 1 --busy 0,2 --out /tmp/load.json
+    python scripts/load_table.py --rounds 1 --busy 0,2 --samples 50 --out /tmp/load.json
 """
 
 from __future__ import annotations
@@ -58,30 +58,41 @@ def grid_with_threads(threads: int | None, folder: Path) -> Path:
     return path
 
 
-def time_run(args: list[str], env: dict, out: Path) -> dict:
-    """Wall-clock and CPU time (this child and every process it waited for) of one CLI run."""
+def time_run(args: list[str], env: dict, out: Path, limit_s: float | None = None) -> dict:
+    """Wall-clock and CPU time (this child and every process it waited for) of one CLI run; a run still
+    going after ``limit_s`` is stopped with SIGTERM (``stopped``: its last line says how many runs of the
+    grid had finished)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--out", str(out), "--no-progress", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--out", str(out), "--no-progress", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stopped = False
+    try:
+        _, err = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        stopped = True
+        proc.terminate()
+        _, err = proc.communicate()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "loadavg_before": load0,
-            "loadavg_after": os.getloadavg(), "stderr_tail": proc.stderr.strip().splitlines()[-1:]}
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "loadavg_before": load0, "stopped": stopped,
+            "limit_s": limit_s, "loadavg_after": os.getloadavg(), "stderr_tail": err.strip().splitlines()[-1:]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--busy", default="0,2", help="comma-separated numbers of busy processes")
-    p.add_argument("--configs", default=",".join(n for n in CONFIGS if n != "default"),
-                   help="comma-separated configuration names (of CONFIGS)")
+    p.add_argument("--configs", default=";".join(n for n in CONFIGS if n != "default"),
+                   help="semicolon-separated configuration names (of CONFIGS)")
+    p.add_argument("--samples", type=int, default=None, help="--samples and --batch-size of every run")
+    p.add_argument("--limit", type=float, default=None, help="stop a run (SIGTERM) after this many seconds")
     p.add_argument("--out", default=None, help="JSON file for the measurements")
     args = p.parse_args(argv)
     busy_levels = [int(b) for b in args.busy.split(",")]
-    names = [n for n in args.configs.split(",") if n]
+    names = [n.strip() for n in args.configs.split(";") if n.strip()]
     results = []
     with tempfile.TemporaryDirectory(prefix="scorebench-load-") as tmp:
         tmp = Path(tmp)
@@ -93,15 +104,18 @@ def main(argv: list[str] | None = None) -> int:
                     hogs = start_busy(busy)
                     try:
                         time.sleep(1.0 if busy else 0.0)
-                        row = time_run(["--grid", str(grid), *extra],
-                                       {**os.environ, **env}, tmp / f"r{r}-b{busy}-{len(results)}")
+                        n = str(args.samples)
+                        size = ["--samples", n, "--batch-size", n] if args.samples else []
+                        row = time_run(["--grid", str(grid), *size, *extra],
+                                       {**os.environ, **env}, tmp / f"r{r}-b{busy}-{len(results)}", args.limit)
                     finally:
                         stop_busy(hogs)
                     row.update(config=name, busy=busy, round=r, utc=time.strftime("%H:%M:%S", time.gmtime()))
                     results.append(row)
+                    note = f" STOPPED: {row['stderr_tail'][0]}" if row["stopped"] else ""
                     print(f"{row['utc']} round {r} busy {busy} {name:48s} rc {row['rc']} wall {row['wall_s']:7.1f} s "
                           f"cpu {row['cpu_s']:7.1f} s load {row['loadavg_before'][0]:.2f} -> "
-                          f"{row['loadavg_after'][0]:.2f}", flush=True)
+                          f"{row['loadavg_after'][0]:.2f}{note}", flush=True)
                     if args.out:
                         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0

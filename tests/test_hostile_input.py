@@ -336,15 +336,15 @@ def _disposition(sig: signal.Signals, handler):
     return set_it
 
 
-def _start_slow_sweep(tmp_path, sig, handler) -> tuple[subprocess.Popen, Path]:
-    """``python -m bench.run`` on 12 slow runs, with ``sig``'s disposition ``handler``; returns once 2
-    records are written."""
+def _start_slow_sweep(tmp_path, sig, handler, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """``python -m bench.run`` on 12 slow runs (``extra`` arguments), with ``sig``'s disposition ``handler``;
+    returns once 2 records are written."""
     model = {"kind": "callable", "target": SLOW_OR_NAN, "options": {"delay": 0.02}}
     grid = write_grid(tmp_path / "g.yaml", models={"m": model}, sweeps=[{"solver": "pf_euler",
                                                                           "n_steps": list(range(10, 22))}])
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--grid", str(grid), "--out", str(out),
-                             "--no-progress"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             "--no-progress", *extra], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_disposition(sig, handler))
     deadline = time.monotonic() + 180
@@ -370,9 +370,11 @@ def _signal_and_wait(proc: subprocess.Popen, sig: signal.Signals) -> tuple[str, 
     return err, [line for line in err.splitlines() if line.strip()]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["in-process", "2-workers"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_cleanly(tmp_path, sig):
-    proc, out = _start_slow_sweep(tmp_path, sig, signal.SIG_DFL)
+def test_signal_stops_cleanly(tmp_path, sig, workers):
+    """One line on stderr (no traceback, no leaked-semaphore warning from the workers' queues), exit 128 + sig."""
+    proc, out = _start_slow_sweep(tmp_path, sig, signal.SIG_DFL, "--workers", workers)
     err, lines = _signal_and_wait(proc, sig)
     assert proc.returncode == 128 + sig, err
     assert len(lines) == 1, err  # no traceback
