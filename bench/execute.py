@@ -256,7 +256,7 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
     states, failure, spent = [], None, 0.0
     for shard in run_shards(run):
         budget = None if run.timeout_s is None else run.timeout_s - spent
-        s = execute_shard(run, shard, budget, progress)
+        s = shard_state(shard, execute_shard(run, shard, budget, progress))  # with its run id and index
         spent += s["wall_time_s"]
         if s["status"] != "ok":
             failure = s

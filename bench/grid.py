@@ -66,6 +66,40 @@ class GridError(ValueError):
     """A grid file that cannot be loaded; the message is one line naming file, entry and field."""
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping of the grid file holds one key twice (``key``, ``line``: the second one, ``first``: the first)."""
+
+    def __init__(self, key: object, at: str, first: str, mark) -> None:
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=mark)
+        self.key, self.at, self.first = key, at, first
+
+
+def _line_column(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+class _GridLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds a key twice at any level (YAML 1.2 forbids it;
+    PyYAML keeps the last value silently, so an edited grid would run something else than it reads).
+    Keys merged in by ``<<`` may be overridden, as YAML's merge key means."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKey(key, _line_column(key_node.start_mark), _line_column(first.start_mark),
+                                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     """How every run of a grid is evaluated (defaults for all runs; CLI overrides replace fields)."""
@@ -656,7 +690,10 @@ def load_grid(path: str | Path, overrides: dict | None = None, files: bool = Tru
     except OSError as e:
         raise GridError(f"{shown}: cannot read the grid file ({e.strerror})") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_GridLoader)  # noqa: S506  (a SafeLoader)
+    except _DuplicateKey as e:
+        raise GridError(f"{shown}: duplicate key {e.key!r} at {e.at} (first at {e.first}); YAML would keep only "
+                        f"the last value: remove one") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -156,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override eval.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--out", default=None, help="output folder (default: results/<grid name>)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local executor: worker processes pulling shards (CPU: cores/N threads each; "
-                        "CUDA: one per visible GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local executor: worker processes pulling shards (CPU: cores/N threads each; CUDA: one "
+                        "per visible GPU; 1: in this process with a thread per core). Default: one per core, "
+                        "at most 8 (docs/harness.md: the default under load)")
     p.add_argument("--plan", action="store_true",
                    help="print network evaluations per run and in total (and a time estimate) and exit")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -230,19 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     invocation), 2 (bad input, nothing written), 130 / 143 (stopped by SIGINT / SIGTERM: the records
     that finished are kept and the report rebuilt from them)."""
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         print(f"error: --workers must be a positive integer, got {args.workers}", file=sys.stderr)
         return 2
+    from bench.workers import default_workers
+
+    # Spawned now, so the workers import torch while this process validates the grid; where a GPU may be
+    # there and --workers was not given, later, as many as the runs' devices want (one per visible GPU).
+    early = args.workers is not None or not Path("/dev/nvidiactl").exists()
+    args.workers = args.workers or default_workers()
     pool = None
-    if args.executor == "local" and args.workers > 1 and not (args.dry_run or args.plan):
+    if args.executor == "local" and args.workers > 1 and early and not (args.dry_run or args.plan):
         from bench.workers import ProcessPool
 
-        pool = ProcessPool(args.workers)  # now: the workers import torch while this process validates the grid
+        pool = ProcessPool(args.workers)
     try:
         return _main(args, pool)
     finally:
         if pool is not None:  # closed by the sweep when it ran; stopped at once after an early exit
+            from bench.workers import stop_resource_tracker
+
             pool.close(now=True)
+            stop_resource_tracker()  # every worker has exited: nothing of this sweep outlives the CLI
 
 
 def _main(args: argparse.Namespace, pool) -> int:

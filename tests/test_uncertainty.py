@@ -103,6 +103,69 @@ def test_jackknife_edge_cases():
     assert u["stderr"] == pytest.approx(math.sqrt(0.5 * 2.0)) and u["jackknife_bias"] == pytest.approx(0.0)
 
 
+def test_distance_intervals_stay_above_zero():
+    """Issue 28: a distance's interval is the t interval on log θ from the jackknife of log replicates,
+    θ·exp(±t·SE_log): above 0 where θ ± t·SE would go below it; SE itself is still the linear jackknife's."""
+    from scipy.stats import t
+
+    replicates = [0.2, 0.9, 0.35, 1.6, 0.5, 0.25, 1.1, 0.3, 0.7, 0.45]
+    u = jackknife(0.5, replicates, [10] * 10, positive=True)
+    k = len(replicates)
+    logs = np.log(replicates)
+    se_log = math.sqrt((k - 1) / k * ((logs - logs.mean()) ** 2).sum())
+    half = t.ppf(0.975, k - 1)
+    assert u["log_stderr"] == pytest.approx(se_log, rel=1e-12)
+    assert u["interval"] == pytest.approx([0.5 * math.exp(-half * se_log), 0.5 * math.exp(half * se_log)], rel=1e-12)
+    linear = jackknife(0.5, replicates, [10] * 10)
+    assert linear["interval"][0] < 0 < u["interval"][0] < 0.5 < u["interval"][1]
+    assert u["stderr"] == linear["stderr"] and "log(value)" in u["method"]
+    # A value or replicate of exactly 0 has no log: the linear interval, cut at 0, and the method says so.
+    zero = jackknife(0.5, [0.0, *replicates[1:]], [10] * 10, positive=True)
+    assert zero["interval"][0] == 0.0 and "cut at 0" in zero["method"]
+
+
+@pytest.mark.parametrize("name", ["fd_exact", "sw2_exact", "fd_digits"])
+def test_distances_near_their_floor_have_positive_intervals(name):
+    """Exact mixture samples (fd_exact, sw2_exact near 0) and digits-like images: every 95 % interval of
+    these distances lies above 0 (for fd_exact the symmetric one, value ± t·stderr, reaches below it)."""
+    from scipy.stats import t
+
+    mixture = _mixture()
+    below = 0
+    for s in range(12):
+        g = torch.Generator().manual_seed(2000 + s)
+        if name == "fd_digits":
+            opts, x = {}, torch.rand(60, 1, 8, 8, generator=g)
+        else:
+            opts, x = {"model": mixture}, mixture.sample_data(60, generator=g)
+        value, protocol = _run(name, opts, x, torch.arange(60 * s, 60 * (s + 1)), 60).compute()
+        u = protocol["uncertainty"]
+        assert 0 < u["interval"][0] < value < u["interval"][1], (name, value, u["interval"])
+        below += value - t.ppf(0.975, GROUPS - 1) * u["stderr"] < 0
+    if name == "fd_exact":
+        assert below > 0, "no set whose symmetric interval crosses 0: the case is not tested"
+
+
+def test_execute_run_records_the_intervals():
+    """``execute_run`` (a whole run in this process: scripts/uncertainty_coverage.py's path) merges its
+    shards into an ok record whose distances have intervals above 0."""
+    import dataclasses
+
+    from bench.execute import execute_run
+    from bench.grid import load_grid
+    from tests.conftest import ROOT
+
+    grid = load_grid(ROOT / "grids" / "quickstart.yaml", {"device": "cpu"})
+    run = next(r for r in grid.runs if r.model_name == "mixture_vp" and r.solver == "pf_heun")
+    run = dataclasses.replace(run, seeds="0-39", num_samples=40, batch_size=20, shard_size=20, save_samples=0)
+    record, _ = execute_run(run, progress=False)
+    assert record["status"] == "ok", record["message"]
+    assert record["shards"]["merged"] == [0, 1]
+    for m in ("fd_exact", "sw2_exact"):
+        lo, hi = record["metrics"][m]["uncertainty"]["interval"]
+        assert 0 < lo < record["metrics"][m]["value"] < hi
+
+
 def test_stated_errors_match_the_spread_over_seed_sets():
     """Exact mixture samples, distorted as a biased sampler would (scaled by 1.15, shifted by 0.05), on 60
     disjoint seed sets of 200: the mean stated standard error of each exact metric is within 30 % of the

@@ -178,7 +178,7 @@ class SlicedW2:
             return math.sqrt(float(wasserstein2_1d(rest, ref, presorted=True).mean()))
 
         replicates, used = leave_one_out(sizes, without)
-        return jackknife(value, replicates, used)
+        return jackknife(value, replicates, used, positive=True)  # a distance: its interval stays above 0
 
 
 class MeanLogLikelihood:
