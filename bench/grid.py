@@ -56,7 +56,7 @@ DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device":
 def _metric_names() -> tuple[str, ...]:
     from bench.metrics import METRICS
 
-    return (*METRICS, "bpd")
+    return tuple(METRICS)
 
 
 METRIC_NAMES = _metric_names()
@@ -122,7 +122,9 @@ class RunSpec:
     shard_size: int | None = None  # a shard holds whole batches, so its size never changes a result
 
     def identity(self) -> dict:
-        uses_data = bool({"bpd", "fid", "kid"} & set(self.metrics))  # fd_* and exact metrics ship their references
+        from bench.metrics import METRICS
+
+        uses_data = any(METRICS[m].reads_data for m in self.metrics)  # fd_*, exact metrics ship their references
         # Mixed precision changes the numbers; channels_last, compile and batch splitting do not.
         autocast = self.accel.get("autocast", "none")
         return ({"autocast": autocast} if autocast != "none" else {}) | (
@@ -373,22 +375,11 @@ def _model_facts(where: _Where, models: dict, files: bool) -> dict:
     return facts
 
 
-def _metric_applies(metric: str, kind: str, shape: tuple[int, ...] | None) -> str | None:
-    """Why ``metric`` cannot apply to a model of ``kind`` with samples of ``shape``, or None."""
-    from bench.metrics.classifier import CLASSIFIERS
+def _metric_applies(metric: str, kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
+    """Why ``metric`` cannot apply to a model of ``kind`` with samples of ``shape``, or None (its registry entry)."""
+    from bench.metrics import METRICS
 
-    if metric in ("fd_exact", "sw2_exact", "loglik_exact"):
-        return None if kind in ("mixture", "callable") else "it needs an exact mixture model (kind: mixture)"
-    if shape is None:
-        return None
-    shown = "x".join(map(str, shape))
-    if metric in ("fd_digits", "fd_fashion"):
-        size = CLASSIFIERS[metric.removeprefix("fd_")]["arch"]["size"]
-        if tuple(shape) != (1, size, size):
-            return f"its classifier reads 1x{size}x{size} images; the model's samples are {shown}"
-    if metric in ("fid", "kid") and not (len(shape) == 3 and shape[0] in (1, 3)):
-        return f"it needs images of 1 or 3 channels (CxHxW); the model's samples are {shown}"
-    return None
+    return METRICS[metric].applies(kind, None if shape is None else tuple(shape), conditional)
 
 
 def _parse_prior(where: _Where, v: Any) -> dict:
@@ -548,12 +539,9 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         fact = (facts or {}).get(name)
         if fact is not None:
             _check_run_time(where, name, fact.sde, T, eps)
-        if "bpd" in metrics and model.get("label") is not None:
-            raise where.error(f"metric 'bpd' cannot apply to model {name!r} with 'label': bits/dim of a dataset "
-                              f"under a class-conditional model needs each image's own class, which the "
-                              f"harness does not feed; drop 'bpd' from its metrics")
         for m in metrics:
-            why = _metric_applies(m, model["kind"], None if fact is None else fact.shape)
+            why = _metric_applies(m, model["kind"], None if fact is None else fact.shape,
+                                  model.get("label") is not None)
             if why is not None:
                 raise where.error(f"metric {m!r} cannot apply to model {name!r}: {why}")
         runs.append(RunSpec(grid=grid, entry=i, model_name=name, model=model, data=section["data"], solver=solver,

@@ -20,12 +20,13 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.metrics import METRICS
+
 __all__ = ["LOWER_IS_BETTER", "BUDGETS", "COLUMNS", "family", "flatten", "pareto_front", "runs_frame",
            "summary_frame", "pareto_table", "budget_table", "nfe_to_reach", "default_targets", "nfe_column",
            "format_value", "to_markdown", "to_latex"]
 
-LOWER_IS_BETTER = {"fid": True, "kid": True, "fd_digits": True, "fd_fashion": True, "fd_exact": True,
-                   "sw2_exact": True, "loglik_exact": False, "bpd": True}
+LOWER_IS_BETTER = {name: entry.lower_is_better for name, entry in METRICS.items()}  # the registry's directions
 BUDGETS = (10, 20, 50, 100, 1000)
 COLUMNS = ("run_id", "grid", "model", "solver", "family", "options", "T", "eps", "prior", "status", "message", "nfe",
            "nfe_total", "nfe_per_sample_mean", "n_steps", "n_accepted", "n_rejected", "bpd_nfe", "num_samples",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import METRICS, make_metric
+from bench.metrics import SAMPLE_METRICS, make_metric
 from bench.metrics.uncertainty import GROUPS, jackknife
 from bench.records import metric_entry
 from tests.test_metric_state import _case, _mixture, _rel, _round_trip, inception  # noqa: F401
@@ -30,7 +30,7 @@ def _run(name, opts, x, ids, batch):
 
 # FID is the same FrechetMetric as fd_digits / fd_fashion / fd_exact on 2048-d features, where every
 # jackknife replicate is a 2048-d eigenvalue problem (seconds on a CPU): checked once, below.
-@pytest.mark.parametrize("name", sorted(set(METRICS) - {"fid"}))
+@pytest.mark.parametrize("name", sorted(set(SAMPLE_METRICS) - {"fid"}))
 def test_uncertainty_independent_of_batches_and_shards(name, inception):  # noqa: F811
     opts, x = _case(name, inception)
     ids = torch.arange(100, 100 + len(x))

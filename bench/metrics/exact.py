@@ -26,9 +26,10 @@ from torch import Tensor
 
 from bench.metrics.feature_fd import FrechetMetric, check_state
 from bench.metrics.reference import ReferenceStats
+from bench.metrics.registry import MetricEntry, RunFacts
 from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
-__all__ = ["MeanLogLikelihood", "SlicedW2", "make_exact_fd", "wasserstein2_1d"]
+__all__ = ["FD_EXACT", "LOGLIK_EXACT", "SW2_EXACT", "MeanLogLikelihood", "SlicedW2", "make_exact_fd", "wasserstein2_1d"]
 
 REFERENCE_CHUNK = 4096  # exact reference samples are drawn in chunks of this size (fixed: results don't
 #                         depend on how the generated samples were batched)
@@ -249,3 +250,23 @@ class MeanLogLikelihood:
         return mean, {"metric": self.name, **self._protocol, "num_generated": self.n,
                       "stderr": float(np.sqrt(var / self.n)),
                       "bits_per_dim": -mean / (self.model.dim * math.log(2)), "uncertainty": unc}
+
+
+def _options(facts: RunFacts) -> dict:
+    return {"model": facts.model, "seeds": facts.seeds}
+
+
+def _exact_model(kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
+    return None if kind in ("mixture", "callable") else "it needs an exact mixture model (kind: mixture)"
+
+
+def _entry(name: str, summary: str, build, lower_is_better: bool = True, **kw) -> MetricEntry:
+    return MetricEntry(name=name, summary=summary, build=build, options=_options, lower_is_better=lower_is_better,
+                       applies=_exact_model, needs_model=True, **kw)
+
+
+FD_EXACT = _entry("fd_exact", "data-space Fréchet distance to an exact mixture's moments", make_exact_fd)
+SW2_EXACT = _entry("sw2_exact", "sliced Wasserstein-2 to exact mixture samples", SlicedW2, state_bytes=8 * 256,
+                   max_generated=10**6)
+LOGLIK_EXACT = _entry("loglik_exact", "mean exact log p_0(x) of the samples (nats)", MeanLogLikelihood,
+                      lower_is_better=False)

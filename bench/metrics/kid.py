@@ -27,10 +27,12 @@ from torch import Tensor
 
 from bench.metrics.assets import find_inception, find_reference_stats
 from bench.metrics.feature_fd import check_state
+from bench.metrics.fid import inception_files, inception_options
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
+from bench.metrics.registry import MetricEntry, image_shape
 from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
-__all__ = ["KID", "kernel_distance"]
+__all__ = ["ENTRY", "KID", "kernel_distance"]
 
 
 def kernel_distance(feats_ref: np.ndarray, feats_gen: np.ndarray, num_subsets: int = 100,
@@ -168,3 +170,9 @@ class KID:
             unc = jackknife(value, replicates, used)
         return value, {"metric": self.name, **self._protocol, "num_generated": gen.shape[0],
                        "num_reference": int(self.ref_feats.shape[0]), "uncertainty": unc}
+
+
+ENTRY = MetricEntry(
+    name="kid", summary="clean-fid's KID (cubic-kernel MMD² in TF-Inception features, 100 subsets)", build=KID,
+    options=inception_options, applies=image_shape, files=partial(inception_files, kid=True), reads_data=True,
+    state_bytes=4 * 2048, max_generated=100_000)
