@@ -37,7 +37,7 @@ ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths 
 AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
 DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
-             "bpd_batch_size", "bpd_repeats")
+             "bpd_batch_size", "bpd_repeats")  # plus each metric's own keys (its registry entry's ``keys``)
 # Any other sweep key is a solver option.
 RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "likelihood")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -225,7 +225,7 @@ def _metrics(where: _Where, v: Any, what: str = "metrics") -> tuple[str, ...]:
     if not isinstance(v, list | tuple) or not all(isinstance(m, str) for m in v):
         raise where.error(f"field {what!r} must be a list of metric names, got {v!r}")
     for m in v:
-        where.choice("metric", m, METRIC_NAMES)
+        where.choice("metric", m, _metric_names())  # the registry as it is now (a test may add an entry)
     return tuple(v)
 
 
@@ -305,7 +305,14 @@ def _accel(where: _Where, raw: Any) -> dict:
 
 
 def _parse_data(where: _Where, raw: Any) -> dict:
-    d = dict(where.keys(raw or {}, DATA_KEYS, "data"))
+    from bench.metrics import METRICS
+
+    d = dict(where.keys(raw or {}, (*DATA_KEYS, *(k for e in METRICS.values() for k in e.keys)), "data"))
+    for entry in METRICS.values():
+        try:
+            entry.check(d)
+        except ValueError as e:
+            raise where.error(str(e)) from e
     for k in ("bpd_samples", "bpd_batch_size", "bpd_repeats", "res"):
         if k in d:
             where.positive_int(k, d[k])

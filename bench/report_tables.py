@@ -26,7 +26,8 @@ __all__ = ["LOWER_IS_BETTER", "BUDGETS", "COLUMNS", "family", "flatten", "pareto
            "summary_frame", "pareto_table", "budget_table", "nfe_to_reach", "default_targets", "nfe_column",
            "format_value", "to_markdown", "to_latex"]
 
-LOWER_IS_BETTER = {name: entry.lower_is_better for name, entry in METRICS.items()}  # the registry's directions
+# The direction of every record column a metric writes (the registry's entries).
+LOWER_IS_BETTER = {column: lower for entry in METRICS.values() for column, lower in entry.columns().items()}
 BUDGETS = (10, 20, 50, 100, 1000)
 COLUMNS = ("run_id", "grid", "model", "solver", "family", "options", "T", "eps", "prior", "status", "message", "nfe",
            "nfe_total", "nfe_per_sample_mean", "n_steps", "n_accepted", "n_rejected", "bpd_nfe", "num_samples",

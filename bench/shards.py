@@ -182,9 +182,11 @@ def merge_record(run, states: list[dict], metrics: dict,
         import time
 
         t0 = time.perf_counter()
+        from bench.metrics import METRICS
+
         for name, metric in metrics.items():
-            value, protocol = metric.compute()
-            record["metrics"][name] = metric_entry(value, protocol)
+            for column, (value, protocol) in METRICS[name].results(metric).items():
+                record["metrics"][column] = metric_entry(value, protocol)
         bpd = next((s for s in order if s["index"] == BPD), None)
         if bpd is not None:
             record["metrics"][BPD] = metric_entry(bpd["bpd_value"], bpd["bpd_protocol"])

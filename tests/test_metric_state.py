@@ -12,7 +12,7 @@ import io
 import pytest
 import torch
 
-from bench.metrics import SAMPLE_METRICS, make_metric
+from bench.metrics import METRICS, SAMPLE_METRICS, make_metric
 from bench.metrics.bpd import BitsPerDim
 from bench.metrics.fid import compute_reference_stats
 from models.gaussian import GaussianMixture
@@ -48,10 +48,12 @@ def _mixture() -> GaussianMixture:
 
 def _case(name: str, inception) -> tuple[dict, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
-    if name in ("fid", "kid"):
+    if name in ("fid", "kid", "prdc"):
         folder, ref = inception
         opts = {"dataset": "toy", "res": 32, "split": "train", "inception": folder, "backend": "scorebench",
                 "ref_path": ref}
+        if name == "prdc":
+            opts |= {"ref_path": ref.with_name(ref.name[: -len(".npz")] + "_kid.npz"), "block": 7}
         if name == "kid":
             opts |= {"ref_path": ref.with_name(ref.name[: -len(".npz")] + "_kid.npz"), "num_subsets": 7,
                      "max_subset_size": 30}
@@ -71,6 +73,11 @@ def _round_trip(state: dict) -> dict:
     return torch.load(buf, weights_only=True)
 
 
+def results(name: str, metric) -> dict:
+    """``{record column: (value, protocol)}`` of a filled accumulator (several for ``prdc``)."""
+    return METRICS[name].results(metric)
+
+
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-300)
 
@@ -82,7 +89,7 @@ def test_merged_shards_equal_one_pass(name, inception):
     whole = make_metric(name, **opts)
     for i in range(0, len(x), BATCH):
         whole.update(x[i: i + BATCH], ids[i: i + BATCH])
-    expected, protocol = whole.compute()
+    expected = results(name, whole)
 
     states = []
     for lo, hi in zip(CUTS[:-1], CUTS[1:], strict=True):
@@ -94,12 +101,12 @@ def test_merged_shards_equal_one_pass(name, inception):
         merged = make_metric(name, **opts)
         for k in order:
             merged.merge(states[k])
-        value, merged_protocol = merged.compute()
-        assert _rel(value, expected) <= 1e-9, (name, value, expected)
-        assert merged_protocol["num_generated"] == protocol["num_generated"] == len(x)
+        for column, (value, merged_protocol) in results(name, merged).items():
+            assert _rel(value, expected[column][0]) <= 1e-9, (column, value, expected[column][0])
+            assert merged_protocol["num_generated"] == expected[column][1]["num_generated"] == len(x)
     # An empty shard merges as nothing, and a state of another metric is refused.
     merged.merge(_round_trip(make_metric(name, **opts).state()))
-    assert _rel(merged.compute()[0], expected) <= 1e-9
+    assert all(_rel(v, expected[c][0]) <= 1e-9 for c, (v, _) in results(name, merged).items())
     other = "loglik_exact" if name != "loglik_exact" else "fd_exact"
     with pytest.raises(ValueError, match=f"cannot merge a state of metric {other!r}"):
         merged.merge({"metric": other})

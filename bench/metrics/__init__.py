@@ -52,7 +52,7 @@ from collections.abc import Iterable
 
 from torch import Tensor
 
-from bench.metrics import bpd, classifier_fd, exact, fid, kid
+from bench.metrics import bpd, classifier_fd, exact, fid, kid, prdc
 from bench.metrics.assets import MissingAssetError
 from bench.metrics.registry import Metric, MetricEntry, RunFacts
 
@@ -68,6 +68,7 @@ METRICS: dict[str, MetricEntry] = {e.name: e for e in (
     exact.FD_EXACT,
     exact.SW2_EXACT,
     exact.LOGLIK_EXACT,
+    prdc.ENTRY,
     bpd.ENTRY,
 )}
 # The metrics computed from a run's samples (every one but those scored in a shard of their own).
@@ -87,7 +88,8 @@ def make_metric(name: str, **options: object) -> Metric:
 
 
 def compute_metric(name: str, samples: Iterable[Tensor] | Tensor, **options: object) -> tuple[float, dict]:
-    """Value and protocol of metric ``name`` over ``samples`` (a tensor or an iterable of batches)."""
+    """Value and protocol of metric ``name`` over ``samples`` (a tensor or an iterable of batches); a metric
+    with several values gives ``{column: (value, protocol)}``."""
     metric = make_metric(name, **options)
     for batch in [samples] if isinstance(samples, Tensor) else samples:
         metric.update(batch)

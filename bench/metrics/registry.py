@@ -31,7 +31,7 @@ from torch import Tensor
 
 from bench.metrics.uncertainty import METHOD
 
-__all__ = ["Metric", "MetricEntry", "RunFacts", "image_shape"]
+__all__ = ["Metric", "MetricEntry", "RunFacts", "image_shape", "positive_ints"]
 
 
 class Metric(Protocol):
@@ -85,6 +85,22 @@ def _no_datasets(data: dict) -> list[tuple[str, str]]:
     return []
 
 
+def _no_check(data: dict) -> None:
+    return None
+
+
+def positive_ints(*keys: str) -> Callable[[dict], None]:
+    """A ``check`` that the data-section ``keys`` present are positive integers."""
+
+    def check(data: dict) -> None:
+        for k in keys:
+            v = data.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"field {k!r} must be a positive integer, got {v!r}")
+
+    return check
+
+
 def image_shape(kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
     """``applies`` of metrics on images of 1 or 3 channels (C×H×W)."""
     if shape is None or (len(shape) == 3 and shape[0] in (1, 3)):
@@ -114,6 +130,10 @@ class MetricEntry:
         state_bytes: bytes of mergeable state each sample adds (0: the state does not grow with N).
         max_generated: the most samples its state accepts (None: any).
         uncertainty: how the record's uncertainty is computed.
+        values: for a metric with several values (``prdc``): ``{record column: lower is better}``; its
+            ``compute()`` returns ``{column: (value, protocol)}`` instead of one ``(value, protocol)``.
+        keys: the ``data``-section keys it reads beyond the common ones (its grid options).
+        check: ``check(data section)`` raises ``ValueError`` naming a bad field of its options.
     """
 
     name: str
@@ -130,7 +150,19 @@ class MetricEntry:
     state_bytes: int = 0
     max_generated: int | None = None
     uncertainty: str = METHOD
+    values: dict[str, bool] | None = None
+    keys: tuple[str, ...] = ()
+    check: Callable[[dict], None] = _no_check
 
     def make(self, facts: RunFacts) -> Metric:
         """A fresh accumulator for the run described by ``facts``."""
         return self.build(**self.options(facts))
+
+    def columns(self) -> dict[str, bool]:
+        """``{record column: lower is better}`` of the values it records (its name alone for most)."""
+        return dict(self.values) if self.values is not None else {self.name: self.lower_is_better}
+
+    def results(self, metric: Metric) -> dict[str, tuple[float, dict]]:
+        """``{record column: (value, protocol)}`` of a filled accumulator."""
+        out = metric.compute()
+        return out if self.values is not None else {self.name: out}
