@@ -118,8 +118,9 @@ def test_features_are_the_reference_protocols(weights):
     err = (hub - expected).abs().max().item()
     assert err < 2e-4 * expected.abs().max().item(), err  # float32 network vs the float64 reference
     assert (hub - folder).abs().max().item() <= 1e-5  # hub checkpoint and transformers folder: the same features
+    both = (hub - folder).abs().max().item()
     print(f"DINOv2 features vs the written-out protocol: max error {err:.3g} (features up to "
-          f"{expected.abs().max().item():.3g}); hub file vs transformers folder {(hub - folder).abs().max().item():.3g}")
+          f"{expected.abs().max().item():.3g}); hub file vs transformers folder {both:.3g}")
     # Each protocol fact matters at this size: the patch tokens' mean instead of CLS, no final norm,
     # transformers' own exact-size position resampling, or EDM2's torch resize all move the features.
     assert (DINOv2Features(pth, resize="torch")(x).double() - expected).abs().max() > 50 * err
