@@ -7,6 +7,7 @@ and are merged in a shuffled order into a fresh accumulator.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 
 import pytest
@@ -38,6 +39,13 @@ def inception(tmp_path_factory):
     torch.jit.script(_StandInInception().eval()).save(str(folder / INCEPTION_FILE))
     ref = compute_reference_stats(_images(40, 10).split(20), "toy", 32, "train", inception=folder,
                                   backend="scorebench", kid=True, out=folder / "toy_ref.npz")
+    if importlib.util.find_spec("transformers") is not None:  # a random small DINOv2 and its reference statistics
+        from bench.metrics.dinov2 import compute_dinov2_reference
+        from tests.test_dinov2 import hub_state
+
+        torch.save(hub_state(), folder / "dinov2_tiny.pth")
+        compute_dinov2_reference(_images(40, 10).split(20), folder / "dinov2_ref.npz",
+                                 weights=folder / "dinov2_tiny.pth")
     return folder, ref
 
 
@@ -58,6 +66,13 @@ def _case(name: str, inception) -> tuple[dict, torch.Tensor]:
             opts |= {"ref_path": ref.with_name(ref.name[: -len(".npz")] + "_kid.npz"), "num_subsets": 7,
                      "max_subset_size": 30}
         return opts, _images(60, 11, shift=0.1)
+    if name == "inception_score":
+        return {"inception": inception[0]}, _images(60, 11, shift=0.1)
+    if name == "fd_dinov2":
+        pytest.importorskip("transformers")
+        folder = inception[0]
+        return {"dinov2": str(folder / "dinov2_tiny.pth"), "dinov2_ref": str(folder / "dinov2_ref.npz")}, _images(
+            60, 11, shift=0.1)
     if name == "fd_digits":
         return {}, torch.rand(60, 1, 8, 8, generator=g)
     if name == "fd_fashion":
