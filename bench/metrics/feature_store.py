@@ -9,10 +9,14 @@ merge order; without ids, the order they were added in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureStore"]
+from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
+
+__all__ = ["FeatureStore", "KeepsFeatures"]
 
 
 class FeatureStore:
@@ -70,3 +74,34 @@ class FeatureStore:
         ids = torch.cat(self._ids)
         order = ids.argsort(stable=True)
         return feats[order], ids[order]
+
+
+class KeepsFeatures:
+    """The mergeable-state half of a metric whose state is a :class:`FeatureStore` (``self.store``): its
+    ``state()``, ``merge()`` and the jackknife over seed groups of an estimator on the stored rows."""
+
+    name: str
+    store: FeatureStore
+
+    def state(self) -> dict:
+        """The stored rows (float32 [N, D]) and their ids (int64 [N], or None)."""
+        return {"metric": self.name, **self.store.state()}
+
+    def merge(self, state: dict) -> None:
+        """Add another accumulator's rows (from :meth:`state`)."""
+        if not isinstance(state, dict) or state.get("metric") != self.name:
+            got = state.get("metric") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"cannot merge a state of metric {got!r} into {self.name!r}")
+        self.store.merge(state)
+
+    @staticmethod
+    def group_jackknife(value: float, ids: Tensor | None, without: Callable[[Tensor], float],
+                        min_size: int = 2) -> dict:
+        """The jackknife entry of ``value``: ``without(keep)`` is the estimator on the rows where the bool
+        mask ``keep`` [N] (rows in :meth:`FeatureStore.ordered` order) leaves out one seed group."""
+        if ids is None:
+            return unavailable("samples came without seeds (ids)")
+        groups = seed_groups(ids)
+        sizes = torch.bincount(groups, minlength=GROUPS).tolist()
+        replicates, used = leave_one_out(sizes, lambda g: without(groups != g), min_size=min_size)
+        return jackknife(value, replicates, used)

@@ -25,11 +25,9 @@ import torch
 from torch import Tensor
 
 from bench.metrics.assets import find_inception
-from bench.metrics.feature_fd import check_state
-from bench.metrics.feature_store import FeatureStore
+from bench.metrics.feature_store import FeatureStore, KeepsFeatures
 from bench.metrics.inception import file_sha256, quantize_uint8
 from bench.metrics.registry import MetricEntry, RunFacts, image_shape
-from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
 __all__ = ["ENTRY", "InceptionScore", "inception_score"]
 
@@ -52,8 +50,8 @@ def inception_score(probs: np.ndarray, splits: int = SPLITS) -> tuple[float, flo
     return float(np.mean(scores)), float(np.std(scores))
 
 
-class InceptionScore:
-    """The ``inception_score`` accumulator.
+class InceptionScore(KeepsFeatures):
+    """The ``inception_score`` accumulator (state: every sample's probabilities, float32 [N, 1008], and ids).
 
     Args:
         inception: the TorchScript Inception file or its folder (default: looked up).
@@ -95,26 +93,12 @@ class InceptionScore:
     def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
         self.store.add(self.probabilities(self.prepare(samples)), ids)
 
-    def state(self) -> dict:
-        """Every sample's probabilities (float32 [N, 1008]) and ids."""
-        return {"metric": self.name, **self.store.state()}
-
-    def merge(self, state: dict) -> None:
-        check_state(self.name, state)
-        self.store.merge(state)
-
     def compute(self) -> tuple[float, dict]:
         probs, ids = self.store.ordered()
         probs = probs.double().numpy()
         value, spread = inception_score(probs, self.splits)
-        if ids is None:
-            unc = unavailable("samples came without seeds (ids)")
-        else:
-            groups = seed_groups(ids).numpy()
-            sizes = np.bincount(groups, minlength=GROUPS).tolist()
-            replicates, used = leave_one_out(sizes, lambda g: inception_score(probs[groups != g], self.splits)[0],
-                                             min_size=self.splits)
-            unc = jackknife(value, replicates, used)
+        unc = self.group_jackknife(value, ids, lambda keep: inception_score(probs[keep.numpy()], self.splits)[0],
+                                   min_size=self.splits)
         return value, {"metric": self.name, **self._protocol, "split_std": spread, "num_generated": len(probs),
                        "uncertainty": unc}
 

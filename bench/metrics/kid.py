@@ -26,12 +26,10 @@ import torch
 from torch import Tensor
 
 from bench.metrics.assets import find_inception, find_reference_stats
-from bench.metrics.feature_fd import check_state
-from bench.metrics.feature_store import FeatureStore
+from bench.metrics.feature_store import FeatureStore, KeepsFeatures
 from bench.metrics.fid import inception_files, inception_options
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
 from bench.metrics.registry import MetricEntry, image_shape
-from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
 __all__ = ["ENTRY", "KID", "kernel_distance"]
 
@@ -75,7 +73,7 @@ def _cleanfid_kernel_distance(feats_ref: np.ndarray, feats_gen: np.ndarray, num_
         np.random.set_state(state)
 
 
-class KID:
+class KID(KeepsFeatures):
     """KID accumulator: ``update(samples)``, then ``compute() -> (kid, protocol)``.
 
     Args:
@@ -119,27 +117,13 @@ class KID:
         """Add a batch of generated samples [B, C, H, W] with their ids (seeds) [B], if known."""
         self.store.add(self.net(self.prepare(samples)), ids)
 
-    def state(self) -> dict:
-        """The generated features (float32 [N, D]) and their ids (int64 [N], or None): not sums."""
-        return {"metric": self.name, **self.store.state()}
-
-    def merge(self, state: dict) -> None:
-        """Add another accumulator's features (from :meth:`state`)."""
-        check_state(self.name, state)
-        self.store.merge(state)
-
     def compute(self) -> tuple[float, dict]:
         gen, ids = self.store.ordered()  # one order for any sharding: by sample id
         gen = gen.numpy()
         fn = _cleanfid_kernel_distance if self.net.backend == "cleanfid" else kernel_distance
         value = fn(self.ref_feats, gen, *self.settings)
-        if ids is None:
-            unc = unavailable("samples came without seeds (ids)")
-        else:  # jackknife: the same estimator (same subset seed) without each seed group in turn
-            groups = seed_groups(ids).numpy()
-            sizes = np.bincount(groups, minlength=GROUPS).tolist()
-            replicates, used = leave_one_out(sizes, lambda g: fn(self.ref_feats, gen[groups != g], *self.settings))
-            unc = jackknife(value, replicates, used)
+        # jackknife: the same estimator (same subset seed) without each seed group in turn
+        unc = self.group_jackknife(value, ids, lambda keep: fn(self.ref_feats, gen[keep.numpy()], *self.settings))
         return value, {"metric": self.name, **self._protocol, "num_generated": gen.shape[0],
                        "num_reference": int(self.ref_feats.shape[0]), "uncertainty": unc}
 

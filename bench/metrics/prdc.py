@@ -30,12 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.metrics.feature_fd import check_state
-from bench.metrics.feature_store import FeatureStore
+from bench.metrics.feature_store import FeatureStore, KeepsFeatures
 from bench.metrics.fid import inception_files, inception_options
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
 from bench.metrics.registry import MetricEntry, image_shape, positive_ints
-from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
 __all__ = ["ENTRY", "PRDC", "VALUES", "knn_radii", "prdc"]
 
@@ -105,7 +103,7 @@ def prdc(real, fake, k_pr: int = 3, k_dc: int = 5, block: int | None = None) -> 
             "coverage": float((nearest < real_r[k_dc]).double().mean())}
 
 
-class PRDC:
+class PRDC(KeepsFeatures):
     """Accumulator of the four values: ``update(samples, ids)``, ``state()``, ``merge()``, and ``compute()``
     returning ``{value name: (value, protocol)}`` (a metric with several values: its registry entry's
     ``values``).
@@ -144,14 +142,6 @@ class PRDC:
         with torch.no_grad():
             self.store.add(self.features(x), ids)
 
-    def state(self) -> dict:
-        """The generated features (float32 [N, D]) and their ids."""
-        return {"metric": self.name, **self.store.state()}
-
-    def merge(self, state: dict) -> None:
-        check_state(self.name, state)
-        self.store.merge(state)
-
     def compute(self) -> dict[str, tuple[float, dict]]:
         fake, ids = self.store.ordered()
         fake = fake.double()
@@ -181,16 +171,10 @@ class PRDC:
         fns = {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
         common = {"metric": self.name, **self._protocol, "num_generated": int(fake.shape[0]),
                   "num_reference": int(real.shape[0])}
-        groups = None if ids is None else seed_groups(ids)
         out = {}
         for value_name, fn in fns.items():
-            value = fn()
-            if groups is None:
-                unc = unavailable("samples came without seeds (ids)")
-            else:  # jackknife: the value without the generated samples of each seed group in turn
-                sizes = torch.bincount(groups, minlength=GROUPS).tolist()
-                replicates, used = leave_one_out(sizes, lambda g, fn=fn: fn(groups != g), min_size=self.k_pr + 1)
-                unc = jackknife(value, replicates, used)
+            value = fn()  # jackknife: the value without the generated samples of each seed group in turn
+            unc = self.group_jackknife(value, ids, fn, min_size=self.k_pr + 1)
             out[f"{value_name}{self.suffix}"] = (value, {**common, "value": value_name, "uncertainty": unc})
         return out
 
