@@ -32,7 +32,7 @@ __all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_g
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics", "sweeps")
 EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
-             "threads", "accel", "shard_size")
+             "threads", "accel", "shard_size", "seed_sets")
 ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths (models.accel)
 AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
@@ -50,7 +50,8 @@ MAX_SAMPLES = 10**8
 MAX_SEED = 2**63 - 1
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
                 "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {},
-                "shard_size": None}
+                "shard_size": None, "seed_sets": 1}
+MAX_SEED_SETS = 100
 
 
 def _metric_names() -> tuple[str, ...]:
@@ -81,6 +82,7 @@ class EvalSpec:
     threads: int | None
     accel: dict = field(default_factory=dict)  # autocast / channels_last / compile / max_batch
     shard_size: int | None = None  # samples per shard (None: bench.shards.DEFAULT_SHARD_SAMPLES)
+    seed_sets: int = 1  # every cell runs on this many disjoint seed sets (bench.seeds.SeedRanges.seed_sets)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class RunSpec:
     threads: int | None = None
     accel: dict = field(default_factory=dict)
     shard_size: int | None = None  # a shard holds whole batches, so its size never changes a result
+    seed_set: int = 0  # which of the grid's eval.seed_sets (its seeds say which samples: they are the identity)
 
     def identity(self) -> dict:
         from bench.metrics import METRICS
@@ -283,10 +286,13 @@ def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalS
         where.positive_int("threads", threads)
     if d["shard_size"] is not None:
         where.positive_int("shard_size", d["shard_size"])
+    k = where.positive_int("seed_sets", d["seed_sets"], at_most=MAX_SEED_SETS)
+    if k > 1 and max(hi for _, hi in SeedRanges.parse(seeds).seed_sets(k)[-1].ranges) - 1 > MAX_SEED:
+        raise where.error(f"field 'seed_sets' {k} shifts seeds {seeds!r} beyond 2^63 - 1")
     return EvalSpec(num_samples=n, batch_size=bs, seeds=seeds, device=_device(where, d["device"]),
                     dtype=where.choice("dtype", d["dtype"], DTYPES), metrics=_metrics(where, d["metrics"]),
                     timeout_s=timeout, save_samples=save, threads=threads, accel=_accel(where, d["accel"]),
-                    shard_size=d["shard_size"])
+                    shard_size=d["shard_size"], seed_sets=k)
 
 
 def _accel(where: _Where, raw: Any) -> dict:
@@ -559,6 +565,10 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             batch_invariant=batch_invariant,
                             timeout_s=ev.timeout_s, save_samples=ev.save_samples,
                             threads=ev.threads, accel=ev.accel, shard_size=ev.shard_size))
+    if ev.seed_sets > 1:  # each cell again on disjoint seed sets (EDM: 0-49999, 50000-99999, 100000-149999)
+        sets = [str(s) for s in SeedRanges.parse(ev.seeds).seed_sets(ev.seed_sets)]
+        runs = [run.replace(seeds=seeds, seed_set=j) for run in runs for j, seeds in enumerate(sets)
+                if j == 0 or set(run.metrics) != {"bpd"}]  # bits/dim draws no samples: one run
     return runs
 
 
