@@ -97,7 +97,8 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-300)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLE_METRICS))
+# clip_score needs prompts with its samples: its merge and uncertainty are tested in test_clip_score.py.
+@pytest.mark.parametrize("name", sorted(set(SAMPLE_METRICS) - {"clip_score"}))
 def test_merged_shards_equal_one_pass(name, inception):
     opts, x = _case(name, inception)
     ids = torch.arange(100, 100 + len(x))

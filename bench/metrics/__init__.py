@@ -52,7 +52,7 @@ from collections.abc import Iterable
 
 from torch import Tensor
 
-from bench.metrics import bpd, classifier_fd, dinov2, exact, fid, inception_score, kid, prdc
+from bench.metrics import bpd, classifier_fd, clip_score, dinov2, exact, fid, inception_score, kid, prdc
 from bench.metrics.assets import MissingAssetError
 from bench.metrics.registry import Metric, MetricEntry, RunFacts
 
@@ -65,6 +65,7 @@ METRICS: dict[str, MetricEntry] = {e.name: e for e in (
     kid.ENTRY,
     dinov2.ENTRY,
     inception_score.ENTRY,
+    clip_score.ENTRY,
     classifier_fd.DIGITS,
     classifier_fd.FASHION,
     exact.FD_EXACT,
