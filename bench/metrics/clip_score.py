@@ -27,9 +27,9 @@ from torch import Tensor
 
 from bench.metrics.assets import MissingAssetError, cache_dir
 from bench.metrics.feature_fd import check_state
+from bench.metrics.grouped_mean import GroupedMean
 from bench.metrics.inception import file_sha256, quantize_uint8
 from bench.metrics.registry import MetricEntry, RunFacts
-from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
 __all__ = ["ENTRY", "ClipScore", "find_clip"]
 
@@ -79,9 +79,7 @@ class ClipScore:
         self.processor = CLIPProcessor.from_pretrained(str(self.folder), local_files_only=True)
         self.device, self.batch_size, self.data_range, self.rounding = device, batch_size, data_range, rounding
         self.prompts = None if prompts is None else list(prompts)
-        self.n, self.sum = 0, 0.0
-        self._group_n: Tensor | None = torch.zeros(GROUPS, dtype=torch.int64)
-        self._group_sum: Tensor | None = torch.zeros(GROUPS, dtype=torch.float64)
+        self.sums = GroupedMean()  # n, Σ score, and per seed group for the jackknife
         weights = sorted(self.folder.glob("*.safetensors")) or sorted(self.folder.glob("*.bin"))
         self._protocol = {
             "backbone": self.model.config.name_or_path or self.folder.name, "backbone_path": str(self.folder),
@@ -120,43 +118,22 @@ class ClipScore:
                 raise ValueError("clip_score needs the prompt of every sample: build it with prompts=[...] and pass "
                                  "the seeds, or pass prompts=[...] with the batch")
             prompts = [self.prompts[int(i) % len(self.prompts)] for i in ids]
-        s = self.scores(samples, prompts)
-        self.n += len(s)
-        self.sum += float(s.sum())
-        if ids is None:
-            self._group_n = self._group_sum = None
-        elif self._group_n is not None:
-            g = seed_groups(ids).cpu()
-            self._group_n += torch.bincount(g, minlength=GROUPS)
-            self._group_sum.index_add_(0, g, s)
+        self.sums.add(self.scores(samples, prompts), ids)
 
     def state(self) -> dict:
-        groups = None if self._group_n is None else {"n": self._group_n.clone(), "sum": self._group_sum.clone()}
-        return {"metric": self.name, "n": self.n, "sum": self.sum, "groups": groups}
+        return {"metric": self.name, **self.sums.state()}
 
     def merge(self, state: dict) -> None:
         check_state(self.name, state)
-        self.n += int(state["n"])
-        self.sum += float(state["sum"])
-        groups = state.get("groups")
-        if groups is None:
-            if int(state["n"]):
-                self._group_n = self._group_sum = None
-        elif self._group_n is not None:
-            self._group_n += torch.as_tensor(groups["n"], dtype=torch.int64)
-            self._group_sum += torch.as_tensor(groups["sum"], dtype=torch.float64)
+        self.sums.merge(state)
 
     def compute(self) -> tuple[float, dict]:
-        if self.n == 0:
+        s = self.sums
+        if s.n == 0:
             raise ValueError("no samples added")
-        value = max(self.sum / self.n, 0.0)
-        if self._group_n is None:
-            unc = unavailable("samples came without seeds (ids)")
-        else:
-            n, tot = self._group_n.tolist(), self._group_sum.tolist()
-            replicates, used = leave_one_out(n, lambda g: max((self.sum - tot[g]) / (self.n - n[g]), 0.0), min_size=1)
-            unc = jackknife(value, replicates, used)
-        return value, {"metric": self.name, **self._protocol, "num_generated": self.n, "uncertainty": unc}
+        value = max(s.sum / s.n, 0.0)  # the clip after the mean, as torchmetrics
+        return value, {"metric": self.name, **self._protocol, "num_generated": s.n,
+                       "uncertainty": s.uncertainty(value, lambda mean: max(mean, 0.0))}
 
 
 def _options(facts: RunFacts) -> dict:
