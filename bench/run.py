@@ -33,32 +33,14 @@ DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml"
 
 
 def _check_metric_assets(name: str, run: RunSpec) -> None:
-    """Pre-flight: raise if a file metric ``name`` needs is missing (loads nothing heavy)."""
-    from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS
+    """Pre-flight: raise if a file or dataset metric ``name`` reads is missing (loads nothing heavy)."""
+    from bench.metrics import METRICS
+    from models.datasets import load_dataset
 
-    if name in EXACT_METRICS and run.model["kind"] in ("official", "checkpoint"):
-        raise ValueError(f"metric {name!r} needs an exact mixture model (kind: mixture); model {run.model_name!r} "
-                         f"is of kind {run.model['kind']!r}")
-    if name in CLASSIFIER_METRICS:
-        from bench.metrics.classifier import train_stats_path, weights_path
-
-        for p in (weights_path(CLASSIFIER_METRICS[name]), train_stats_path(CLASSIFIER_METRICS[name])):
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"metric {name!r} needs {p}, which is missing; train it with "
-                                        f"`python -m bench.metrics.train_classifier --data {CLASSIFIER_METRICS[name]}`")
-    if name in IMAGE_METRICS:
-        from bench.metrics.assets import find_inception, find_reference_stats
-
-        data = run.data
-        find_inception(data.get("inception"))
-        find_reference_stats(data.get("dataset", "cifar10"), data.get("res", 32), data.get("fid_split", "train"),
-                             data.get("mode", "legacy_tensorflow"), path=data.get("ref_path"), kid=name == "kid")
-    if name == "bpd":
-        from models.datasets import load_dataset
-
-        if "dataset" not in run.data:
-            raise ValueError(f"metric 'bpd' needs a dataset: add data: {{dataset: ...}} for model {run.model_name!r}")
-        load_dataset(run.data["dataset"], run.data.get("split", "test"), root=run.data.get("root"))
+    entry = METRICS[name]
+    entry.files(run.data)
+    for dataset, split in entry.datasets(run.data):
+        load_dataset(dataset, split, root=run.data.get("root"))
 
 
 def preflight(grid: GridSpec) -> None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import METRICS, make_metric
+from bench.metrics import SAMPLE_METRICS, make_metric
 from bench.metrics.uncertainty import GROUPS, jackknife
 from bench.records import metric_entry
-from tests.test_metric_state import _case, _mixture, _rel, _round_trip, inception  # noqa: F401
+from tests.test_metric_state import _case, _mixture, _rel, _round_trip, inception, results  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|load)` is deprecated:DeprecationWarning")
 
@@ -30,34 +30,36 @@ def _run(name, opts, x, ids, batch):
 
 # FID is the same FrechetMetric as fd_digits / fd_fashion / fd_exact on 2048-d features, where every
 # jackknife replicate is a 2048-d eigenvalue problem (seconds on a CPU): checked once, below.
-@pytest.mark.parametrize("name", sorted(set(METRICS) - {"fid"}))
+# clip_score needs prompts with its samples: tested in test_clip_score.py.
+@pytest.mark.parametrize("name", sorted(set(SAMPLE_METRICS) - {"fid", "clip_score"}))
 def test_uncertainty_independent_of_batches_and_shards(name, inception):  # noqa: F811
     opts, x = _case(name, inception)
     ids = torch.arange(100, 100 + len(x))
-    value, protocol = _run(name, opts, x, ids, 16).compute()
-    u = protocol["uncertainty"]
-    assert u["method"].startswith("jackknife") and u["groups"] == GROUPS and sum(u["group_sizes"]) == len(x)
-    assert u["stderr"] > 0 and u["interval"][0] < value < u["interval"][1] and u["level"] == 0.95
-    # Float32 networks (fd_digits, fd_fashion) give features that move at 1e-7 with the batch size; the
-    # standard error, a difference of replicates, magnifies that to ~1e-8. A batch- or shard-dependent
-    # grouping would change it at order one.
-    tol = 1e-6
-    _, p7 = _run(name, opts, x, ids, 7).compute()
-    assert _rel(p7["uncertainty"]["stderr"], u["stderr"]) <= tol
+    one = results(name, _run(name, opts, x, ids, 16))
+    p7 = results(name, _run(name, opts, x, ids, 7))
     merged = make_metric(name, **opts)
     for lo, hi in ((37, 60), (0, 23), (23, 37)):
         merged.merge(_round_trip(_run(name, opts, x[lo:hi], ids[lo:hi], 5).state()))
-    _, pm = merged.compute()
-    assert _rel(pm["uncertainty"]["stderr"], u["stderr"]) <= tol
-    assert all(_rel(a, b) <= tol for a, b in zip(pm["uncertainty"]["interval"], u["interval"]))
-    # The record entry carries it beside the value; without seeds there is none, and it says why.
-    entry = metric_entry(value, protocol)
-    assert entry["uncertainty"] == u and "uncertainty" not in entry["protocol"]
+    pm = results(name, merged)
     blind = make_metric(name, **opts)
     blind.update(x)
-    if name != "kid":  # KID refuses to mix batches with and without ids, and one batch has none
-        assert blind.compute()[1]["uncertainty"]["stderr"] is None
-    assert "without seeds" in blind.compute()[1]["uncertainty"]["reason"]
+    blind = results(name, blind)
+    for column, (value, protocol) in one.items():
+        u = protocol["uncertainty"]
+        assert u["method"].startswith("jackknife") and u["groups"] == GROUPS and sum(u["group_sizes"]) == len(x)
+        assert u["stderr"] > 0 and u["interval"][0] < value < u["interval"][1] and u["level"] == 0.95
+        # Float32 networks (fd_digits, fd_fashion) give features that move at 1e-7 with the batch size; the
+        # standard error, a difference of replicates, magnifies that to ~1e-8. A batch- or shard-dependent
+        # grouping would change it at order one.
+        tol = 1e-6
+        assert _rel(p7[column][1]["uncertainty"]["stderr"], u["stderr"]) <= tol
+        assert _rel(pm[column][1]["uncertainty"]["stderr"], u["stderr"]) <= tol
+        assert all(_rel(a, b) <= tol for a, b in zip(pm[column][1]["uncertainty"]["interval"], u["interval"]))
+        # The record entry carries it beside the value; without seeds there is none, and it says why.
+        entry = metric_entry(value, protocol)
+        assert entry["uncertainty"] == u and "uncertainty" not in entry["protocol"]
+        assert blind[column][1]["uncertainty"]["stderr"] is None
+        assert "without seeds" in blind[column][1]["uncertainty"]["reason"]
 
 
 def test_fid_has_a_jackknife_interval(inception):  # noqa: F811
