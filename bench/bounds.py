@@ -21,6 +21,7 @@ import math
 import os
 
 from bench.grid import GridError, GridSpec, RunSpec
+from bench.metrics import METRICS
 from bench.shards import BPD, shard_size
 
 __all__ = ["check_bounds", "batch_bytes", "available_bytes", "sample_shape", "MAX_STEPS", "MAX_SHARDS"]
@@ -31,8 +32,6 @@ MAX_SHARDS = 100_000
 GENERATOR_BYTES = 2700  # one CPU torch.Generator (mt19937 state): 2680 B measured over 10^5 of them
 WORKING_COPIES = 8  # x, x_mean, score, drift, noise draw, solver temporaries
 NETWORK_COPIES = 64  # activations of a U-Net per input element (a floor; NCSN++ keeps far more)
-STATE_BYTES = {"kid": 4 * 2048, "sw2_exact": 8 * 256}
-STATE_LIMITS = {"kid": 100_000, "sw2_exact": 10**6}  # the accumulators' default max_generated
 DATASET_SHAPES = {"cifar10": (3, 32, 32), "celeba": (3, 64, 64), "digits": (1, 8, 8), "fashion": (1, 28, 28),
                   "mnist": (1, 28, 28), "ffhq": (3, 256, 256), "church": (3, 256, 256), "bedroom": (3, 256, 256)}
 DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
@@ -114,11 +113,12 @@ def check_bounds(grid: GridSpec) -> None:
             raise GridError(f"{grid.path} eval: field 'num_samples' {run.num_samples} makes {n_shards} shards of "
                             f"{shard_size(run)} samples (at most {MAX_SHARDS}; raise eval.shard_size), "
                             f"≈ {run.num_samples * max(steps or 1, 1):.3g} network evaluations for this run")
-        for name, per in STATE_BYTES.items():
-            if name in run.metrics and run.num_samples > STATE_LIMITS[name]:
+        for name in run.metrics:  # metrics whose state keeps per-sample data (registry: state_bytes)
+            per, limit = METRICS[name].state_bytes, METRICS[name].max_generated
+            if limit is not None and run.num_samples > limit:
                 raise GridError(f"{where}: metric {name!r} keeps {per} bytes per sample: num_samples "
                                 f"{run.num_samples} needs {_gb(per * run.num_samples)} "
-                                f"(at most {STATE_LIMITS[name]} samples)")
+                                f"(at most {limit} samples)")
         need = batch_bytes(run)
         if run.device not in avail:
             avail[run.device] = available_bytes(run.device)

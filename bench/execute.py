@@ -30,14 +30,11 @@ from bench.grid import RunSpec
 from bench.models import DTYPES, RunScore, accelerate, batch_labels, load_score_model, run_sde
 from bench.records import canonical, now
 from bench.seeds import SeedRanges
+from bench.shard_state import ShardState
 from bench.shards import BPD, Shard, merge_record, run_shards, shard_state
 
 __all__ = ["execute_shard", "execute_unit", "execute_run", "merge_states", "merge_or_fail", "build_metrics",
-           "metric_options", "resolve_device", "RunTimeout", "EXACT_METRICS", "IMAGE_METRICS", "CLASSIFIER_METRICS"]
-
-EXACT_METRICS = ("fd_exact", "sw2_exact", "loglik_exact")
-IMAGE_METRICS = ("fid", "kid")
-CLASSIFIER_METRICS = {"fd_digits": "digits", "fd_fashion": "fashion"}
+           "resolve_device", "RunTimeout"]
 
 
 class RunTimeout(Exception):
@@ -61,51 +58,19 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def metric_options(name: str, run: RunSpec, model, device: str) -> dict:
-    """Keyword arguments of ``bench.metrics.make_metric(name, ...)`` for this run."""
-    data = run.data
-    if name in EXACT_METRICS:
-        return {"model": model, "seeds": run.seeds}
-    if name in CLASSIFIER_METRICS:
-        return {"data_range": tuple(model.data_range), "device": device, "seeds": run.seeds}
-    if name in IMAGE_METRICS:
-        return {"dataset": data.get("dataset", "cifar10"), "res": data.get("res", model.shape[-1]),
-                "split": data.get("fid_split", "train"), "mode": data.get("mode", "legacy_tensorflow"),
-                "ref_path": data.get("ref_path"), "inception": data.get("inception"),
-                "data_range": tuple(model.data_range), "device": device, "seeds": run.seeds}
-    raise ValueError(f"metric {name!r} has no option builder")
-
-
 def build_metrics(run: RunSpec, model, device: str) -> dict:
-    """Fresh accumulators of the run's sample metrics (``bpd`` is its own shard)."""
-    from bench.metrics import make_metric
+    """Fresh accumulators of the run's sample metrics (``bpd`` is its own shard), from their registry entries."""
+    from bench.metrics import METRICS, RunFacts
 
-    return {m: make_metric(m, **metric_options(m, run, model, device)) for m in run.metrics if m != BPD}
+    facts = RunFacts(data=run.data, seeds=run.seeds, device=device, model=model)
+    return {m: METRICS[m].make(facts) for m in run.metrics if METRICS[m].per_sample}
 
 
-def _peak_memory(device: str) -> dict:
+def _peak_memory(device: str) -> tuple[float, str]:
+    """(peak memory in MiB, what was measured)."""
     if device.startswith("cuda") and torch.cuda.is_available():
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda allocated"}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"peak_memory_mb": rss, "peak_memory_kind": "process max RSS (cpu)"}
-
-
-def _batch_stats(state: dict, stats, B: int) -> None:
-    d = stats.as_dict()
-    state["nfe_per_batch"].append(int(stats.nfe))
-    state["batch_sizes"].append(B)
-    state["steps_per_batch"].append(int(stats.n_steps))
-    state["n_accepted"] += int(stats.n_accepted)
-    state["n_rejected"] += int(stats.n_rejected)
-    if stats.nfe_per_sample is not None:
-        per = stats.nfe_per_sample.double().cpu()
-        state["nfe_rows"] += float(per.sum())
-        state["nfe_per_sample_min"] = min(state.get("nfe_per_sample_min") or math.inf, float(per.min()))
-        state["nfe_per_sample_max"] = max(state.get("nfe_per_sample_max") or -math.inf, float(per.max()))
-    extra = {k: v for k, v in d.items() if k not in ("nfe", "n_steps", "n_accepted", "n_rejected")
-             and not k.startswith("nfe_per_sample")}
-    if extra:
-        state["stats_extra"].append(extra)
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS (cpu)"  # KiB on Linux
 
 
 def _oom_message(kind: str, e: BaseException, phase: str) -> str:
@@ -113,7 +78,8 @@ def _oom_message(kind: str, e: BaseException, phase: str) -> str:
 
 
 def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, progress: bool | None = False) -> dict:
-    """Compute one shard of ``run`` and return its state; never raises for a failing shard.
+    """Compute one shard of ``run`` and return its state (a :class:`~bench.shard_state.ShardState` as its
+    dict); never raises for a failing shard.
 
     Args:
         run: the run.
@@ -129,11 +95,8 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
 
     device = resolve_device(run.device)
     dtype = DTYPES[run.dtype]
-    state = {"status": "running", "message": "", "created": now(), "nfe_per_batch": [], "batch_sizes": [],
-             "steps_per_batch": [], "n_accepted": 0, "n_rejected": 0, "nfe_rows": 0.0, "stats_extra": [],
-             "prior_network_calls": 0, "metrics": {}, "samples": None, "sample_labels": None,
-             "worker": f"{socket.gethostname()}:{os.getpid()}",
-             "info": {"device": device, "threads": torch.get_num_threads()}}
+    state = ShardState(created=now(), worker=f"{socket.gethostname()}:{os.getpid()}",
+                       info={"device": device, "threads": torch.get_num_threads()})
     kept: list[torch.Tensor] = []
     kept_labels: list[torch.Tensor] = []
     t_start = time.perf_counter()
@@ -145,7 +108,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
     try:
         model = accelerate(load_score_model(run.model, device, run.dtype), run.accel)
         sde = run_sde(model, run.T, run.eps)
-        info = state["info"]
+        info = state.info
         info.update(sde=sde_to_dict(sde), device_name=device_name(device), data_range=list(model.data_range),
                     shape=list(model.shape))
         phase = "building the prior"
@@ -167,7 +130,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
             t0 = time.perf_counter()
             value, protocol = dataset_bpd(run, problem, device, dtype)
             metric_s += time.perf_counter() - t0
-            state.update(bpd_value=value, bpd_protocol=protocol, status="ok")
+            state.bpd_value, state.bpd_protocol, state.status = value, protocol, "ok"
         else:
             phase = "building the metrics"
             metrics = build_metrics(run, model, device)
@@ -192,14 +155,14 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 t0 = time.perf_counter()
                 x_init = problem.prior_sample(B, noise, dtype=dtype, device=device)
                 # Network passes of a fitted prior are not score calls: counted apart from NFE.
-                state["prior_network_calls"] += getattr(prior, "network_calls", 0)
+                state.prior_network_calls += getattr(prior, "network_calls", 0)
                 sol = sampler.sample(batch_problem, x_init, noise)
                 synchronize(device)
                 sampling_s += time.perf_counter() - t0
-                _batch_stats(state, sol.stats, B)
+                state.add_batch(sol.stats, B)
                 if sol.status != Status.OK:
-                    state["status"] = str(sol.status.value)
-                    state["message"] = (f"batch {first_batch + j} (seeds {batch_seeds[0]}-{batch_seeds[-1]}): "
+                    state.status = str(sol.status.value)
+                    state.message = (f"batch {first_batch + j} (seeds {batch_seeds[0]}-{batch_seeds[-1]}): "
                                         f"{sol.message or sol.status.value}")
                     break
                 phase = f"updating the metrics on batch {first_batch + j}"
@@ -214,27 +177,30 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                     if labels is not None:
                         kept_labels.append(labels[:room])
             bar.close()
-            if state["status"] == "running":
-                state["metrics"] = {name: m.state() for name, m in metrics.items()}
-                state["status"] = "ok"
+            if state.status == "running":
+                state.metrics = {name: m.state() for name, m in metrics.items()}
+                state.status = "ok"
     except RunTimeout as e:
-        state.update(status="timeout", message=str(e))
+        state.status, state.message = "timeout", str(e)
     except torch.cuda.OutOfMemoryError as e:
-        state.update(status="oom", message=_oom_message("CUDA out of memory", e, phase))
+        state.status, state.message = "oom", _oom_message("CUDA out of memory", e, phase)
     except MemoryError as e:
-        state.update(status="oom", message=_oom_message("MemoryError", e, phase))
+        state.status, state.message = "oom", _oom_message("MemoryError", e, phase)
     except Exception as e:  # any failure becomes the shard's status; the sweep goes on
         if "std::bad_alloc" in str(e) or "DefaultCPUAllocator: can't allocate memory" in str(e):
-            state.update(status="oom", message=_oom_message("out of host memory", e, phase))
+            state.status, state.message = "oom", _oom_message("out of host memory", e, phase)
         else:
             tb = traceback.extract_tb(e.__traceback__)[-1]
-            state.update(status="error", message=f"{type(e).__name__}: {' '.join(str(e).split())[:1000]} "
-                                                 f"(at {Path(tb.filename).name}:{tb.lineno})")
-    state["samples"] = torch.cat(kept) if kept else None
-    state["sample_labels"] = torch.cat(kept_labels).tolist() if kept_labels else None
-    state.update(sampling_time_s=sampling_s, metric_time_s=metric_s, wall_time_s=time.perf_counter() - t_start,
-                 finished=now(), oom_splits=getattr(model, "splits", 0), **_peak_memory(device))
-    return state
+            state.status = "error"
+            state.message = (f"{type(e).__name__}: {' '.join(str(e).split())[:1000]} "
+                             f"(at {Path(tb.filename).name}:{tb.lineno})")
+    state.samples = torch.cat(kept) if kept else None
+    state.sample_labels = torch.cat(kept_labels).tolist() if kept_labels else None
+    state.sampling_time_s, state.metric_time_s = sampling_s, metric_s
+    state.wall_time_s, state.finished = time.perf_counter() - t_start, now()
+    state.oom_splits = getattr(model, "splits", 0)
+    state.peak_memory_mb, state.peak_memory_kind = _peak_memory(device)
+    return state.to_dict()
 
 
 def execute_unit(run: RunSpec, shard: Shard, budget_s: float | None = None, progress: bool | None = False,
@@ -256,7 +222,7 @@ def execute_run(run: RunSpec, progress: bool | None = None) -> tuple[dict, torch
     states, failure, spent = [], None, 0.0
     for shard in run_shards(run):
         budget = None if run.timeout_s is None else run.timeout_s - spent
-        s = execute_shard(run, shard, budget, progress)
+        s = shard_state(shard, execute_shard(run, shard, budget, progress))  # with its run id and index
         spent += s["wall_time_s"]
         if s["status"] != "ok":
             failure = s
@@ -278,11 +244,13 @@ def merge_or_fail(run: RunSpec, states: list[dict], failure: dict | None = None)
 def merge_states(run: RunSpec, states: list[dict], failure: dict | None = None) -> tuple[dict, torch.Tensor | None]:
     """The record of ``run`` from its shard states: fresh accumulators (on the CPU) merge the shards'
     metric states (:func:`bench.shards.merge_record`). Image metrics read the data range and size
-    from the shards; exact metrics load the mixture (cheap)."""
+    from the shards; metrics that need the model (exact mixtures) load it (cheap)."""
+    from bench.metrics import METRICS
+
     metrics = {}
     if failure is None:
         info = next((s["info"] for s in states if "data_range" in s.get("info", {})), None)
-        if any(m in EXACT_METRICS for m in run.metrics) or info is None:
+        if any(METRICS[m].needs_model for m in run.metrics) or info is None:
             model = load_score_model(run.model, "cpu", run.dtype)
         else:
             model = SimpleNamespace(data_range=tuple(info["data_range"]), shape=tuple(info["shape"]))

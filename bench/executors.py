@@ -10,7 +10,8 @@ the executor can (the report's figures on local worker processes), and ``close()
   to the run's ``threads`` or every core this process may use (:func:`cpu_threads`). ``workers=N``:
   N spawned processes (:mod:`bench.workers`) pull shards from a queue, each with ``cores // N``
   threads (on CPU) or pinned to one GPU (``CUDA_VISIBLE_DEVICES``; one per visible device where runs
-  use CUDA). A worker that dies fails its shard's run ("worker process died"), and is replaced.
+  use CUDA); never more workers than shards. A worker that dies fails its shard's run ("worker
+  process died"), and is replaced. The CLI's default is :func:`bench.workers.default_workers`.
 * ``ray`` — one Ray task per shard with its CPU/GPU request and ``max_retries`` (default 3): a
   worker or node dying mid-shard costs that shard's retry, not the run; a task that still fails
   fails its run. Connects to ``address`` or to an already initialised Ray, else starts a local one.
@@ -19,7 +20,6 @@ the executor can (the report's figures on local worker processes), and ``close()
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -27,22 +27,15 @@ import torch
 
 from bench.execute import execute_unit
 from bench.grid import RunSpec
-from bench.shards import Shard
+from bench.shards import Shard, run_shards
 from bench.sweep import Sweep
-from bench.workers import ProcessPool, failed_state
+from bench.workers import ProcessPool, available_cores, failed_state
 
 __all__ = ["EXECUTORS", "make_executor", "LocalExecutor", "RayExecutor", "ray_available", "available_cores",
            "cpu_threads", "RAY_MAX_RETRIES"]
 
 OnRecord = Callable[[dict, "torch.Tensor | None"], None]
 RAY_MAX_RETRIES = 3
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cpu_threads(requested: int | None = None) -> int:
@@ -112,9 +105,12 @@ class LocalExecutor:
         self._pool = pool
 
     def pool(self, runs: Sequence[RunSpec]):
+        """Where the shards of ``runs`` go: this process, or worker processes (never more than there are
+        shards: a sweep of one shard runs here, with every core's thread, as one run always did)."""
         gpus = _visible_gpus()
         on_cuda = gpus > 0 and any(r.device in ("auto", "cuda") for r in runs)
         n = self.workers if not on_cuda else (min(self.workers, gpus) if self.workers > 1 else gpus)
+        n = min(n, sum(len(run_shards(r)) for r in runs))
         if n <= 1:
             return InlinePool(self.progress)
         if self._pool is None or len(self._pool) < n:

@@ -32,12 +32,12 @@ __all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_g
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics", "sweeps")
 EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
-             "threads", "accel", "shard_size")
+             "threads", "accel", "shard_size", "seed_sets")
 ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths (models.accel)
 AUTOCAST = ("none", "bf16", "fp16")
 MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
 DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
-             "bpd_batch_size", "bpd_repeats")
+             "bpd_batch_size", "bpd_repeats")  # plus each metric's own keys (its registry entry's ``keys``)
 # Any other sweep key is a solver option.
 RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "likelihood")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -50,13 +50,14 @@ MAX_SAMPLES = 10**8
 MAX_SEED = 2**63 - 1
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
                 "metrics": [], "timeout_s": None, "save_samples": 64, "threads": None, "accel": {},
-                "shard_size": None}
+                "shard_size": None, "seed_sets": 1}
+MAX_SEED_SETS = 100
 
 
 def _metric_names() -> tuple[str, ...]:
     from bench.metrics import METRICS
 
-    return (*METRICS, "bpd")
+    return tuple(METRICS)
 
 
 METRIC_NAMES = _metric_names()
@@ -64,6 +65,40 @@ METRIC_NAMES = _metric_names()
 
 class GridError(ValueError):
     """A grid file that cannot be loaded; the message is one line naming file, entry and field."""
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping of the grid file holds one key twice (``key``, ``line``: the second one, ``first``: the first)."""
+
+    def __init__(self, key: object, at: str, first: str, mark) -> None:
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=mark)
+        self.key, self.at, self.first = key, at, first
+
+
+def _line_column(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+class _GridLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds a key twice at any level (YAML 1.2 forbids it;
+    PyYAML keeps the last value silently, so an edited grid would run something else than it reads).
+    Keys merged in by ``<<`` may be overridden, as YAML's merge key means."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKey(key, _line_column(key_node.start_mark), _line_column(first.start_mark),
+                                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 @dataclass(frozen=True)
@@ -81,6 +116,7 @@ class EvalSpec:
     threads: int | None
     accel: dict = field(default_factory=dict)  # autocast / channels_last / compile / max_batch
     shard_size: int | None = None  # samples per shard (None: bench.shards.DEFAULT_SHARD_SAMPLES)
+    seed_sets: int = 1  # every cell runs on this many disjoint seed sets (bench.seeds.SeedRanges.seed_sets)
 
 
 @dataclass(frozen=True)
@@ -120,9 +156,12 @@ class RunSpec:
     threads: int | None = None
     accel: dict = field(default_factory=dict)
     shard_size: int | None = None  # a shard holds whole batches, so its size never changes a result
+    seed_set: int = 0  # which of the grid's eval.seed_sets (its seeds say which samples: they are the identity)
 
     def identity(self) -> dict:
-        uses_data = bool({"bpd", "fid", "kid"} & set(self.metrics))  # fd_* and exact metrics ship their references
+        from bench.metrics import METRICS
+
+        uses_data = any(METRICS[m].reads_data for m in self.metrics)  # fd_*, exact metrics ship their references
         # Mixed precision changes the numbers; channels_last, compile and batch splitting do not.
         autocast = self.accel.get("autocast", "none")
         return ({"autocast": autocast} if autocast != "none" else {}) | (
@@ -223,7 +262,7 @@ def _metrics(where: _Where, v: Any, what: str = "metrics") -> tuple[str, ...]:
     if not isinstance(v, list | tuple) or not all(isinstance(m, str) for m in v):
         raise where.error(f"field {what!r} must be a list of metric names, got {v!r}")
     for m in v:
-        where.choice("metric", m, METRIC_NAMES)
+        where.choice("metric", m, _metric_names())  # the registry as it is now (a test may add an entry)
     return tuple(v)
 
 
@@ -281,10 +320,13 @@ def parse_eval(where: _Where, raw: dict, overrides: dict | None = None) -> EvalS
         where.positive_int("threads", threads)
     if d["shard_size"] is not None:
         where.positive_int("shard_size", d["shard_size"])
+    k = where.positive_int("seed_sets", d["seed_sets"], at_most=MAX_SEED_SETS)
+    if k > 1 and max(hi for _, hi in SeedRanges.parse(seeds).seed_sets(k)[-1].ranges) - 1 > MAX_SEED:
+        raise where.error(f"field 'seed_sets' {k} shifts seeds {seeds!r} beyond 2^63 - 1")
     return EvalSpec(num_samples=n, batch_size=bs, seeds=seeds, device=_device(where, d["device"]),
                     dtype=where.choice("dtype", d["dtype"], DTYPES), metrics=_metrics(where, d["metrics"]),
                     timeout_s=timeout, save_samples=save, threads=threads, accel=_accel(where, d["accel"]),
-                    shard_size=d["shard_size"])
+                    shard_size=d["shard_size"], seed_sets=k)
 
 
 def _accel(where: _Where, raw: Any) -> dict:
@@ -303,7 +345,14 @@ def _accel(where: _Where, raw: Any) -> dict:
 
 
 def _parse_data(where: _Where, raw: Any) -> dict:
-    d = dict(where.keys(raw or {}, DATA_KEYS, "data"))
+    from bench.metrics import METRICS
+
+    d = dict(where.keys(raw or {}, (*DATA_KEYS, *(k for e in METRICS.values() for k in e.keys)), "data"))
+    for entry in METRICS.values():
+        try:
+            entry.check(d)
+        except ValueError as e:
+            raise where.error(str(e)) from e
     for k in ("bpd_samples", "bpd_batch_size", "bpd_repeats", "res"):
         if k in d:
             where.positive_int(k, d[k])
@@ -373,22 +422,11 @@ def _model_facts(where: _Where, models: dict, files: bool) -> dict:
     return facts
 
 
-def _metric_applies(metric: str, kind: str, shape: tuple[int, ...] | None) -> str | None:
-    """Why ``metric`` cannot apply to a model of ``kind`` with samples of ``shape``, or None."""
-    from bench.metrics.classifier import CLASSIFIERS
+def _metric_applies(metric: str, kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
+    """Why ``metric`` cannot apply to a model of ``kind`` with samples of ``shape``, or None (its registry entry)."""
+    from bench.metrics import METRICS
 
-    if metric in ("fd_exact", "sw2_exact", "loglik_exact"):
-        return None if kind in ("mixture", "callable") else "it needs an exact mixture model (kind: mixture)"
-    if shape is None:
-        return None
-    shown = "x".join(map(str, shape))
-    if metric in ("fd_digits", "fd_fashion"):
-        size = CLASSIFIERS[metric.removeprefix("fd_")]["arch"]["size"]
-        if tuple(shape) != (1, size, size):
-            return f"its classifier reads 1x{size}x{size} images; the model's samples are {shown}"
-    if metric in ("fid", "kid") and not (len(shape) == 3 and shape[0] in (1, 3)):
-        return f"it needs images of 1 or 3 channels (CxHxW); the model's samples are {shown}"
-    return None
+    return METRICS[metric].applies(kind, None if shape is None else tuple(shape), conditional)
 
 
 def _parse_prior(where: _Where, v: Any) -> dict:
@@ -563,12 +601,9 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         if fact is not None:
             _check_run_time(where, name, fact.sde, T, eps)
             _check_path(where, name, solver, sampler, fact.sde, T, eps)
-        if "bpd" in metrics and model.get("label") is not None:
-            raise where.error(f"metric 'bpd' cannot apply to model {name!r} with 'label': bits/dim of a dataset "
-                              f"under a class-conditional model needs each image's own class, which the "
-                              f"harness does not feed; drop 'bpd' from its metrics")
         for m in metrics:
-            why = _metric_applies(m, model["kind"], None if fact is None else fact.shape)
+            why = _metric_applies(m, model["kind"], None if fact is None else fact.shape,
+                                  model.get("label") is not None)
             if why is not None:
                 raise where.error(f"metric {m!r} cannot apply to model {name!r}: {why}")
         runs.append(RunSpec(grid=grid, entry=i, model_name=name, model=model, data=section["data"], solver=solver,
@@ -579,6 +614,10 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             batch_invariant=batch_invariant,
                             timeout_s=ev.timeout_s, save_samples=ev.save_samples,
                             threads=ev.threads, accel=ev.accel, shard_size=ev.shard_size))
+    if ev.seed_sets > 1:  # each cell again on disjoint seed sets (EDM: 0-49999, 50000-99999, 100000-149999)
+        sets = [str(s) for s in SeedRanges.parse(ev.seeds).seed_sets(ev.seed_sets)]
+        runs = [run.replace(seeds=seeds, seed_set=j) for run in runs for j, seeds in enumerate(sets)
+                if j == 0 or set(run.metrics) != {"bpd"}]  # bits/dim draws no samples: one run
     return runs
 
 
@@ -656,7 +695,10 @@ def load_grid(path: str | Path, overrides: dict | None = None, files: bool = Tru
     except OSError as e:
         raise GridError(f"{shown}: cannot read the grid file ({e.strerror})") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_GridLoader)  # noqa: S506  (a SafeLoader)
+    except _DuplicateKey as e:
+        raise GridError(f"{shown}: duplicate key {e.key!r} at {e.at} (first at {e.first}); YAML would keep only "
+                        f"the last value: remove one") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -91,24 +91,14 @@ def run_inputs(model: dict, data: dict, prior: dict, metrics: tuple[str, ...]) -
     if reads_data and prior.get("kind") in ("moment", "flow", "oracle") and data.get("dataset"):
         split = "test" if prior["kind"] == "oracle" else "train"
         found[f"dataset:{data['dataset']}/{split}"] = dataset_sha256(data["dataset"], split, data.get("root"))
-    if "bpd" in metrics and data.get("dataset"):
-        split = data.get("split", "test")
-        found[f"dataset:{data['dataset']}/{split}"] = dataset_sha256(data["dataset"], split, data.get("root"))
-    for name in metrics:
-        if name in ("fd_digits", "fd_fashion"):
-            from bench.metrics.classifier import train_stats_path, weights_path
+    from bench.metrics import METRICS
 
-            which = name.removeprefix("fd_")
-            found[f"{name}:classifier"] = _maybe(weights_path(which))
-            found[f"{name}:train_stats"] = _maybe(train_stats_path(which))
-        if name in ("fid", "kid"):
-            from bench.metrics.assets import MissingAssetError, find_inception, find_reference_stats
-
-            try:
-                found[f"{name}:inception"] = _maybe(find_inception(data.get("inception")))
-                found[f"{name}:reference"] = _maybe(find_reference_stats(
-                    data.get("dataset", "cifar10"), data.get("res", 32), data.get("fid_split", "train"),
-                    data.get("mode", "legacy_tensorflow"), path=data.get("ref_path"), kid=name == "kid"))
-            except (MissingAssetError, FileNotFoundError, ValueError):
-                pass  # missing: the pre-flight check names it
+    for name in metrics:  # what each metric's registry entry says it reads
+        entry = METRICS[name]
+        try:
+            for dataset, split in entry.datasets(data):
+                found[f"dataset:{dataset}/{split}"] = dataset_sha256(dataset, split, data.get("root"))
+            found.update({f"{name}:{role}": _maybe(path) for role, path in entry.files(data).items()})
+        except (FileNotFoundError, ValueError):
+            pass  # missing: the pre-flight check names it
     return {k: v for k, v in sorted(found.items()) if v is not None}

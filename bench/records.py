@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from bench.shard_state import ShardState
+
 __all__ = ["RUNS_DIR", "OK", "canonical", "metric_entry", "run_skeleton", "failed_record", "write_record",
            "write_samples", "read_record", "read_records", "clean_temp", "atomic_write",
            "environment", "git_revision", "now", "record_path", "samples_path"]
@@ -50,9 +52,7 @@ def run_skeleton(run, device: str, status: str = "running", message: str = "") -
             "T": run.T, "eps": run.eps, "prior": run.prior, "num_samples": run.num_samples,
             "batch_size": run.batch_size, "seeds": run.seeds, "dtype": run.dtype, "device": device,
             "metrics_requested": list(run.metrics), "spec": run.to_dict(), "created": now(),
-            "status": status, "message": message, "nfe": None, "nfe_total": None, "nfe_per_batch": [],
-            "batch_sizes": [], "steps_per_batch": [], "n_accepted": 0, "n_rejected": 0, "stats_extra": [],
-            "metrics": {}, **environment()}
+            "status": status, "message": message, **ShardState.empty_record(), "metrics": {}, **environment()}
 
 
 def failed_record(run, status: str, message: str) -> dict:

@@ -15,9 +15,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.report_tables import LOWER_IS_BETTER, nfe_column, pareto_table
+from bench.report_tables import nfe_column, pareto_table
 
-__all__ = ["GROUPS", "GROUP_ORDER", "MAX_CURVES", "group_of", "curve_styles", "panels", "figure_png"]
+__all__ = ["GROUPS", "GROUP_ORDER", "MAX_CURVES", "group_of", "curve_styles", "panels", "figure_png",
+           "spans_a_decade"]
 
 # solver registry key -> sampler group (one panel each); solvers not listed go to "other".
 GROUPS: dict[str, str] = {
@@ -39,6 +40,13 @@ MARGINS_IN = {"left": 0.85, "right": 0.15, "bottom": 0.55, "top": 0.62, "wspace"
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf")  # matplotlib's tab10
 _MARKERS = "os^vDP*Xh<>p"
+
+
+def spans_a_decade(values: pd.Series) -> bool:
+    """A metric drawn on a log axis: every value above 0 and the largest more than 10× the smallest (on
+    a linear axis every point of the lowest decade would sit on the floor)."""
+    v = values.astype(float)
+    return bool(len(v)) and bool((v > 0).all()) and float(v.max()) > 10 * float(v.min())
 
 
 def group_of(solver: str) -> str:
@@ -102,7 +110,6 @@ def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[s
     if pts.empty:
         return None
     is_metric = y != "wall_time_s"
-    lower = LOWER_IS_BETTER.get(y, True)
     groups = panels(pts)
     ncol = min(len(groups), 3)
     nrow = math.ceil(len(groups) / ncol)
@@ -110,7 +117,7 @@ def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[s
                              squeeze=False)
     front = pareto_table(pts, y) if is_metric else None
     vals = pts[y].astype(float)
-    log_y = (not is_metric) or (lower and (vals > 0).all() and vals.max() / max(vals.min(), 1e-300) > 30)
+    log_y = (not is_metric) or spans_a_decade(vals)
     for ax, (title, labels) in zip(axes.flat, groups):
         if front is not None and len(front):
             ax.plot(front["nfe"], front[y], color="0.35", ls="--", lw=0.8, drawstyle="steps-post", zorder=1)
@@ -133,9 +140,11 @@ def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[s
             ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="best", frameon=False)
-    if log_y:  # limits from the values: an interval reaching below them (or below 0) runs off the bottom edge
+    if log_y:  # limits from the values and the intervals' ends above 0 (a distance's interval stays above 0)
         top = max(vals.max(), pd.to_numeric(pts.get(f"{y}_hi", vals), errors="coerce").max(skipna=True))
-        axes.flat[0].set_ylim(vals[vals > 0].min() / 3, top * 1.5)
+        lows = pd.to_numeric(pts.get(f"{y}_lo", vals), errors="coerce")
+        bottom = min(vals[vals > 0].min(), lows[lows > 0].min(skipna=True) if (lows > 0).any() else np.inf)
+        axes.flat[0].set_ylim(bottom / 1.5, top * 1.5)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
     for k, ax in enumerate(axes.flat[:len(groups)]):

@@ -20,12 +20,14 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["LOWER_IS_BETTER", "BUDGETS", "COLUMNS", "family", "flatten", "pareto_front", "runs_frame",
-           "summary_frame", "pareto_table", "budget_table", "nfe_to_reach", "default_targets", "nfe_column",
-           "format_value", "to_markdown", "to_latex"]
+from bench.metrics import METRICS
 
-LOWER_IS_BETTER = {"fid": True, "kid": True, "fd_digits": True, "fd_fashion": True, "fd_exact": True,
-                   "sw2_exact": True, "loglik_exact": False, "bpd": True}
+__all__ = ["LOWER_IS_BETTER", "BUDGETS", "COLUMNS", "family", "flatten", "pareto_front", "runs_frame",
+           "summary_frame", "seed_sets_frame", "pareto_table", "budget_table", "nfe_to_reach", "default_targets",
+           "nfe_column", "format_value", "to_markdown", "to_latex"]
+
+# The direction of every record column a metric writes (the registry's entries).
+LOWER_IS_BETTER = {column: lower for entry in METRICS.values() for column, lower in entry.columns().items()}
 BUDGETS = (10, 20, 50, 100, 1000)
 COLUMNS = ("run_id", "grid", "model", "solver", "family", "options", "T", "eps", "prior", "status", "message", "nfe",
            "nfe_total", "nfe_per_sample_mean", "n_steps", "n_accepted", "n_rejected", "bpd_nfe", "num_samples",
@@ -75,6 +77,7 @@ def flatten(record: dict, metrics: list[str]) -> dict:
         row[f"{m}_stderr"], row[f"{m}_lo"], row[f"{m}_hi"] = _uncertainty(entry)
     for k, v in sorted(record.get("options", {}).items()):
         row[f"opt_{k}"] = v
+    row["seed_set"] = (record.get("spec") or {}).get("seed_set", 0)
     return row
 
 
@@ -265,3 +268,28 @@ def to_latex(df: pd.DataFrame, caption: str = "") -> str:
     for k, v in (("±", r"$\pm$"), ("≤", r"$\leq$"), ("≥", r"$\geq$"), ("—", "--")):
         body = body.replace(k, v)
     return body
+
+
+SEED_SET_CELL = ("model", "family", "options", "T", "eps", "prior", "num_samples", "batch_size", "dtype")
+
+
+def seed_sets_frame(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Cells run on several disjoint seed sets (``eval.seed_sets``): one row per cell with the number of
+    sets, their seeds, and per metric the mean, the standard deviation over sets (ddof = 1) and the
+    minimum and maximum (EDM reports the minimum FID of three sets); empty where no cell has two sets."""
+    ok = df[df["status"] == "ok"] if len(df) else df
+    if not len(ok) or "seed_set" not in ok or ok["seed_set"].nunique() < 2:
+        return pd.DataFrame()
+    rows = []
+    for key, g in ok.groupby(list(SEED_SET_CELL), dropna=False, sort=True):
+        if g["seed_set"].nunique() < 2:
+            continue
+        row = dict(zip(SEED_SET_CELL, key, strict=True)) | {"nfe": g["nfe"].mean(), "sets": g["seed_set"].nunique(),
+                                                            "seeds": " | ".join(g.sort_values("seed_set")["seeds"])}
+        for m in metrics:
+            v = g[m].astype(float) if m in g else pd.Series(dtype=float)
+            if v.notna().sum() == 0:
+                continue
+            row |= {f"{m}_mean": v.mean(), f"{m}_std": v.std(ddof=1), f"{m}_min": v.min(), f"{m}_max": v.max()}
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -33,32 +33,14 @@ DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml"
 
 
 def _check_metric_assets(name: str, run: RunSpec) -> None:
-    """Pre-flight: raise if a file metric ``name`` needs is missing (loads nothing heavy)."""
-    from bench.execute import CLASSIFIER_METRICS, EXACT_METRICS, IMAGE_METRICS
+    """Pre-flight: raise if a file or dataset metric ``name`` reads is missing (loads nothing heavy)."""
+    from bench.metrics import METRICS
+    from models.datasets import load_dataset
 
-    if name in EXACT_METRICS and run.model["kind"] in ("official", "checkpoint"):
-        raise ValueError(f"metric {name!r} needs an exact mixture model (kind: mixture); model {run.model_name!r} "
-                         f"is of kind {run.model['kind']!r}")
-    if name in CLASSIFIER_METRICS:
-        from bench.metrics.classifier import train_stats_path, weights_path
-
-        for p in (weights_path(CLASSIFIER_METRICS[name]), train_stats_path(CLASSIFIER_METRICS[name])):
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"metric {name!r} needs {p}, which is missing; train it with "
-                                        f"`python -m bench.metrics.train_classifier --data {CLASSIFIER_METRICS[name]}`")
-    if name in IMAGE_METRICS:
-        from bench.metrics.assets import find_inception, find_reference_stats
-
-        data = run.data
-        find_inception(data.get("inception"))
-        find_reference_stats(data.get("dataset", "cifar10"), data.get("res", 32), data.get("fid_split", "train"),
-                             data.get("mode", "legacy_tensorflow"), path=data.get("ref_path"), kid=name == "kid")
-    if name == "bpd":
-        from models.datasets import load_dataset
-
-        if "dataset" not in run.data:
-            raise ValueError(f"metric 'bpd' needs a dataset: add data: {{dataset: ...}} for model {run.model_name!r}")
-        load_dataset(run.data["dataset"], run.data.get("split", "test"), root=run.data.get("root"))
+    entry = METRICS[name]
+    entry.files(run.data)
+    for dataset, split in entry.datasets(run.data):
+        load_dataset(dataset, split, root=run.data.get("root"))
 
 
 def preflight(grid: GridSpec) -> None:
@@ -156,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override eval.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--out", default=None, help="output folder (default: results/<grid name>)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local executor: worker processes pulling shards (CPU: cores/N threads each; "
-                        "CUDA: one per visible GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local executor: worker processes pulling shards (CPU: cores/N threads each; CUDA: one "
+                        "per visible GPU; 1: in this process with a thread per core). Default: one per core, "
+                        "at most 8 (docs/harness.md: the default under load)")
     p.add_argument("--plan", action="store_true",
                    help="print network evaluations per run and in total (and a time estimate) and exit")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -230,19 +213,28 @@ def main(argv: list[str] | None = None) -> int:
     invocation), 2 (bad input, nothing written), 130 / 143 (stopped by SIGINT / SIGTERM: the records
     that finished are kept and the report rebuilt from them)."""
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         print(f"error: --workers must be a positive integer, got {args.workers}", file=sys.stderr)
         return 2
+    from bench.workers import default_workers
+
+    # Spawned now, so the workers import torch while this process validates the grid; where a GPU may be
+    # there and --workers was not given, later, as many as the runs' devices want (one per visible GPU).
+    early = args.workers is not None or not Path("/dev/nvidiactl").exists()
+    args.workers = args.workers or default_workers()
     pool = None
-    if args.executor == "local" and args.workers > 1 and not (args.dry_run or args.plan):
+    if args.executor == "local" and args.workers > 1 and early and not (args.dry_run or args.plan):
         from bench.workers import ProcessPool
 
-        pool = ProcessPool(args.workers)  # now: the workers import torch while this process validates the grid
+        pool = ProcessPool(args.workers)
     try:
         return _main(args, pool)
     finally:
         if pool is not None:  # closed by the sweep when it ran; stopped at once after an early exit
+            from bench.workers import stop_resource_tracker
+
             pool.close(now=True)
+            stop_resource_tracker()  # every worker has exited: nothing of this sweep outlives the CLI
 
 
 def _main(args: argparse.Namespace, pool) -> int:

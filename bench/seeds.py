@@ -80,6 +80,16 @@ class SeedRanges:
                 break
         return out
 
+    def shifted(self, offset: int) -> SeedRanges:
+        """Every seed plus ``offset``."""
+        return SeedRanges(tuple((lo + offset, hi + offset) for lo, hi in self.ranges))
+
+    def seed_sets(self, k: int) -> list[SeedRanges]:
+        """``k`` disjoint seed sets: this one and its shifts by multiples of its span (max − min + 1), as EDM's
+        three FID sets 0-49999, 50000-99999, 100000-149999."""
+        span = max(hi for _, hi in self.ranges) - min(lo for lo, _ in self.ranges)
+        return [self.shifted(j * span) for j in range(k)]
+
     def __str__(self) -> str:
         """The compact spec: ``'0-99'``, ``'0-9,20,30-31'``."""
         return ",".join(f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}" for lo, hi in self.ranges)

@@ -11,12 +11,12 @@ sample, so the samples do not depend on the shard size. A run with ``bpd`` has o
     <out>/shards/<run_id>/<k>.claim     a worker's claim on shard k (owner; its mtime is the heartbeat)
     <out>/shards/<run_id>/record.claim  the claim of the worker that merges the shards into the record
 
-A shard's state: the metric accumulators' ``state()``, NFE / steps / batch sizes of each batch,
-accepted and rejected steps, per-sample NFE sums and extremes, timings, peak memory, the run's
-descriptive fields (SDE, sampler, device) and the kept samples of the first ``save_samples``
-positions. :func:`merge_record` folds the states of shards 0, 1, ... in index order — whatever
-order they finished in — into the record a one-pass run writes. Once the record is written, the
-shard folder is removed (a FID shard state is 32 MiB).
+A shard's state is a :class:`~bench.shard_state.ShardState` (the metric accumulators' ``state()``,
+NFE / steps / batch sizes of each batch, accepted and rejected steps, per-sample NFE sums and
+extremes, timings, peak memory, the run's descriptive fields and the kept samples of the first
+``save_samples`` positions), stored as its dict. :func:`merge_record` folds the states of shards
+0, 1, ... in index order — whatever order they finished in — into the record a one-pass run writes.
+Once the record is written, the shard folder is removed (a FID shard state is 32 MiB).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from bench.records import atomic_write, metric_entry, now
+from bench.shard_state import ShardState
 
 __all__ = ["DEFAULT_SHARD_SAMPLES", "Shard", "run_shards", "shard_size", "shard_dir", "shard_path",
            "write_shard", "read_shard", "shard_state", "merge_record", "remove_shards", "finished_shards"]
@@ -137,38 +138,6 @@ def remove_shards(out: Path, run_id: str) -> None:
 
 
 # --- merge ---------------------------------------------------------------------------------------
-def _fold_counts(record: dict, s: dict) -> None:
-    for key in ("nfe_per_batch", "batch_sizes", "steps_per_batch", "stats_extra"):
-        record[key] += list(s.get(key, []))
-    for key in ("n_accepted", "n_rejected"):
-        record[key] += int(s.get(key, 0))
-    record["_nfe_rows"] += float(s.get("nfe_rows", 0.0))
-    if s.get("nfe_per_sample_min") is not None:
-        record["nfe_per_sample_min"] = min(record.get("nfe_per_sample_min") or math.inf, s["nfe_per_sample_min"])
-        record["nfe_per_sample_max"] = max(record.get("nfe_per_sample_max") or -math.inf, s["nfe_per_sample_max"])
-    if "prior_network_calls" in s:
-        record["prior_network_calls"] = record.get("prior_network_calls", 0) + int(s["prior_network_calls"])
-    for key in ("sampling_time_s", "metric_time_s", "wall_time_s"):
-        record[key] += float(s.get(key, 0.0))
-    if s.get("peak_memory_mb") is not None and s["peak_memory_mb"] >= (record.get("peak_memory_mb") or -1.0):
-        record["peak_memory_mb"], record["peak_memory_kind"] = s["peak_memory_mb"], s.get("peak_memory_kind")
-    record["oom_splits"] = max(record.get("oom_splits", 0), int(s.get("oom_splits", 0)))
-
-
-def finish_counts(record: dict) -> None:
-    """Run-level NFE and step summaries from the per-batch lists (as a one-pass run reports them)."""
-    nfe = record["nfe_per_batch"]
-    record["nfe_total"] = sum(nfe)
-    record["nfe"] = (sum(nfe) / len(nfe) if len(set(nfe)) > 1 else nfe[0]) if nfe else None
-    steps = record["steps_per_batch"]
-    record["n_steps"] = (sum(steps) / len(steps) if len(set(steps)) > 1 else steps[0]) if steps else None
-    rows = record.pop("_nfe_rows", 0.0)
-    done = sum(record["batch_sizes"])
-    record["nfe_per_sample_mean"] = rows / done if done and "nfe_per_sample_min" in record else None
-    record.setdefault("nfe_per_sample_min", None)
-    record.setdefault("nfe_per_sample_max", None)
-
-
 def merge_record(run, states: list[dict], metrics: dict,
                  failure: dict | None = None) -> tuple[dict, torch.Tensor | None]:
     """The run's record and kept samples from its shard states (any order; folded in index order).
@@ -189,14 +158,12 @@ def merge_record(run, states: list[dict], metrics: dict,
     info = first.get("info", {})
     record = run_skeleton(run, info.get("device", run.device))
     record.update({k: v for k, v in info.items() if k != "device"})
-    record.update(accel=dict(run.accel), _nfe_rows=0.0, sampling_time_s=0.0, metric_time_s=0.0, wall_time_s=0.0,
-                  peak_memory_mb=None,
-                  peak_memory_kind=None, oom_splits=0)
+    record["accel"] = dict(run.accel)
     if order and order[0].get("created"):
         record["created"] = min(s["created"] for s in order if s.get("created"))
-    kept, kept_labels = [], []
+    total, kept, kept_labels = ShardState(), [], []
     for s in order:
-        _fold_counts(record, s)
+        total.merge(ShardState.from_dict(s))
         if failure is None:
             for name, st in s.get("metrics", {}).items():
                 metrics[name].merge(st)
@@ -215,17 +182,19 @@ def merge_record(run, states: list[dict], metrics: dict,
         import time
 
         t0 = time.perf_counter()
+        from bench.metrics import METRICS
+
         for name, metric in metrics.items():
-            value, protocol = metric.compute()
-            record["metrics"][name] = metric_entry(value, protocol)
+            for column, (value, protocol) in METRICS[name].results(metric).items():
+                record["metrics"][column] = metric_entry(value, protocol)
         bpd = next((s for s in order if s["index"] == BPD), None)
         if bpd is not None:
             record["metrics"][BPD] = metric_entry(bpd["bpd_value"], bpd["bpd_protocol"])
             nfe = bpd["bpd_protocol"]["nfe_per_batch"]
             record["bpd_nfe"] = sum(nfe) / len(nfe)
-        record["metric_time_s"] += time.perf_counter() - t0
+        total.metric_time_s += time.perf_counter() - t0
         record["status"] = "ok"
-    finish_counts(record)
+    record.update(total.summary())
     for name, m in record["metrics"].items():
         record[name] = m["value"]
     record["finished"] = now()

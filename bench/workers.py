@@ -15,11 +15,32 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 from collections.abc import Callable, Iterable
 
-__all__ = ["ProcessPool", "DEPTH", "failed_state"]
+__all__ = ["ProcessPool", "DEPTH", "MAX_DEFAULT_WORKERS", "available_cores", "default_workers", "failed_state",
+           "stop_resource_tracker"]
 
 DEPTH = 2  # shards handed to a worker at once: the running one and the next
+MAX_DEFAULT_WORKERS = 8  # the default's cap: every worker holds its own copy of the model
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """``--workers`` when not given: one worker process per core this process may use (at most
+    :data:`MAX_DEFAULT_WORKERS`), each with ``cores // workers`` torch threads (1 up to 8 cores); 1 (in
+    this process) on one core. Chosen from the quickstart measured with and without busy processes
+    beside it (docs/harness.md, "The default under load"): single-threaded workers were the fastest
+    configuration in both conditions, and one process with a thread per core slowed down most under load.
+    """
+    return max(1, min(available_cores(), MAX_DEFAULT_WORKERS))
 
 
 def failed_state(message: str) -> dict:
@@ -127,7 +148,9 @@ class ProcessPool:
             w["tasks"].put(None)
 
     def close(self, now: bool = False) -> None:
-        """Stop the workers (``now``: terminate them, e.g. when the grid turned out invalid)."""
+        """Stop the workers (``now``: terminate them, e.g. when the grid turned out invalid), then release
+        this process's ends of the queues (their named semaphores are unlinked now, not at interpreter exit,
+        so :func:`stop_resource_tracker` finds none in use). A closed pool has no workers."""
         for w in self.workers:
             if now:
                 w["proc"].terminate()
@@ -137,6 +160,13 @@ class ProcessPool:
             w["proc"].join(timeout=10)
             if w["proc"].is_alive():
                 w["proc"].terminate()
+                w["proc"].join()
+        for w in self.workers:
+            w["tasks"].close()
+            w["tasks"].join_thread()  # the feeder thread holds the queue's semaphores until it ends
+        if self.results is not None:
+            self.results.close()
+        self.workers, self.results = [], None
         if self._driver_threads is not None:
             import torch
 
@@ -144,15 +174,47 @@ class ProcessPool:
             self._driver_threads = None
 
 
+def stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker, once no process of ours uses it any more (the CLI's exit).
+
+    Spawning the workers starts it (a process beside the driver that unlinks named semaphores their
+    owners did not); left alone it outlives the driver: it notices the driver's exit, then exits, a
+    moment after the CLI returned. Stopped here it exits now and is reaped here; a later spawn in this
+    process starts a new one. ``_stop`` is CPython's own (3.8+; what its tests use). Queues that only a
+    reference cycle still holds (the frames of a SIGTERM's or SIGINT's traceback) are collected first, so
+    their semaphores are unlinked by their own finalizers, not reported as leaked by the tracker."""
+    import gc
+    from multiprocessing import resource_tracker
+
+    gc.collect()
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
+
+
+def _next_task(tasks):
+    """The next task, or None (the sentinel, or the driver is gone: a SIGKILLed driver sends no sentinel,
+    and its worker would wait for one for ever)."""
+    parent = mp.parent_process()
+    while True:
+        try:
+            return tasks.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
+
+
 def _worker(i: int, tasks, results) -> None:
-    """One worker: imports what a shard needs at once, then runs tasks until the sentinel (None)."""
+    """One worker: imports what a shard needs at once, then runs tasks until the sentinel (None).
+    SIGINT is the driver's: a Ctrl-C reaches the whole process group, and the driver stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     from bench.execute import execute_unit
     from bench.grid import RunSpec
 
     pinned = False
-    while (item := tasks.get()) is not None:
+    while (item := _next_task(tasks)) is not None:
         kind, key, *args = item
         if kind == "call":
             fn, arg = args
@@ -171,9 +233,13 @@ def _worker(i: int, tasks, results) -> None:
         if gpu is not None and run.device == "auto":
             run = run.replace(device="cuda")
         results.put((i, key, execute_unit(run, shard, budget, progress=False, info={"worker_gpu": gpu})))
-    # Everything this worker computed went through `results`: flush it, then exit without the interpreter's
-    # teardown (~0.4 s with torch loaded, which the driver would wait for), as multiprocessing's own
-    # fork-started children do.
+    # Everything this worker computed went through `results`: flush it, then end as multiprocessing's own
+    # fork-started children do (Process._bootstrap): its exit function first, which runs the finalizers that
+    # unlink and unregister the named semaphores this process created (tqdm's lock, made by every tqdm bar,
+    # even a disabled one; skipped, each is reported by the resource tracker as a "leaked semaphore" when
+    # the CLI exits), then os._exit without the interpreter's teardown (~0.4 s with torch loaded, which
+    # the driver would wait for).
     results.close()
     results.join_thread()
+    mp.util._exit_function()
     os._exit(0)

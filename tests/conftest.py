@@ -83,6 +83,18 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
+def _cli_in_process(monkeypatch):
+    """``bench.run.main`` called in this process computes in this process unless the test passes
+    ``--workers``: the CLI's default (one worker process per core, :func:`bench.workers.default_workers`)
+    would spawn workers for each of the suite's many small in-process sweeps (seconds each on the shared
+    cores), and monkeypatches do not reach spawned workers. The default itself runs in the tests that
+    start ``python -m bench.run`` as a subprocess (tests/test_shards.py, tests/test_hostile_input.py)."""
+    import bench.workers
+
+    monkeypatch.setattr(bench.workers, "default_workers", lambda: 1)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield

@@ -332,7 +332,8 @@ def test_grid_with_labels_on_the_edm_network(tmp_path, cond_edm, capsys):
     ({"label": [1, 2]}, "field 'label' must be a class index >= 0 or 'random'"),
     ({"label": 4}, "field 'label' must be a class index in 0..3 or 'random'"),
     ({}, "is class-conditional \\(4 classes\\): field 'label' is required; expected a class index in 0..3"),
-    ({"label": "random", "metrics": ["bpd"]}, "metric 'bpd' cannot apply to model 'model' with 'label'"),
+    ({"label": "random", "metrics": ["bpd"]},
+     "metric 'bpd' cannot apply to model 'model': the model is class-conditional \\('label'\\)"),
 ], ids=["not-a-label", "list", "out-of-range", "missing", "bpd"])
 def test_label_errors_at_load(tmp_path, capsys, cond_edm, model, match):
     grid = _grid(tmp_path / "bad.yaml", {"kind": "edm", "path": str(cond_edm["edm"]), **model})

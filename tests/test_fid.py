@@ -53,14 +53,17 @@ class _StandInInception(nn.Module):
         self.layers = _Layers()
         self.output = nn.Linear(2048, 1008)
 
-    def forward(self, img: Tensor, return_features: bool = False) -> Tensor:
+    def forward(self, img: Tensor, return_features: bool = False, no_output_bias: bool = False) -> Tensor:
         x = img.to(torch.float32)
         if x.shape[2] != 299 or x.shape[3] != 299:
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         features = self.layers((x - 128) / 128).view(-1, 2048)
         if return_features:
             return features
-        return F.softmax(self.output(features), dim=1)
+        logits = self.output(features)
+        if no_output_bias:  # the file's IS call (StyleGAN): the softmax without the output layer's bias
+            logits = logits - self.output.bias
+        return F.softmax(logits, dim=1)
 
 
 

@@ -257,6 +257,61 @@ def test_non_utf8_grid_names_the_file(capsys, tmp_path):
     assert line.startswith(f"error: {grid}: ")
 
 
+# Duplicate mapping keys (issue 28): YAML keeps the last silently; refused at every level, with the line.
+DUPLICATES = {
+    "top level": ("name: dup\n"
+                  "models:\n"
+                  "  m: {kind: mixture, means: [[-0.5, 0.0], [0.5, 0.0]], std: 0.1, sde: {kind: vp}}\n"
+                  "eval: {num_samples: 4, batch_size: 4, device: cpu}\n"
+                  "sweeps:\n"
+                  "  - {solver: pf_euler, n_steps: 3}\n"
+                  "name: dup2\n", "'name' at line 7, column 1 (first at line 1, column 1)"),
+    "sweep entry": ("name: dup\n"
+                    "models:\n"
+                    "  m: {kind: mixture, means: [[-0.5, 0.0], [0.5, 0.0]], std: 0.1, sde: {kind: vp}}\n"
+                    "eval: {num_samples: 4, batch_size: 4, device: cpu}\n"
+                    "sweeps:\n"
+                    "  - {solver: pf_euler, n_steps: 3}\n"
+                    "  - {solver: euler_maruyama, n_steps: 5, n_steps: 7}\n",
+                    "'n_steps' at line 7, column 42 (first at line 7, column 30)"),
+    "model's sde, block style": ("name: dup\n"
+                                 "models:\n"
+                                 "  m:\n"
+                                 "    kind: mixture\n"
+                                 "    means: [[-0.5, 0.0], [0.5, 0.0]]\n"
+                                 "    std: 0.1\n"
+                                 "    sde:\n"
+                                 "      kind: vp\n"
+                                 "      beta_max: 20.0\n"
+                                 "      beta_max: 10.0\n"
+                                 "eval: {num_samples: 4, batch_size: 4, device: cpu}\n"
+                                 "sweeps:\n"
+                                 "  - {solver: pf_euler, n_steps: 3}\n",
+                                 "'beta_max' at line 10, column 7 (first at line 9, column 7)"),
+}
+
+
+@pytest.mark.parametrize("level", list(DUPLICATES))
+def test_duplicate_keys_refused_at_every_level(capsys, tmp_path, level):
+    text, needle = DUPLICATES[level]
+    grid = tmp_path / "g.yaml"
+    grid.write_text(text)
+    line = assert_refused(capsys, tmp_path, grid, "", f"duplicate key {needle}", "remove one")
+    assert "YAML would keep only the last value" in line
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    """``<<: *base`` then the same key is YAML's override, not a duplicate."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: merge\n"
+                    "models: {m: {kind: mixture, means: [[-0.5, 0.0], [0.5, 0.0]], std: 0.1, sde: {kind: vp}}}\n"
+                    "eval: {num_samples: 4, batch_size: 4, device: cpu}\n"
+                    "sweeps:\n"
+                    "  - &base {solver: pf_euler, n_steps: 3}\n"
+                    "  - {<<: *base, n_steps: 5}\n")
+    assert sorted(r.options["n_steps"] for r in load_grid(grid).runs) == [3, 5]
+
+
 # --- 5. exit status of a rerun that skips failed records -------------------------------------------
 def test_failed_earlier_exits_1_and_says_how_to_retry(capsys, tmp_path):
     grid = write_grid(tmp_path / "g.yaml", models={
@@ -273,28 +328,55 @@ def test_failed_earlier_exits_1_and_says_how_to_retry(capsys, tmp_path):
 
 
 # --- 6. SIGINT / SIGTERM: one line, report rebuilt from what finished, 130 / 143 ---------------------
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_cleanly(tmp_path, sig):
+def _disposition(sig: signal.Signals, handler):
+    """preexec_fn: the child's disposition of ``sig`` set here, not inherited from whoever started pytest
+    (a background job of a non-interactive shell, nohup and many CI runners start it with SIGINT ignored)."""
+    def set_it() -> None:
+        signal.signal(sig, handler)
+    return set_it
+
+
+def _start_slow_sweep(tmp_path, sig, handler, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """``python -m bench.run`` on 12 slow runs (``extra`` arguments), with ``sig``'s disposition ``handler``;
+    returns once 2 records are written."""
     model = {"kind": "callable", "target": SLOW_OR_NAN, "options": {"delay": 0.02}}
     grid = write_grid(tmp_path / "g.yaml", models={"m": model}, sweeps=[{"solver": "pf_euler",
                                                                           "n_steps": list(range(10, 22))}])
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--grid", str(grid), "--out", str(out),
-                             "--no-progress"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--no-progress", *extra], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_disposition(sig, handler))
     deadline = time.monotonic() + 180
     try:
         while len(list((out / "runs").glob("*.json"))) < 2:
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "no records after 180 s"
             time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, out
+
+
+def _signal_and_wait(proc: subprocess.Popen, sig: signal.Signals) -> tuple[str, list[str]]:
+    """Send ``sig``, wait for the exit; (stderr, its non-blank lines)."""
+    try:
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return err, [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["in-process", "2-workers"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_cleanly(tmp_path, sig, workers):
+    """One line on stderr (no traceback, no leaked-semaphore warning from the workers' queues), exit 128 + sig."""
+    proc, out = _start_slow_sweep(tmp_path, sig, signal.SIG_DFL, "--workers", workers)
+    err, lines = _signal_and_wait(proc, sig)
     assert proc.returncode == 128 + sig, err
-    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err  # no traceback
     assert f"stopped by {signal.Signals(sig).name}" in lines[0] and "report rebuilt" in lines[0]
     records = read_records(out)
@@ -304,3 +386,18 @@ def test_signal_stops_cleanly(tmp_path, sig):
         assert sum(1 for _ in f) == len(records) + 1  # the report is rebuilt from exactly what finished
     assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".tmp-")]
     assert json.loads((out / "runs" / f"{next(iter(records))}.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("sig, stops", [(signal.SIGINT, False), (signal.SIGTERM, True)], ids=["SIGINT", "SIGTERM"])
+def test_inherited_ignored_signal(tmp_path, sig, stops):
+    """Started with ``sig`` ignored (docs/harness.md): SIGINT stays ignored, as Python leaves it (the caller's
+    wish: the sweep finishes, exit 0); SIGTERM is handled by the CLI whatever it inherited (exit 143)."""
+    proc, out = _start_slow_sweep(tmp_path, sig, signal.SIG_IGN)
+    err, lines = _signal_and_wait(proc, sig)
+    assert len(lines) == 1, err
+    if stops:
+        assert proc.returncode == 143 and "stopped by SIGTERM" in lines[0], err
+        assert len(read_records(out)) < 12
+    else:
+        assert proc.returncode == 0 and "12 ran (12 ok" in lines[0], err
+        assert len(read_records(out)) == 12

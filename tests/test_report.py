@@ -113,3 +113,27 @@ def test_report_writes_nothing_outside_its_folder(tmp_path):
     assert safe_name("..") != ".." and "/" not in safe_name("../../etc") and not safe_name(".hidden").startswith(".")
     assert output_path(out, "plots", "../x", suffix=".png").parent == (out / "plots").resolve()
     json.dumps(made, default=str)
+
+
+def test_metrics_spanning_a_decade_on_a_log_axis(tmp_path, monkeypatch):
+    """Issue 28: a metric whose values span more than a decade is drawn on a log y axis (on a linear one
+    every point of the lowest decade sits on the floor); a narrower or sign-changing one stays linear."""
+    import matplotlib.axes
+    import pandas as pd
+
+    from bench.report_plots import spans_a_decade
+
+    assert spans_a_decade(pd.Series([1.2, 4.0, 80.0])) and not spans_a_decade(pd.Series([3.0, 4.0, 29.0]))
+    assert not spans_a_decade(pd.Series([-0.1, 5.0, 80.0])) and not spans_a_decade(pd.Series([], dtype=float))
+    scales = []
+    real = matplotlib.axes.Axes.set_yscale
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", lambda ax, v, **kw: (scales.append(v), real(ax, v, **kw)))
+    for fds, log in (([1.5, 80.0, 9.0], True), ([3.0, 8.0, 5.0], False)):
+        out = tmp_path / str(log)
+        for i, (fd, n) in enumerate(zip(fds, (10, 20, 40))):
+            write_record(out, record(f"a00000000{i}", "pf_euler", n, fd, 1.0, options={"n_steps": n}))
+        scales.clear()
+        made = build_report(out)
+        assert {p.name for p in made["plots"]} == {"fd_exact_vs_nfe_m.png", "wall_vs_nfe_m.png"}
+        # 2 figures of one panel each: wall-clock always on a log axis, fd_exact only where it spans a decade.
+        assert scales.count("log") == (2 if log else 1), scales

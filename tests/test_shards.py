@@ -27,6 +27,7 @@ from bench.records import read_records, samples_path
 from bench.run import main, run_grid
 from bench.seeds import SeedRanges
 from bench.shards import run_shards, shard_dir
+from bench.workers import default_workers as DEFAULT_WORKERS  # noqa: N812  (bound before the suite pins it)
 from tests.test_resume import SlowMixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +138,64 @@ def test_worker_pool_starmap_and_early_exit(tmp_path, capsys):
     assert main(["--grid", str(bad), "--out", str(tmp_path / "o"), "--workers", "2"]) == 2
     assert "no_such_solver" in capsys.readouterr().err
     assert not mp.active_children() and not (tmp_path / "o").exists()
+
+
+def _cli_worker_pids(grid: Path, out: Path) -> tuple[int, set[int]]:
+    """Run the CLI (its default --workers) as a subprocess: (its pid, the pids that computed the shards)."""
+    proc = subprocess.Popen(cli(grid, out), env=ENV, cwd=out.parent, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return proc.pid, {int(w.rsplit(":", 1)[1]) for r in read_records(out).values() for w in r["shards"]["workers"]}
+
+
+def test_default_is_one_single_threaded_worker_per_core(tmp_path, monkeypatch):
+    """Issue 28: without --workers the CLI runs min(cores, 8) worker processes of cores // workers threads
+    (docs/harness.md: the default under load), never more than there are shards: a one-shard sweep, or
+    one core, computes in the CLI's own process."""
+    import bench.workers
+
+    for cores, expected in ((1, 1), (2, 2), (16, 8)):
+        monkeypatch.setattr(bench.workers, "available_cores", lambda c=cores: c)
+        assert DEFAULT_WORKERS() == expected  # the real function (the suite pins bench.workers.default_workers)
+    monkeypatch.undo()
+    grid = write_grid(tmp_path / "g.yaml", delay=0.0, n_steps=[3, 4, 5, 6], num_samples=8, shard_size=8)
+    cli_pid, pids = _cli_worker_pids(grid, tmp_path / "o")
+    if bench.workers.available_cores() > 1:
+        assert cli_pid not in pids and len(pids) == min(bench.workers.available_cores(), 4), pids  # 4 shards
+    one = write_grid(tmp_path / "one.yaml", delay=0.0, n_steps=[3], num_samples=8, shard_size=8)
+    cli_pid, pids = _cli_worker_pids(one, tmp_path / "o1")
+    assert pids == {cli_pid}
+
+
+@pytest.mark.parametrize("report", [True, False], ids=["report", "no-report"])
+def test_worker_sweep_exits_clean(tmp_path, report):
+    """``--workers 2`` through the real CLI (issue 28): stderr holds only the summary line (no
+    resource_tracker "leaked semaphore" warning: the workers' semaphores are released before they
+    exit) and no process of the sweep outlives the CLI (workers joined, the resource tracker reaped):
+    its process group is empty the moment it has exited."""
+    grid = write_grid(tmp_path / "g.yaml", delay=0.0, n_steps=[3, 4, 5, 6, 7, 8], num_samples=8, shard_size=8)
+    args = cli(grid, tmp_path / "o", "--workers", "2")
+    proc = subprocess.Popen([a for a in args if report is False or a != "--no-report"],
+                            env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # the CLI and all it starts: process group proc.pid
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    left = None
+    try:
+        os.killpg(proc.pid, 0)  # succeeds while any process of the group is left (a zombie too)
+        left = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(proc.pid)], capture_output=True,
+                              text=True).stdout
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert proc.returncode == 0, err
+    assert left is None, f"processes of the sweep alive after the CLI exited:\n{left}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("shards: 6 ran (6 ok, 0 failed; 6 shards computed here)"), err
 
 
 def test_killed_after_second_shard_resumes_with_the_two_missing(tmp_path):

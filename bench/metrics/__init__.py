@@ -1,6 +1,9 @@
 """Sample-quality metrics, each returning its value and a protocol dict for the run record.
 
-Every metric is an accumulator built by name from :data:`METRICS`::
+Every metric is one :class:`~bench.metrics.registry.MetricEntry` of :data:`METRICS` (a plain dict),
+declared in the metric's own module: its options, where it applies, the files it reads, its
+direction and its mergeable state (:mod:`bench.metrics.registry` says what the harness reads from
+it). Its accumulator is built by name::
 
     metric = make_metric("fid", dataset="cifar10", res=32, split="train", data_range=(-1, 1))
     for batch in batches:          # [B, C, H, W] samples, any number of batches
@@ -11,8 +14,8 @@ or in one call, ``compute_metric(name, samples, **options)`` with an iterable of
 tensor). Building a metric looks up every file it needs, so a missing Inception file or reference
 statistics fail at once, before any sampling. ``docs/metrics.md`` says what each one computes.
 
-Mergeable state (the protocol shards rely on). Every accumulator — the seven of :data:`METRICS`
-and :class:`~bench.metrics.bpd.BitsPerDim` — has:
+Mergeable state (the protocol shards rely on). Every entry's accumulator (``bpd``'s
+:class:`~bench.metrics.bpd.BitsPerDim` included) has:
 
 * ``update(samples, ids=None)``: ``ids`` is a LongTensor [B] of the samples' global ids (the run
   loop passes their seeds; ``bpd``: image ids, plus ``nfe=`` of the solve);
@@ -45,47 +48,38 @@ grows with N and is bounded by ``max_generated`` (a clear error beyond it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from functools import partial
-from typing import Protocol
+from collections.abc import Iterable
 
 from torch import Tensor
 
+from bench.metrics import bpd, classifier_fd, clip_score, dinov2, exact, fid, inception_score, kid, prdc
 from bench.metrics.assets import MissingAssetError
-from bench.metrics.classifier_fd import make_classifier_fd
-from bench.metrics.exact import MeanLogLikelihood, SlicedW2, make_exact_fd
-from bench.metrics.fid import make_fid
-from bench.metrics.kid import KID
+from bench.metrics.registry import Metric, MetricEntry, RunFacts
 
-__all__ = ["METRICS", "Metric", "MissingAssetError", "compute_metric", "make_metric"]
+__all__ = ["METRICS", "SAMPLE_METRICS", "Metric", "MetricEntry", "MissingAssetError", "RunFacts", "compute_metric",
+           "make_metric"]
 
-
-class Metric(Protocol):
-    name: str
-
-    def update(self, samples: Tensor, ids: Tensor | None = None) -> None: ...
-
-    def state(self) -> dict: ...
-
-    def merge(self, state: dict) -> None: ...
-
-    def compute(self) -> tuple[float, dict]: ...
-
-
-# name → factory(**options) -> Metric. Image metrics take data_range=; exact ones take model=.
-METRICS: dict[str, Callable[..., Metric]] = {
-    "fid": make_fid,
-    "kid": KID,
-    "fd_digits": partial(make_classifier_fd, "digits"),
-    "fd_fashion": partial(make_classifier_fd, "fashion"),
-    "fd_exact": make_exact_fd,
-    "sw2_exact": SlicedW2,
-    "loglik_exact": MeanLogLikelihood,
-}
+# name → entry (bench.metrics.registry.MetricEntry): a metric is declared in its own module, listed here.
+METRICS: dict[str, MetricEntry] = {e.name: e for e in (
+    fid.ENTRY,
+    kid.ENTRY,
+    dinov2.ENTRY,
+    inception_score.ENTRY,
+    clip_score.ENTRY,
+    classifier_fd.DIGITS,
+    classifier_fd.FASHION,
+    exact.FD_EXACT,
+    exact.SW2_EXACT,
+    exact.LOGLIK_EXACT,
+    prdc.ENTRY,
+    bpd.ENTRY,
+)}
+# The metrics computed from a run's samples (every one but those scored in a shard of their own).
+SAMPLE_METRICS: tuple[str, ...] = tuple(name for name, e in METRICS.items() if e.per_sample)
 
 
 def make_metric(name: str, **options: object) -> Metric:
-    """Build the accumulator of metric ``name`` (a key of :data:`METRICS`).
+    """Build the accumulator of metric ``name`` (a key of :data:`METRICS`) from its options.
 
     Raises:
         ValueError: unknown name.
@@ -93,11 +87,12 @@ def make_metric(name: str, **options: object) -> Metric:
     """
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; expected one of: {', '.join(METRICS)}")
-    return METRICS[name](**options)
+    return METRICS[name].build(**options)
 
 
 def compute_metric(name: str, samples: Iterable[Tensor] | Tensor, **options: object) -> tuple[float, dict]:
-    """Value and protocol of metric ``name`` over ``samples`` (a tensor or an iterable of batches)."""
+    """Value and protocol of metric ``name`` over ``samples`` (a tensor or an iterable of batches); a metric
+    with several values gives ``{column: (value, protocol)}``."""
     metric = make_metric(name, **options)
     for batch in [samples] if isinstance(samples, Tensor) else samples:
         metric.update(batch)

@@ -32,6 +32,7 @@ __all__ = [
     "INCEPTION_FILE",
     "INCEPTION_URL",
     "STATS_URL",
+    "atomic_write",
     "MissingAssetError",
     "cache_dir",
     "download",
@@ -127,19 +128,32 @@ def find_reference_stats(dataset: str, res: int | str, split: str, mode: str, pa
     raise _missing("Reference statistics", name, STATS_URL + name, candidates, cache_dir() / "stats" / name, fetch)
 
 
-def download(url: str, dest: str | Path) -> Path:
-    """Download ``url`` to ``dest`` atomically (temporary file in the same folder, then rename)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+def atomic_write(path: str | Path, write) -> Path:
+    """Write ``path`` via ``write(binary file)`` into a temporary file beside it, fsync, then rename it into
+    place: an interrupted write leaves the old file or none, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, f)
-        os.replace(tmp, dest)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return dest
+    return path
+
+
+def download(url: str, dest: str | Path) -> Path:
+    """Download ``url`` to ``dest`` atomically (:func:`atomic_write`)."""
+
+    def fetch(f) -> None:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, f)
+
+    return atomic_write(dest, fetch)
 
 
 def _main(argv: list[str]) -> int:

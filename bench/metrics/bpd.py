@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from bench.metrics.feature_fd import check_state
+from bench.metrics.registry import MetricEntry, RunFacts
 from bench.metrics.uncertainty import normal_interval
 
-__all__ = ["BitsPerDim"]
+__all__ = ["ENTRY", "BitsPerDim"]
 
 
 class BitsPerDim:
@@ -79,3 +80,26 @@ class BitsPerDim:
                                                       "normal interval")
         return self.shift + m, {"metric": self.name, **self._protocol, "stderr": stderr,
                                 "nfe_per_batch": [nfe for _, nfe in sorted(self._nfe)], "uncertainty": unc}
+
+
+def _applies(kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
+    if conditional:
+        return ("the model is class-conditional ('label'): bits/dim of a dataset needs each image's own class, "
+                "which the harness does not feed; drop 'bpd' from its metrics")
+    return None
+
+
+def _datasets(data: dict) -> list[tuple[str, str]]:
+    if not data.get("dataset"):
+        raise ValueError("metric 'bpd' needs a dataset: add data: {dataset: ...}")
+    return [(data["dataset"], data.get("split", "test"))]
+
+
+def _options(facts: RunFacts) -> dict:
+    return {}
+
+
+ENTRY = MetricEntry(
+    name="bpd", summary="bits/dim of a dataset split under the probability-flow likelihood (its own shard)",
+    build=BitsPerDim, options=_options, applies=_applies, datasets=_datasets, reads_data=True, per_sample=False,
+    uncertainty="standard error of the mean over images x passes; normal interval")

@@ -10,15 +10,19 @@ Fashion-MNIST (256) are the data's, not a file format's.
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
-from bench.metrics.classifier import load_classifier, train_stats_path, weights_path
+from bench.metrics.classifier import CLASSIFIERS, load_classifier, train_stats_path, weights_path
 from bench.metrics.feature_fd import FrechetMetric
 from bench.metrics.inception import file_sha256
 from bench.metrics.reference import ReferenceStats
+from bench.metrics.registry import MetricEntry, RunFacts
 
-__all__ = ["make_classifier_fd"]
+__all__ = ["DIGITS", "FASHION", "make_classifier_fd"]
 
 
 def make_classifier_fd(name: str, *, data_range: tuple[float, float] = (0.0, 1.0),
@@ -49,3 +53,33 @@ def make_classifier_fd(name: str, *, data_range: tuple[float, float] = (0.0, 1.0
                 "data_range": list(data_range), "preprocessing": "map to [0, 1], clip, no quantisation",
                 "frechet": "scorebench eigh (float64)", "seeds": seeds}
     return FrechetMetric(f"fd_{name}", features, reference, protocol, prepare=prepare)
+
+
+def _options(facts: RunFacts) -> dict:
+    return {"data_range": facts.data_range, "device": facts.device, "seeds": facts.seeds}
+
+
+def _applies(name: str, kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
+    size = CLASSIFIERS[name]["arch"]["size"]
+    if shape is None or tuple(shape) == (1, size, size):
+        return None
+    return f"its classifier reads 1x{size}x{size} images; the model's samples are {'x'.join(map(str, shape))}"
+
+
+def _files(name: str, data: dict) -> dict[str, Path]:
+    files = {"classifier": weights_path(name), "train_stats": train_stats_path(name)}
+    for p in files.values():
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"metric 'fd_{name}' needs {p}, which is missing; train it with "
+                                    f"`python -m bench.metrics.train_classifier --data {name}`")
+    return files
+
+
+def _entry(name: str, what: str) -> MetricEntry:
+    return MetricEntry(name=f"fd_{name}", summary=f"Fréchet distance in the shipped {what} classifier's features",
+                       build=partial(make_classifier_fd, name), options=_options, applies=partial(_applies, name),
+                       files=partial(_files, name))
+
+
+DIGITS = _entry("digits", "8x8 digits")
+FASHION = _entry("fashion", "28x28 Fashion-MNIST")

@@ -25,10 +25,12 @@ import torch
 from torch import Tensor
 
 from bench.metrics.feature_fd import FrechetMetric, check_state
+from bench.metrics.grouped_mean import GroupedMean
 from bench.metrics.reference import ReferenceStats
+from bench.metrics.registry import MetricEntry, RunFacts
 from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
 
-__all__ = ["MeanLogLikelihood", "SlicedW2", "make_exact_fd", "wasserstein2_1d"]
+__all__ = ["FD_EXACT", "LOGLIK_EXACT", "SW2_EXACT", "MeanLogLikelihood", "SlicedW2", "make_exact_fd", "wasserstein2_1d"]
 
 REFERENCE_CHUNK = 4096  # exact reference samples are drawn in chunks of this size (fixed: results don't
 #                         depend on how the generated samples were batched)
@@ -178,7 +180,7 @@ class SlicedW2:
             return math.sqrt(float(wasserstein2_1d(rest, ref, presorted=True).mean()))
 
         replicates, used = leave_one_out(sizes, without)
-        return jackknife(value, replicates, used)
+        return jackknife(value, replicates, used, positive=True)  # a distance: its interval stays above 0
 
 
 class MeanLogLikelihood:
@@ -196,56 +198,49 @@ class MeanLogLikelihood:
 
     def __init__(self, model, *, seeds: str | None = None) -> None:
         self.model = model
-        self.n, self._sum, self._sq = 0, 0.0, 0.0
-        # Per seed group (seed mod GROUPS): count and Σ log p, for the jackknife; None without seeds.
-        self._group_n: Tensor | None = torch.zeros(GROUPS, dtype=torch.int64)
-        self._group_sum: Tensor | None = torch.zeros(GROUPS, dtype=torch.float64)
+        self.sums = GroupedMean()  # n, Σ log p, Σ (log p)², and per seed group for the jackknife
         self._protocol = {**_mixture_protocol(model), "reference": "exact mixture density log p_0", "seeds": seeds}
 
     def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
         """Add a batch of samples [B, *shape] with their seeds ``ids`` [B] (for the uncertainty)."""
         _flat64(samples)  # finiteness check
-        logp = self.model.log_prob_data(samples.detach().to(torch.float64)).to(torch.float64).cpu()
-        self.n += logp.shape[0]
-        self._sum += float(logp.sum())
-        self._sq += float((logp**2).sum())
-        if ids is None:
-            self._group_n = self._group_sum = None
-        elif self._group_n is not None:
-            g = seed_groups(ids).cpu()
-            self._group_n += torch.bincount(g, minlength=GROUPS)
-            self._group_sum.index_add_(0, g, logp)
+        self.sums.add(self.model.log_prob_data(samples.detach().to(torch.float64)).to(torch.float64).cpu(), ids)
 
     def state(self) -> dict:
-        """n, Σ log p and Σ (log p)² in float64."""
-        groups = None if self._group_n is None else {"n": self._group_n.clone(), "sum": self._group_sum.clone()}
-        return {"metric": self.name, "n": self.n, "sum": self._sum, "sq": self._sq, "groups": groups}
+        """n, Σ log p and Σ (log p)² in float64, and the per-group sums."""
+        return {"metric": self.name, **self.sums.state()}
 
     def merge(self, state: dict) -> None:
         """Add another accumulator's sums (from :meth:`state`)."""
         check_state(self.name, state)
-        self.n += int(state["n"])
-        self._sum += float(state["sum"])
-        self._sq += float(state["sq"])
-        groups = state.get("groups")
-        if groups is None:
-            if int(state["n"]):
-                self._group_n = self._group_sum = None
-        elif self._group_n is not None:
-            self._group_n += torch.as_tensor(groups["n"], dtype=torch.int64)
-            self._group_sum += torch.as_tensor(groups["sum"], dtype=torch.float64)
+        self.sums.merge(state)
 
     def compute(self) -> tuple[float, dict]:
-        if self.n == 0:
+        s = self.sums
+        if s.n == 0:
             raise ValueError("no samples added")
-        mean = self._sum / self.n
-        var = max(self._sq / self.n - mean**2, 0.0) * self.n / max(self.n - 1, 1)
-        if self._group_n is None:
-            unc = unavailable("samples came without seeds (ids)")
-        else:
-            n, tot = self._group_n.tolist(), self._group_sum.tolist()
-            replicates, used = leave_one_out(n, lambda g: (self._sum - tot[g]) / (self.n - n[g]), min_size=1)
-            unc = jackknife(mean, replicates, used)
-        return mean, {"metric": self.name, **self._protocol, "num_generated": self.n,
-                      "stderr": float(np.sqrt(var / self.n)),
-                      "bits_per_dim": -mean / (self.model.dim * math.log(2)), "uncertainty": unc}
+        mean = s.sum / s.n
+        var = max(s.sq / s.n - mean**2, 0.0) * s.n / max(s.n - 1, 1)
+        return mean, {"metric": self.name, **self._protocol, "num_generated": s.n,
+                      "stderr": float(np.sqrt(var / s.n)),
+                      "bits_per_dim": -mean / (self.model.dim * math.log(2)), "uncertainty": s.uncertainty(mean)}
+
+
+def _options(facts: RunFacts) -> dict:
+    return {"model": facts.model, "seeds": facts.seeds}
+
+
+def _exact_model(kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
+    return None if kind in ("mixture", "callable") else "it needs an exact mixture model (kind: mixture)"
+
+
+def _entry(name: str, summary: str, build, lower_is_better: bool = True, **kw) -> MetricEntry:
+    return MetricEntry(name=name, summary=summary, build=build, options=_options, lower_is_better=lower_is_better,
+                       applies=_exact_model, needs_model=True, **kw)
+
+
+FD_EXACT = _entry("fd_exact", "data-space Fréchet distance to an exact mixture's moments", make_exact_fd)
+SW2_EXACT = _entry("sw2_exact", "sliced Wasserstein-2 to exact mixture samples", SlicedW2, state_bytes=8 * 256,
+                   max_generated=10**6)
+LOGLIK_EXACT = _entry("loglik_exact", "mean exact log p_0(x) of the samples (nats)", MeanLogLikelihood,
+                      lower_is_better=False)

@@ -160,7 +160,7 @@ class FrechetMetric:
         if value is None:
             value = float(self.frechet(self.stats.mean, self.stats.covariance, self.reference.mu,
                                        self.reference.sigma))
-        return jackknife(value, replicates, used)
+        return jackknife(value, replicates, used, positive=True)  # a distance: its interval stays above 0
 
     def compute(self) -> tuple[float, dict]:
         """``(value, protocol)`` over all samples added so far."""

@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.metrics.assets import cache_dir, find_inception, find_reference_stats, stats_file_name
+from bench.metrics.assets import atomic_write, cache_dir, find_inception, find_reference_stats, stats_file_name
 from bench.metrics.feature_fd import FrechetMetric
 from bench.metrics.frechet import frechet_distance
 from bench.metrics.inception import InceptionFeatures, quantize_uint8
 from bench.metrics.reference import ReferenceStats
+from bench.metrics.registry import MetricEntry, RunFacts, image_shape
 from bench.metrics.stats import StreamingStats
 
-__all__ = ["compute_reference_stats", "make_fid"]
+__all__ = ["ENTRY", "compute_reference_stats", "make_fid", "inception_options", "inception_files"]
 
 
 def _scipy_has_disp() -> bool:
@@ -118,7 +119,28 @@ def compute_reference_stats(images: Iterable[Tensor], dataset: str, res: int | s
                feature_network_sha256=net.protocol()["feature_network_sha256"])
     if kid:
         kid_path = path.with_name(path.name[: -len(".npz")] + "_kid.npz")
-        from bench.records import atomic_write
-
         atomic_write(kid_path, lambda fh: np.savez(fh, feats=np.concatenate(feats)))
     return path
+
+
+def inception_options(facts: RunFacts) -> dict:
+    """Options of ``fid`` and ``kid`` for a run: the data section's ``dataset``, ``res`` (default: the
+    samples' size), ``fid_split``, ``mode``, ``ref_path``, ``inception``."""
+    data = facts.data
+    return {"dataset": data.get("dataset", "cifar10"), "res": data.get("res", facts.shape[-1]),
+            "split": data.get("fid_split", "train"), "mode": data.get("mode", "legacy_tensorflow"),
+            "ref_path": data.get("ref_path"), "inception": data.get("inception"),
+            "data_range": facts.data_range, "device": facts.device, "seeds": facts.seeds}
+
+
+def inception_files(data: dict, kid: bool = False) -> dict[str, Path]:
+    """The Inception file and the reference statistics (KID: features) a run's ``data`` section names."""
+    return {"inception": find_inception(data.get("inception")),
+            "reference": find_reference_stats(data.get("dataset", "cifar10"), data.get("res", 32),
+                                              data.get("fid_split", "train"), data.get("mode", "legacy_tensorflow"),
+                                              path=data.get("ref_path"), kid=kid)}
+
+
+ENTRY = MetricEntry(
+    name="fid", summary="clean-fid's FID (TF-Inception pool_3, legacy_tensorflow by default)", build=make_fid,
+    options=inception_options, applies=image_shape, files=inception_files, reads_data=True)

@@ -26,11 +26,12 @@ import torch
 from torch import Tensor
 
 from bench.metrics.assets import find_inception, find_reference_stats
-from bench.metrics.feature_fd import check_state
+from bench.metrics.feature_store import FeatureStore, KeepsFeatures
+from bench.metrics.fid import inception_files, inception_options
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
-from bench.metrics.uncertainty import GROUPS, jackknife, leave_one_out, seed_groups, unavailable
+from bench.metrics.registry import MetricEntry, image_shape
 
-__all__ = ["KID", "kernel_distance"]
+__all__ = ["ENTRY", "KID", "kernel_distance"]
 
 
 def kernel_distance(feats_ref: np.ndarray, feats_gen: np.ndarray, num_subsets: int = 100,
@@ -72,7 +73,7 @@ def _cleanfid_kernel_distance(feats_ref: np.ndarray, feats_gen: np.ndarray, num_
         np.random.set_state(state)
 
 
-class KID:
+class KID(KeepsFeatures):
     """KID accumulator: ``update(samples)``, then ``compute() -> (kid, protocol)``.
 
     Args:
@@ -102,10 +103,7 @@ class KID:
         self.net = InceptionFeatures(mode, weights, device=device, backend=backend, batch_size=batch_size)
         self.prepare = partial(quantize_uint8, data_range=data_range, rounding=rounding)
         self.settings = (num_subsets, max_subset_size, subset_seed)
-        self.max_generated = max_generated
-        self._feats: list[Tensor] = []  # float32 [B, D] on the CPU
-        self._ids: list[Tensor] | None = []  # int64 [B] per batch; None once a batch came without ids
-        self._n = 0
+        self.store = FeatureStore(self.name, max_generated)
         self._protocol = {
             **self.net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
             "reference_file": path.name, "reference_path": str(path), "reference_sha256": file_sha256(path),
@@ -117,54 +115,20 @@ class KID:
 
     def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
         """Add a batch of generated samples [B, C, H, W] with their ids (seeds) [B], if known."""
-        feats = torch.as_tensor(self.net(self.prepare(samples))).detach().to("cpu", torch.float32)
-        self._add(feats, None if ids is None else torch.as_tensor(ids, dtype=torch.int64).cpu())
-
-    def _add(self, feats: Tensor, ids: Tensor | None) -> None:
-        if self._n + feats.shape[0] > self.max_generated:
-            raise ValueError(f"KID keeps every generated feature ({4 * feats.shape[1]} bytes each): "
-                             f"{self._n + feats.shape[0]} samples exceed max_generated={self.max_generated}")
-        if ids is not None and ids.shape != (feats.shape[0],):
-            raise ValueError(f"ids must have shape [{feats.shape[0]}], got {list(ids.shape)}")
-        if self._n and (ids is None) != (self._ids is None):
-            raise ValueError("KID cannot mix batches with and without sample ids")
-        self._feats.append(feats)
-        if ids is None:
-            self._ids = None
-        else:
-            self._ids.append(ids)
-        self._n += feats.shape[0]
-
-    def state(self) -> dict:
-        """The generated features (float32 [N, D]) and their ids (int64 [N], or None): not sums."""
-        dim = self._feats[0].shape[1] if self._feats else 0
-        return {"metric": self.name, "feats": torch.cat(self._feats) if self._feats else torch.zeros(0, dim),
-                "ids": None if self._ids is None else torch.cat(self._ids) if self._ids else
-                torch.zeros(0, dtype=torch.int64)}
-
-    def merge(self, state: dict) -> None:
-        """Add another accumulator's features (from :meth:`state`)."""
-        check_state(self.name, state)
-        feats = torch.as_tensor(state["feats"], dtype=torch.float32)
-        if feats.shape[0]:
-            self._add(feats, None if state["ids"] is None else torch.as_tensor(state["ids"], dtype=torch.int64))
+        self.store.add(self.net(self.prepare(samples)), ids)
 
     def compute(self) -> tuple[float, dict]:
-        gen = torch.cat(self._feats)
-        ids = None
-        if self._ids is not None:  # one order for any sharding: by sample id
-            ids = torch.cat(self._ids)
-            order = ids.argsort(stable=True)
-            gen, ids = gen[order], ids[order]
+        gen, ids = self.store.ordered()  # one order for any sharding: by sample id
         gen = gen.numpy()
         fn = _cleanfid_kernel_distance if self.net.backend == "cleanfid" else kernel_distance
         value = fn(self.ref_feats, gen, *self.settings)
-        if ids is None:
-            unc = unavailable("samples came without seeds (ids)")
-        else:  # jackknife: the same estimator (same subset seed) without each seed group in turn
-            groups = seed_groups(ids).numpy()
-            sizes = np.bincount(groups, minlength=GROUPS).tolist()
-            replicates, used = leave_one_out(sizes, lambda g: fn(self.ref_feats, gen[groups != g], *self.settings))
-            unc = jackknife(value, replicates, used)
+        # jackknife: the same estimator (same subset seed) without each seed group in turn
+        unc = self.group_jackknife(value, ids, lambda keep: fn(self.ref_feats, gen[keep.numpy()], *self.settings))
         return value, {"metric": self.name, **self._protocol, "num_generated": gen.shape[0],
                        "num_reference": int(self.ref_feats.shape[0]), "uncertainty": unc}
+
+
+ENTRY = MetricEntry(
+    name="kid", summary="clean-fid's KID (cubic-kernel MMD² in TF-Inception features, 100 subsets)", build=KID,
+    options=inception_options, applies=image_shape, files=partial(inception_files, kid=True), reads_data=True,
+    state_bytes=4 * 2048, max_generated=100_000)

@@ -122,7 +122,7 @@ class StreamingStats:
     # ---- files in clean-fid's format (mu, sigma) plus the count --------------------------------
     def save(self, path: str | Path, **extra: object) -> None:
         """Write ``mu``, ``sigma`` and ``n`` (and string ``extra`` fields) to an npz, atomically."""
-        from bench.records import atomic_write
+        from bench.metrics.assets import atomic_write
 
         atomic_write(Path(path), lambda f: np.savez(f, mu=self.mean, sigma=self.covariance, n=np.int64(self.n),
                                                     **{k: np.asarray(str(v)) for k, v in extra.items()}))

@@ -8,7 +8,9 @@ give the jackknife standard error
 
     SE² = (K − 1)/K · Σ_g (θ₍g₎ − θ̄₍·₎)²,
 
-and the interval θ ± t_{K−1, 0.975} · SE (Student t with K − 1 degrees of freedom). Groups are
+and the interval θ ± t_{K−1, 0.975} · SE (Student t with K − 1 degrees of freedom); for a metric that
+cannot be negative (a distance: FID, ``fd_*``, ``sw2_exact``; ``positive=True``) the same jackknife on
+log θ, interval θ · exp(± t_{K−1, 0.975} · SE_log), which stays above 0 (issue 28). Groups are
 defined by seeds alone, so the uncertainty does not depend on the batch size, on how runs are
 split into shards, or on the order shards are merged in (up to float64 rounding).
 
@@ -29,12 +31,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["GROUPS", "LEVEL", "METHOD", "seed_groups", "jackknife", "unavailable", "normal_interval",
-           "leave_one_out"]
+__all__ = ["GROUPS", "LEVEL", "METHOD", "METHOD_LOG", "seed_groups", "jackknife", "unavailable",
+           "normal_interval", "leave_one_out"]
 
 GROUPS = 10
 LEVEL = 0.95
 METHOD = f"jackknife, delete one of K={GROUPS} seed groups (group = seed mod {GROUPS}); t interval, K-1 dof"
+METHOD_LOG = (f"jackknife, delete one of K={GROUPS} seed groups (group = seed mod {GROUPS}); t interval on log(value), "
+              "K-1 dof")
 
 
 def seed_groups(ids: Tensor, k: int = GROUPS) -> Tensor:
@@ -48,8 +52,15 @@ def _t_quantile(level: float, dof: int) -> float:
     return float(t.ppf(0.5 + level / 2, dof))
 
 
+def _jackknife_se(replicates: list[float]) -> tuple[float, float]:
+    """(mean of the replicates, delete-a-group jackknife standard error)."""
+    g = len(replicates)
+    mean = sum(replicates) / g
+    return mean, math.sqrt((g - 1) / g * sum((r - mean) ** 2 for r in replicates))
+
+
 def jackknife(value: float, replicates: list[float], sizes: list[int], level: float = LEVEL,
-              method: str = METHOD) -> dict:
+              method: str | None = None, positive: bool = False) -> dict:
     """The uncertainty entry of a value from its leave-one-group-out replicates.
 
     Args:
@@ -57,20 +68,32 @@ def jackknife(value: float, replicates: list[float], sizes: list[int], level: fl
         replicates: the metric without group g, one per non-empty group.
         sizes: the number of samples of each non-empty group (same order).
         level: the interval's coverage level.
+        method: the method's description (default :data:`METHOD`, or :data:`METHOD_LOG` with ``positive``).
+        positive: the metric cannot be negative (a distance): the t interval is taken on log θ, from
+            the jackknife of the log replicates, θ · exp(± t · SE_log), so it cannot reach 0 or below.
+            Where θ or a replicate is exactly 0 (no log), the linear interval with its lower end at 0.
 
     Returns:
         ``{"method", "stderr", "interval": [lo, hi], "level", "groups", "group_sizes",
-        "jackknife_bias", "replicates"}``; ``stderr`` None (with ``reason``) below two groups.
+        "jackknife_bias", "replicates"}`` (``positive``: and ``log_stderr``); ``stderr`` (the
+        jackknife standard error of θ itself, either way) None (with ``reason``) below two groups.
     """
+    method = method or (METHOD_LOG if positive else METHOD)
     g = len(replicates)
     if g < 2 or not all(math.isfinite(r) for r in replicates):
         return unavailable(f"{g} usable seed groups (need 2 or more)", method)
-    mean = sum(replicates) / g
-    se = math.sqrt((g - 1) / g * sum((r - mean) ** 2 for r in replicates))
-    half = _t_quantile(level, g - 1) * se
-    return {"method": method, "stderr": se, "interval": [value - half, value + half], "level": level,
-            "groups": g, "group_sizes": list(sizes), "jackknife_bias": (g - 1) * (mean - value),
-            "replicates": list(replicates)}
+    mean, se = _jackknife_se(replicates)
+    t = _t_quantile(level, g - 1)
+    out = {"method": method, "stderr": se, "interval": [value - t * se, value + t * se], "level": level,
+           "groups": g, "group_sizes": list(sizes), "jackknife_bias": (g - 1) * (mean - value),
+           "replicates": list(replicates)}
+    if positive and value > 0 and all(r > 0 for r in replicates):
+        _, se_log = _jackknife_se([math.log(r) for r in replicates])
+        out.update(interval=[value * math.exp(-t * se_log), value * math.exp(t * se_log)], log_stderr=se_log)
+    elif positive:
+        out.update(interval=[max(out["interval"][0], 0.0), out["interval"][1]],
+                   method=method + " (a zero value or replicate: linear interval cut at 0)")
+    return out
 
 
 def leave_one_out(sizes: list[int], fn: Callable[[int], float], min_size: int = 2) -> tuple[list[float], list[int]]:

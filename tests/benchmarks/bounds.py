@@ -25,3 +25,10 @@ def check_bound(what: str, ratio: float, bound: float) -> None:
     """Fail the benchmark when its median paired ratio exceeds the documented bound."""
     assert ratio <= bound, (f"{what}: run / limit = {ratio:.3f} exceeds the documented bound {bound:.2f} "
                             "(docs/performance.md; median over rounds of paired ratios)")
+
+# The CPU default under load (tests/benchmarks/test_bench_load.py): the quickstart (--samples 50) with 2
+# busy processes beside it, median over rounds of the paired ratio default / one process with a thread
+# per core (the default before issue 28). Measured 2026-12-07 on the shared 2 cores (docs/harness.md, "The
+# default under load"): the one-process configuration was stopped unfinished at 200 s while the default
+# finished, i.e. a ratio well below 0.5. 0.8 fails a default that loses most of that advantage, not noise.
+LOAD_BOUND = 0.8

@@ -1,0 +1,215 @@
+"""Precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et al. 2020) from
+k-nearest-neighbour balls in a feature space.
+
+With real features X (N) and generated features Y (M), and NND_k(z) the distance from a point to its
+k-th nearest neighbour in its own set (itself excluded):
+
+* precision = (1/M) Σ_j 1[∃ i: ‖Y_j − X_i‖ < NND_k(X_i)]   (generated samples inside the real manifold)
+* recall    = (1/N) Σ_i 1[∃ j: ‖X_i − Y_j‖ < NND_k(Y_j)]   (real samples inside the generated manifold)
+* density   = 1/(k M) Σ_j Σ_i 1[‖Y_j − X_i‖ < NND_k(X_i)]
+* coverage  = (1/N) Σ_i 1[∃ j: ‖X_i − Y_j‖ < NND_k(X_i)]
+
+Strict inequalities and the k-th neighbour excluding the point itself, as the reference
+implementation of Naeem et al. (the ``prdc`` package: ``compute_prdc``) computes them; the papers'
+k: 3 for precision/recall (Kynkäänniemi et al.), 5 for density/coverage (Naeem et al.), both options.
+Distances are Euclidean, in float64, computed in blocks of rows so that no N × M matrix is ever held:
+a block of ``block`` rows against all columns (``block`` · max(N, M) doubles; the default keeps that
+at 32 MiB for 50 000 references).
+
+The generated features are kept as mergeable state (:class:`~bench.metrics.feature_store.FeatureStore`:
+4·D bytes a sample); the uncertainty is the jackknife over the seed groups (each replicate drops the
+generated samples of one group, re-deriving their balls for recall).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.metrics.feature_store import FeatureStore, KeepsFeatures
+from bench.metrics.fid import inception_files, inception_options
+from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
+from bench.metrics.registry import MetricEntry, image_shape, positive_ints
+
+__all__ = ["ENTRY", "PRDC", "VALUES", "knn_radii", "prdc"]
+
+VALUES = ("precision", "recall", "density", "coverage")
+BLOCK_ELEMENTS = 2**22  # doubles in one block of the distance matrix (32 MiB)
+
+
+def _block_rows(n_cols: int, block: int | None) -> int:
+    return block or max(1, BLOCK_ELEMENTS // max(n_cols, 1))
+
+
+def _blocks(n: int, rows: int):
+    for lo in range(0, n, rows):
+        yield lo, min(lo + rows, n)
+
+
+def _distances(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distances [len(a), len(b)] through ‖a‖² + ‖b‖² − 2 a·b (one matrix product, as
+    scikit-learn's ``euclidean_distances`` that ``prdc`` calls), whatever the block's size."""
+    return torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist")
+
+
+def knn_radii(x: Tensor, ks: tuple[int, ...], block: int | None = None) -> dict[int, Tensor]:
+    """Distance from each point of ``x`` [N, D] (float64) to its k-th nearest other point, for every k of
+    ``ks`` (each < N), in blocks of ``block`` rows (default: :data:`BLOCK_ELEMENTS` / N)."""
+    kmax = max(ks)
+    if kmax >= x.shape[0]:
+        raise ValueError(f"k = {kmax} needs more than {kmax} points, have {x.shape[0]}")
+    out = {k: torch.empty(x.shape[0], dtype=torch.float64) for k in ks}
+    for lo, hi in _blocks(x.shape[0], _block_rows(x.shape[0], block)):
+        nearest = _distances(x[lo:hi], x).topk(kmax + 1, dim=1, largest=False).values  # column 0: itself
+        for k in ks:
+            out[k][lo:hi] = nearest[:, k]
+    return out
+
+
+def _ball_counts(real: Tensor, real_radius: Tensor, fake: Tensor, block: int | None) -> tuple[Tensor, Tensor]:
+    """For each fake point: how many real balls hold it [M]; for each real point: the distance to its nearest
+    fake point [N]."""
+    count = torch.zeros(fake.shape[0], dtype=torch.int64)
+    nearest_fake = torch.empty(real.shape[0], dtype=torch.float64)
+    for lo, hi in _blocks(real.shape[0], _block_rows(fake.shape[0], block)):
+        d = _distances(real[lo:hi], fake)  # [b, M]
+        count += (d < real_radius[lo:hi, None]).sum(0)
+        nearest_fake[lo:hi] = d.min(1).values
+    return count, nearest_fake
+
+
+def _recall(real: Tensor, fake: Tensor, fake_radius: Tensor, block: int | None) -> Tensor:
+    """bool [N]: real point i lies in some fake ball (‖X_i − Y_j‖ < NND_k(Y_j))."""
+    inside = torch.zeros(real.shape[0], dtype=torch.bool)
+    for lo, hi in _blocks(real.shape[0], _block_rows(fake.shape[0], block)):
+        inside[lo:hi] = (_distances(real[lo:hi], fake) < fake_radius[None, :]).any(1)
+    return inside
+
+
+def prdc(real, fake, k_pr: int = 3, k_dc: int = 5, block: int | None = None) -> dict[str, float]:
+    """Precision, recall, density and coverage of ``fake`` [M, D] against ``real`` [N, D] (module docstring)."""
+    real, fake = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (real, fake))
+    real_r = knn_radii(real, (k_pr, k_dc), block)
+    fake_r = knn_radii(fake, (k_pr,), block)[k_pr]
+    count_pr, _ = _ball_counts(real, real_r[k_pr], fake, block)
+    count_dc, nearest = _ball_counts(real, real_r[k_dc], fake, block)
+    return {"precision": float((count_pr > 0).double().mean()),
+            "recall": float(_recall(real, fake, fake_r, block).double().mean()),
+            "density": float(count_dc.double().mean() / k_dc),
+            "coverage": float((nearest < real_r[k_dc]).double().mean())}
+
+
+class PRDC(KeepsFeatures):
+    """Accumulator of the four values: ``update(samples, ids)``, ``state()``, ``merge()``, and ``compute()``
+    returning ``{value name: (value, protocol)}`` (a metric with several values: its registry entry's
+    ``values``).
+
+    Args:
+        features: maps a prepared batch to features [B, D].
+        prepare: maps a raw batch of samples to the feature network's input.
+        reference: real features [N, D].
+        protocol: fixed protocol fields (feature network, reference file, ...).
+        name: the metric's name; the values are recorded as ``<value><suffix>``.
+        suffix: appended to each value's name (``''`` for Inception features).
+        k_pr, k_dc: neighbour ranks of precision/recall and of density/coverage.
+        block: rows per distance block (default: 32 MiB blocks).
+        max_generated: most generated samples accepted.
+    """
+
+    def __init__(self, features, prepare, reference: np.ndarray, protocol: dict, *, name: str = "prdc",
+                 suffix: str = "", k_pr: int = 3, k_dc: int = 5, block: int | None = None,
+                 max_generated: int = 100_000) -> None:
+        for k_name, k in (("k_pr", k_pr), ("k_dc", k_dc)):
+            if not isinstance(k, int) or k < 1:
+                raise ValueError(f"{k_name} must be a positive integer, got {k!r}")
+        self.name, self.suffix = name, suffix
+        self.features, self.prepare = features, prepare
+        self.reference = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
+        self.k_pr, self.k_dc, self.block = k_pr, k_dc, block
+        self.store = FeatureStore(name, max_generated)
+        self._protocol = {**protocol, "k_pr": k_pr, "k_dc": k_dc,
+                          "formulas": "Kynkaanniemi et al. 2019 (P/R), Naeem et al. 2020 (D/C); strict <, "
+                                      "k-th neighbour excluding self, as prdc.compute_prdc",
+                          "distances": "Euclidean, float64, in row blocks"}
+
+    def update(self, samples: Tensor, ids: Tensor | None = None) -> None:
+        """Add a batch of generated samples with their seeds ``ids`` [B] (for the order and the uncertainty)."""
+        x = self.prepare(samples) if self.prepare is not None else samples
+        with torch.no_grad():
+            self.store.add(self.features(x), ids)
+
+    def compute(self) -> dict[str, tuple[float, dict]]:
+        fake, ids = self.store.ordered()
+        fake = fake.double()
+        real = self.reference
+        real_r = knn_radii(real, (self.k_pr, self.k_dc), self.block)
+        count_pr, _ = _ball_counts(real, real_r[self.k_pr], fake, self.block)
+        count_dc, _ = _ball_counts(real, real_r[self.k_dc], fake, self.block)
+
+        def recall(mask: Tensor | None = None) -> float:
+            f = fake if mask is None else fake[mask]
+            r = knn_radii(f, (self.k_pr,), self.block)[self.k_pr]
+            return float(_recall(real, f, r, self.block).double().mean())
+
+        def coverage(mask: Tensor | None = None) -> float:
+            f = fake if mask is None else fake[mask]
+            _, nearest = _ball_counts(real, real_r[self.k_dc], f, self.block)
+            return float((nearest < real_r[self.k_dc]).double().mean())
+
+        def precision(mask: Tensor | None = None) -> float:
+            c = count_pr if mask is None else count_pr[mask]
+            return float((c > 0).double().mean())
+
+        def density(mask: Tensor | None = None) -> float:
+            c = count_dc if mask is None else count_dc[mask]
+            return float(c.double().mean() / self.k_dc)
+
+        fns = {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+        common = {"metric": self.name, **self._protocol, "num_generated": int(fake.shape[0]),
+                  "num_reference": int(real.shape[0])}
+        out = {}
+        for value_name, fn in fns.items():
+            value = fn()  # jackknife: the value without the generated samples of each seed group in turn
+            unc = self.group_jackknife(value, ids, fn, min_size=self.k_pr + 1)
+            out[f"{value_name}{self.suffix}"] = (value, {**common, "value": value_name, "uncertainty": unc})
+        return out
+
+
+def make_prdc(dataset: str = "cifar10", res: int = 32, split: str = "train", mode: str = "legacy_tensorflow", *,
+              ref_path: str | Path | None = None, inception: str | Path | None = None,
+              device: str | torch.device = "cpu", backend: str = "auto", data_range: tuple[float, float] = (0.0, 1.0),
+              rounding: str = "round", batch_size: int = 100, k_pr: int = 3, k_dc: int = 5, block: int | None = None,
+              seeds: str | None = None, max_generated: int = 100_000) -> PRDC:
+    """``prdc`` in TF-Inception pool_3 features (FID's network and quantisation), against the reference
+    features clean-fid stores for KID (``{dataset}_{mode}_{split}_{res}_kid.npz``, ``feats``).
+
+    Raises:
+        MissingAssetError: where the Inception file or the reference features are missing.
+    """
+    from bench.metrics.assets import find_inception, find_reference_stats
+
+    weights = find_inception(inception)
+    path = find_reference_stats(dataset, res, split, mode, path=ref_path, kid=True)
+    with np.load(path) as f:
+        reference = f["feats"]
+    net = InceptionFeatures(mode, weights, device=device, backend=backend, batch_size=batch_size)
+    protocol = {**net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
+                "reference_file": path.name, "reference_path": str(path), "reference_sha256": file_sha256(path),
+                "reference_dataset": f"{dataset}/{split}/{res}", "seeds": seeds}
+    return PRDC(net, partial(quantize_uint8, data_range=data_range, rounding=rounding), reference, protocol,
+                k_pr=k_pr, k_dc=k_dc, block=block, max_generated=max_generated)
+
+
+def _options(facts) -> dict:
+    return {**inception_options(facts), **{k: facts.data[k] for k in ("k_pr", "k_dc") if k in facts.data}}
+
+
+ENTRY = MetricEntry(
+    name="prdc", summary="precision, recall (k=3), density, coverage (k=5) in TF-Inception features",
+    build=make_prdc, options=_options, applies=image_shape, files=partial(inception_files, kid=True),
+    reads_data=True, state_bytes=4 * 2048, max_generated=100_000,
+    values={v: False for v in VALUES}, keys=("k_pr", "k_dc"), check=positive_ints("k_pr", "k_dc"))

@@ -1,0 +1,80 @@
+"""Precision, recall, density and coverage: known answers, the reference package, blocks, the grid.
+
+Known answers follow from the definitions (strict ``<``, k-th neighbour excluding the point itself):
+
+* identical sets: every point lies in its own ball → precision = recall = coverage = 1, and exactly k
+  points (itself and its k − 1 nearer neighbours) lie strictly inside each real ball → density = 1;
+* disjoint sets far apart: 0, 0, 0, 0;
+* the even points {0, 2, 4, 6, 8} of the real line points {0, …, 9} with k = 1: real balls have radius
+  1 (strict: a ball holds only its centre), generated balls radius 2 → precision 1, recall 1 (9 is
+  at distance 1 < 2 from 8), density 1, coverage 1/2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.metrics.prdc import PRDC, knn_radii, prdc
+
+
+def test_identical_sets():
+    x = np.random.default_rng(0).normal(size=(200, 8))
+    assert prdc(x, x) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+
+
+def test_disjoint_sets():
+    x = np.random.default_rng(1).normal(size=(120, 8))
+    assert prdc(x, x + 100.0) == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_a_subset_on_a_line():
+    real = np.arange(10.0)[:, None]
+    assert prdc(real, real[::2], k_pr=1, k_dc=1) == {"precision": 1.0, "recall": 1.0, "density": 1.0,
+                                                      "coverage": 0.5}
+
+
+def test_radii_in_blocks_equal_the_full_matrix():
+    x = torch.as_tensor(np.random.default_rng(2).normal(size=(157, 5)))
+    full = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").sort(1).values  # direct differences
+    for block in (1, 10, 157, None):
+        r = knn_radii(x, (3, 5), block)
+        torch.testing.assert_close(r[3], full[:, 3], rtol=1e-13, atol=0)
+        torch.testing.assert_close(r[5], full[:, 5], rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match="k = 5 needs more than 5 points"):
+        knn_radii(x[:5], (5,))
+
+
+@pytest.mark.parametrize("block", [None, 13])
+def test_against_the_prdc_package(block):
+    """``prdc.compute_prdc`` (Naeem et al.'s code, PyPI) with nearest_k = 3 (P/R) and 5 (D/C)."""
+    compute_prdc = pytest.importorskip("prdc").compute_prdc
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(400, 16)), rng.normal(size=(350, 16)) * 1.2 + 0.2
+    ours = prdc(real, fake, k_pr=3, k_dc=5, block=block)
+    p3, p5 = compute_prdc(real, fake, nearest_k=3), compute_prdc(real, fake, nearest_k=5)
+    expected = {"precision": p3["precision"], "recall": p3["recall"], "density": p5["density"],
+                "coverage": p5["coverage"]}
+    assert ours == pytest.approx(expected, abs=0, rel=1e-15), (ours, expected)
+    assert 0 < ours["precision"] < 1 and 0 < ours["recall"] < 1 and 0 < ours["coverage"] < 1
+
+
+def test_accumulator_values_and_jackknife():
+    """The accumulator gives prdc() on the features, and each jackknife replicate is the value without
+    one seed group, recomputed from scratch (recall re-derives the generated balls)."""
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(90, 6)), rng.normal(size=(70, 6)) + 0.3
+    metric = PRDC(lambda x: x, None, real, {}, k_pr=3, k_dc=5, block=11)
+    ids = torch.arange(1000, 1070)
+    for lo in range(0, 70, 16):
+        metric.update(torch.as_tensor(fake[lo: lo + 16]), ids[lo: lo + 16])
+    out = metric.compute()
+    direct = prdc(real, fake.astype(np.float32).astype(np.float64))  # the store keeps float32 features
+    assert {k: v for k, (v, _) in out.items()} == pytest.approx(direct, rel=1e-15)
+    keep = (ids % 10 != 4).numpy()
+    without = prdc(real, fake.astype(np.float32).astype(np.float64)[keep])
+    for name, (_, protocol) in out.items():
+        u = protocol["uncertainty"]
+        assert u["replicates"][4] == pytest.approx(without[name], rel=1e-15)
+        assert protocol["k_pr"] == 3 and protocol["k_dc"] == 5 and protocol["num_generated"] == 70
