@@ -23,6 +23,7 @@ class TwoStageRK:
     order: ClassVar[float] = 2.0                         # declared; the tests fit it
     nfe_per_step: ClassVar[int] = 2                      # declared; the tests compare it with the counter
     batch_invariant: ClassVar[bool] = True               # sample i does not depend on its batch
+    needs: ClassVar[tuple[str, ...]] = ()                # what it needs from the path: nothing (any path)
     controller: ClassVar[FixedSteps] = FixedSteps()      # its default step-size controller
     conventions: ClassVar[dict] = ON_GRID                # the 'grid' walk, and the denoisings valid there
 
