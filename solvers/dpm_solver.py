@@ -95,19 +95,12 @@ class DPMSolver:
     def warmup_nfe(self, n: int) -> int:
         return 0 if self.method == "singlestep" else multistep.warmup_nfe(self, n)
 
-    def check(self, problem: Problem) -> None:
-        del problem
-
-    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
-        del x
-        return multistep.init(problem, walk)
+    check = multistep.check
+    init = multistep.init
+    correct = multistep.no_correction
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         return multistep.step(self, problem, x, t, t_next, state, noise, singlestep_only=self.method == "singlestep")
-
-    def correct(self, problem, x, out, memo):
-        del problem, out, memo
-        return x
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         del noise
@@ -170,19 +163,10 @@ class DPMSolverPPSDE:
     def __post_init__(self) -> None:
         multistep.check_multistep(self, orders=(1, 2), predictions=("data",), warmups=("lower_order",))
 
-    def check(self, problem: Problem) -> None:
-        del problem
-
-    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
-        del x
-        return multistep.init(problem, walk)
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
-        return multistep.step(self, problem, x, t, t_next, state, noise)
-
-    def correct(self, problem, x, out, memo):
-        del problem, out, memo
-        return x
+    check = multistep.check
+    init = multistep.init
+    step = multistep.step
+    correct = multistep.no_correction
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         h = lam_next - lams[0]

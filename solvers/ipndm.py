@@ -8,11 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor
-
 from models.sde import expand_like
 from solvers import multistep
-from solvers.base import Problem, Step
 from solvers.fixed import ON_GRID, FixedSteps
 
 __all__ = ["IPNDM"]
@@ -55,22 +52,11 @@ class IPNDM:
     def order(self) -> float:
         return 1.0 if self.solver_order == 1 else 2.0
 
-    def correct(self, problem, x, out, memo):
-        del problem, out, memo
-        return x
-
-    def check(self, problem: Problem) -> None:
-        del problem
-
-    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
-        del x
-        return multistep.init(problem, walk)
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
-        return multistep.step(self, problem, x, t, t_next, state, noise)
-
-    def warmup_nfe(self, n: int) -> int:
-        return multistep.warmup_nfe(self, n)
+    check = multistep.check
+    init = multistep.init
+    step = multistep.step
+    warmup_nfe = multistep.warmup_nfe
+    correct = multistep.no_correction
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         del lams, lam_next, noise

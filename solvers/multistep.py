@@ -4,9 +4,11 @@ One model evaluation per step (DPM-Solver++(2M)/(3M), UniPC, iPNDM, SDE-DPM-Solv
 history — the last ``solver_order`` outputs (λ_j, m_j), newest first — is the method's state
 (:class:`History`, built by :func:`init` from the grid's λ), and :func:`step` is the step every such
 method takes: evaluate the output at x, let the method correct x with it (UniPC's UniC), then either a
-warm-up step or the method's ``update`` from the newest outputs. The method is the first argument: a
-frozen dataclass with the fields ``solver_order``, ``prediction``, ``lower_order_final``, ``warmup``
-and ``update(problem, x, t, t_next, lams, outs, lam_next, noise) -> x_next`` (and ``correct``).
+warm-up step or the method's ``update`` from the newest outputs. The method is the first argument of
+every function here, so a method class takes them as its own (``init = multistep.init``, ``step =
+multistep.step``, …): a frozen dataclass with the fields ``solver_order``, ``prediction``,
+``lower_order_final``, ``warmup`` and ``update(problem, x, t, t_next, lams, outs, lam_next, noise) ->
+x_next`` (and ``correct``).
 
 * warm-up (the first p − 1 steps, before p outputs exist): ``warmup='lower_order'`` (the reference
   codes' choice, default) takes order min(p, i + 1) at step i with 1 NFE. Its first step is then first
@@ -28,7 +30,8 @@ from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import log_snr
 from solvers.exp_integrator import model_output, singlestep
 
-__all__ = ["History", "WARMUPS", "check_bool", "check_order", "check_multistep", "init", "step", "warmup_nfe"]
+__all__ = ["History", "WARMUPS", "check_bool", "check_order", "check_multistep", "check", "init", "step",
+           "no_correction", "warmup_nfe"]
 
 WARMUPS = ("lower_order", "singlestep")
 
@@ -65,9 +68,21 @@ class History:
     memo: tuple | None = None
 
 
-def init(problem: Problem, walk) -> History:
+def check(method, problem: Problem) -> None:
+    """A multistep method runs on any path it declares no ``needs`` against (solvers.requirements)."""
+    del method, problem
+
+
+def init(method, problem: Problem, x: Tensor, walk) -> History:
     """The empty history on the walk's grid."""
+    del method, x
     return History(log_snr(problem.sde, walk.grid))
+
+
+def no_correction(method, problem: Problem, x: Tensor, out: Tensor, memo) -> Tensor:
+    """x as it is: a method without a corrector (UniPC has UniC)."""
+    del method, problem, out, memo
+    return x
 
 
 def _final_cap(method, p: int, i: int, n: int) -> int:

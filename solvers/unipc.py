@@ -14,7 +14,7 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers import multistep
-from solvers.base import Problem, Step, check_choice
+from solvers.base import Problem, check_choice
 from solvers.denoiser import phi
 from solvers.exp_integrator import exp_integrator_step
 from solvers.fixed import ON_GRID, FixedSteps
@@ -106,18 +106,10 @@ class UniPC:
         p = self.solver_order + self.use_corrector
         return float(p if self.warmup == "singlestep" else min(p, 2 + self.use_corrector))
 
-    def check(self, problem: Problem) -> None:
-        del problem
-
-    def init(self, problem: Problem, x: Tensor, walk) -> multistep.History:
-        del x
-        return multistep.init(problem, walk)
-
-    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
-        return multistep.step(self, problem, x, t, t_next, state, noise)
-
-    def warmup_nfe(self, n: int) -> int:
-        return multistep.warmup_nfe(self, n)
+    check = multistep.check
+    init = multistep.init
+    step = multistep.step
+    warmup_nfe = multistep.warmup_nfe
 
     def update(self, problem, x, t, t_next, lams, outs, lam_next, noise):
         del noise
