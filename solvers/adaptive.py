@@ -197,15 +197,15 @@ class AdaptiveWalk:
         hs = torch.minimum(self.h[idx], ls.clamp(min=0))  # the last step lands on the end
         ts_next = method.advance(self.problem, ts, hs, hs >= ls)
         rows = self.problem.select_rows(idx) if ctrl.per_sample_eval else self.problem  # labels follow
-        self.idx, self.running, self.left_rows = idx, running[idx], ls
-        self.calls, self.rows = self.counter.nfe, self.counter.rows
+        self.idx, self.live, self.left_rows = idx, running[idx], ls  # the attempt's rows
+        self.nfe_before, self.rows_before = self.counter.nfe, self.counter.rows
         return Attempt(rows, x[idx], ts, ts_next, RowNoise(self.noise, idx if ctrl.per_sample_eval else None),
                        {"h": hs})
 
     def judge(self, attempt: Attempt, out) -> tuple[Tensor, Tensor]:
         """Count the attempt's calls, let the controller accept or reject each row, move the accepted."""
         ctrl, idx, x = self.ctrl, self.idx, self.x
-        calls, rows = self.counter.nfe - self.calls, self.counter.rows - self.rows
+        calls, rows = self.counter.nfe - self.nfe_before, self.counter.rows - self.rows_before
         if rows != calls * len(idx):
             raise RuntimeError(f"{type(self.method).__name__}: a step evaluated {rows} rows in {calls} calls "
                                f"for {len(idx)} samples")
@@ -214,7 +214,7 @@ class AdaptiveWalk:
         ref = {"accepted_proposal": xps, "current": xs, "none": None}[ctrl.x_prev]
         err = ctrl.error_norm(out.error, out.x_check, ref, self.dtype)
         accept, h_next = ctrl.propose(hs, err, self.method.order)
-        live = self.running  # finished samples evaluated in batch mode are left as they are
+        live = self.live  # finished samples evaluated in batch mode are left as they are
         accept = accept & live
         if not bool(torch.isfinite(err[live]).all()):
             self.status, self.message = Status.NONFINITE, f"non-finite error estimate at iteration {self.iterations}"
