@@ -35,7 +35,7 @@ EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics",
              "threads", "accel", "shard_size", "seed_sets")
 ACCEL_KEYS = ("autocast", "channels_last", "compile", "max_batch")  # GPU paths (models.accel)
 AUTOCAST = ("none", "bf16", "fp16")
-MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.models.MODEL_KINDS)
+MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (bench.kinds.MODEL_KINDS)
 DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
              "bpd_batch_size", "bpd_repeats")  # plus each metric's own keys (its registry entry's ``keys``)
 # Any other sweep key is a solver option.
@@ -200,7 +200,7 @@ class GridSpec:
     eval: EvalSpec
     sweeps: tuple[dict, ...]
     runs: tuple[RunSpec, ...] = field(default_factory=tuple)
-    model_facts: dict = field(default_factory=dict)  # name -> bench.models.ModelFacts, or None
+    model_facts: dict = field(default_factory=dict)  # name -> bench.kinds.ModelFacts, or None
 
 
 # --- small checkers --------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def _parse_data(where: _Where, raw: Any) -> dict:
 
 
 def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) -> dict:
-    from bench.models import MODEL_KINDS, check_model_section
+    from bench.kinds import MODEL_KINDS, check_model_section
 
     if ("model" in raw) == ("models" in raw):
         raise where.error("give exactly one of 'model' (one model) or 'models' (name -> model)")
@@ -410,8 +410,8 @@ def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) 
 
 
 def _model_facts(where: _Where, models: dict, files: bool) -> dict:
-    """name -> bench.models.ModelFacts (shape, SDE) where known without loading a network."""
-    from bench.models import describe_model
+    """name -> bench.kinds.ModelFacts (shape, SDE) where known without loading a network."""
+    from bench.kinds import describe_model
 
     facts = {}
     for name, section in models.items():
@@ -455,7 +455,7 @@ def _parse_prior(where: _Where, v: Any) -> dict:
     if kind == "file":
         if not isinstance(d.get("path"), str):
             raise where.error("prior of kind 'file' needs a 'path'")
-        from bench.models import resolve_path
+        from bench.kinds.base import resolve_path
 
         found = resolve_path(d["path"])
         if found is None:

@@ -70,21 +70,13 @@ def _maybe(path) -> str | None:
 
 def run_inputs(model: dict, data: dict, prior: dict, metrics: tuple[str, ...]) -> dict[str, str]:
     """``{role: sha256}`` of every existing file the run reads (see the module docstring)."""
-    from bench.models import CKPT_ENV, resolve_path
+    from bench.kinds import model_files
+    from bench.kinds.base import resolve_path
 
     found: dict[str, str | None] = {}
     kind = model.get("kind")
-    if kind == "checkpoint" and isinstance(model.get("path"), str):
-        found["checkpoint"] = _maybe(resolve_path(model["path"], CKPT_ENV))
-    elif kind == "official" and isinstance(model.get("checkpoint"), str):
-        found["checkpoint"] = _maybe(resolve_path(model["checkpoint"], CKPT_ENV))
-    elif kind == "edm" and isinstance(model.get("path"), str):
-        found["checkpoint"] = _maybe(resolve_path(model["path"], CKPT_ENV))
-    elif kind == "diffusers" and isinstance(model.get("path"), str):
-        from bench.model_kinds import _folder
-
-        folder = _folder(model["path"])
-        found["checkpoint"] = folder_sha256(folder) if folder is not None else None
+    for role, path in model_files(model).items():
+        found[role] = folder_sha256(path) if path.is_dir() else _maybe(path)
     if prior.get("kind") == "file" and isinstance(prior.get("path"), str):
         found["prior_file"] = _maybe(resolve_path(prior["path"]))
     reads_data = kind != "mixture"  # fitted priors of a mixture draw exact samples instead

@@ -37,17 +37,15 @@ _NFE_CACHE: dict[str, tuple[float | None, bool]] = {}
 def _model_sde_and_shape(run: RunSpec):
     """(SDE, sample shape) of the run's model without its network where possible."""
     from bench.bounds import sample_shape
-    from bench.models import load_score_model, resolve_path
+    from bench.kinds import describe_model
+    from bench.kinds.base import resolve_path
+    from bench.models import load_score_model
     from models.sde import make_sde
 
     m = run.model
-    if m["kind"] == "mixture":
-        return make_sde(**m.get("sde", {"kind": "vp"})), sample_shape(run)
-    if m["kind"] == "official":
-        from models.configs import get_config
-
-        config = get_config(m["config"])
-        return config.make_sde(), tuple(config.shape)
+    facts = describe_model({k: v for k, v in m.items() if k not in ("metrics", "data")})
+    if facts is not None:
+        return facts.sde, facts.shape
     if m["kind"] == "checkpoint" and resolve_path(m["path"]) is None:
         return make_sde("vp"), sample_shape(run) or (1, 8, 8)
     model = load_score_model(m, resolve_device(run.device), run.dtype)  # the key the shards load it with

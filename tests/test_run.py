@@ -12,7 +12,7 @@ import yaml
 
 import bench.models
 from bench.grid import load_grid
-from bench.models import CKPT_ENV, resolve_path
+from bench.kinds.base import CKPT_ENV, resolve_path
 from bench.records import read_records
 from bench.run import main
 from models.gaussian import GaussianMixture
