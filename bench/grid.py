@@ -402,7 +402,7 @@ def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) 
             section["metrics"] = list(_metrics(w, section["metrics"]))
         section["data"] = {**top_data, **_parse_data(w, section.get("data"))}
         try:
-            check_model_section(section, files)
+            section = check_model_section(section, files)
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise w.error(" ".join(str(e).split())) from e
         out[str(name)] = section

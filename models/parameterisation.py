@@ -25,6 +25,8 @@ flow-matching network gives finite x̂₀ from pure noise.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -75,22 +77,42 @@ class PredictionModel:
         path: the Gaussian path (:mod:`models.paths`; any ``SDES`` instance).
         prediction: one of ``PREDICTIONS``.
         shape: one sample's shape; data_range: the data's range.
+        label_dim: number of classes of a class-conditional network, called ``net(x, t, class_labels)``
+            once :meth:`conditioned` (0: unconditional).
     """
 
     def __init__(self, net, path, prediction: str, shape: tuple[int, ...],
-                 data_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+                 data_range: tuple[float, float] = (-1.0, 1.0), label_dim: int = 0) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; expected one of: {', '.join(PREDICTIONS)}")
         self.net, self.sde, self.prediction = net, path, prediction
         self.shape, self.data_range = tuple(shape), tuple(data_range)
+        self.label_dim = int(label_dim)
+        self.row_labels: Tensor | None = None  # [B] class indices once conditioned
+
+    def conditioned(self, labels: Tensor) -> PredictionModel:
+        """The same network conditioned on class indices ``labels`` [B] (:func:`models.score.conditioned`)."""
+        from models.score import class_indices
+
+        new = copy.copy(self)
+        new.row_labels = class_indices(labels, self.label_dim, "PredictionModel")
+        return new
+
+    def _call(self, x: Tensor, t: Tensor) -> Tensor:
+        if not self.label_dim:
+            return self.net(x, t)
+        if self.row_labels is None or self.row_labels.shape[0] != x.shape[0]:
+            raise ValueError(f"PredictionModel: the network is class-conditional ({self.label_dim} classes); "
+                             f"condition it on one label per sample first (conditioned(model, labels))")
+        return self.net(x, t, self.row_labels.to(x.device))
 
     def data_and_noise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(x̂₀, ε̂) [B, ...] at (x, t), one network call."""
         if self.prediction == "edm":
             alpha, sigma = self.sde.marginal(t)
-            out = self.net(x / expand_like(alpha, x), sigma / alpha)
+            out = self._call(x / expand_like(alpha, x), sigma / alpha)
         else:
-            out = self.net(x, t)
+            out = self._call(x, t)
         return to_data_and_noise(out, x, self.prediction, self.sde, t)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from solvers.denoise import DEFAULT_DENOISE, DENOISE, tweedie
 from solvers.denoiser import Denoiser
 from solvers.dpm_adaptive import DPMSolverAdaptive
 from solvers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPPSDE
-from solvers.edm import EDMHeun, EDMStochastic
+from solvers.edm import EDMHeun, EDMStochastic, Euler
 from solvers.fixed import FixedSteps
 from solvers.ggf import AdaptiveEM, AdaptiveImprovedEuler
 from solvers.grids import SCHEDULES, TimeGrid
@@ -57,6 +57,7 @@ SAMPLERS: dict[str, type] = {
     "ddim": DDIM,
     "edm_heun": EDMHeun,
     "edm_stochastic": EDMStochastic,
+    "euler": Euler,
     "dpm_solver": DPMSolver,
     "dpm_solver_pp": DPMSolverPP,
     "dpm_solver_pp_sde": DPMSolverPPSDE,
@@ -155,6 +156,6 @@ __all__ = [
     "AncestralSampling", "PredictorCorrector", "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler",
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
-    "Denoiser", "EDMHeun", "EDMStochastic", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "DPMSolverAdaptive",
+    "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "DPMSolverAdaptive",
     "UniPC", "IPNDM", "LMS",
 ]

@@ -163,6 +163,7 @@ class AdaptiveWalk:
     """One adaptive solve: per-sample t, h, x_prev, counted per-sample evaluations and steps."""
 
     grid = None  # no grid: the method's init sees none
+    t_end = None  # every row ends at eps, where the final denoise evaluates
 
     def __init__(self, ctrl: IntegralController, method, problem: Problem, x: Tensor, noise) -> None:
         self.ctrl, self.method, self.problem, self.noise = ctrl, method, problem, noise

@@ -44,13 +44,16 @@ def tweedie(problem, x: Tensor, t: Tensor, divide_by_alpha: bool = True) -> Tens
     return x0 / expand_like(alpha, x) if divide_by_alpha else x0
 
 
-def final_denoise(problem, x: Tensor, kind: str, x_mean: Tensor | None = None, num_scales: int = 1000) -> Tensor:
-    """Apply ``kind`` at t = eps to the final state x [B, ...] (``x_mean``: the last step's mean)."""
+def final_denoise(problem, x: Tensor, kind: str, x_mean: Tensor | None = None, num_scales: int = 1000,
+                  t: Tensor | None = None) -> Tensor:
+    """Apply ``kind`` to the final state x [B, ...] at the walk's last time ``t`` [B] (None: eps;
+    ``x_mean``: the last step's mean)."""
     if kind == "none":
         return x
     if kind == "x_mean":
         return x_mean
-    t = torch.full((x.shape[0],), problem.sde.eps, dtype=torch.float64, device=x.device)
+    if t is None:
+        t = torch.full((x.shape[0],), problem.sde.eps, dtype=torch.float64, device=x.device)
     if kind in ("tweedie", "ggf"):
         return tweedie(problem, x, t, divide_by_alpha=kind == "tweedie")
     # Reverse-diffusion mean step: with the forward step x_{i+1} = x_i + c_i x_i + G_i z,

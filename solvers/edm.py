@@ -23,7 +23,7 @@ from solvers.base import Problem, Step
 from solvers.denoiser import Denoiser
 from solvers.fixed import ON_GRID, FixedSteps
 
-__all__ = ["EDMHeun", "EDMStochastic"]
+__all__ = ["EDMHeun", "EDMStochastic", "Euler"]
 
 
 def _heun(D: Denoiser, x_ve: Tensor, sigma: Tensor, t: Tensor, sigma_next: Tensor, t_next: Tensor) -> Tensor:
@@ -61,6 +61,39 @@ class EDMHeun:
         del noise
         D = Denoiser(problem)
         x_ve = _heun(D, D.to_ve(x, t), D.sigma(t), t, D.sigma(t_next), t_next)
+        x = D.from_ve(x_ve, t_next)
+        return Step(x, x, state)
+
+
+@dataclass(frozen=True)
+class Euler:
+    """Euler's method in σ: x_ve ← x_ve + (σ_next − σ)(x_ve − D(x_ve; σ))/σ (Karras et al. 2022, Table 1's
+    Euler; k-diffusion's ``sample_euler`` without churn; diffusers' ``EulerDiscreteScheduler``, whose
+    state is x_ve and whose last step to σ = 0 is the final 'tweedie' denoise).
+
+    Integrates: the probability-flow ODE dx_ve/dσ = (x_ve − D(x_ve; σ))/σ. Order: 1. NFE per step: 1
+    (+1 for the final step to σ = 0). SDEs: any path with α_T > 0 (through x_ve = x/α_t).
+    """
+
+    order: ClassVar[float] = 1.0
+    nfe_per_step: ClassVar[int] = 1
+    batch_invariant: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("alpha_T",)
+    controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
+    conventions: ClassVar[dict] = ON_GRID
+
+    def check(self, problem: Problem) -> None:
+        del problem
+
+    def init(self, problem: Problem, x: Tensor, walk) -> None:
+        del problem, x, walk
+
+    def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
+        del noise
+        D = Denoiser(problem)
+        sigma, sigma_next = D.sigma(t), D.sigma(t_next)
+        x_ve = D.to_ve(x, t)
+        x_ve = x_ve + expand_like(sigma_next - sigma, x_ve) * (x_ve - D(x_ve, sigma, t)) / expand_like(sigma, x_ve)
         x = D.from_ve(x_ve, t_next)
         return Step(x, x, state)
 

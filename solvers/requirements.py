@@ -8,6 +8,8 @@ but not every sampler can run on every path:
   ``ancestral`` (ancestral sampling's 'table') on VE and VP only;
 * ``ve`` — NCSNv2's annealed Langevin dynamics is written for the VE perturbation σ_i;
 * ``vp`` — DDIM's ``alphas='table'`` is the discrete DDPM table of a VP SDE;
+* ``timesteps`` — diffusers' timestep spacings need the model's trained table (a tabulated ᾱ);
+* ``unit_time`` — the time shift maps [0, 1] to itself (flow, cosine and tabulated paths);
 * ``alpha_T`` — α_T > 0: the sampler evaluates at T something that is infinite where α_T = 0
   (flow matching at T = 1): λ_T or σ_ve(T) = σ_T/α_T (grids in σ or λ, EDM, LMS, iPNDM, singlestep
   and noise-prediction DPM-Solver, UniPC, adaptive DPM-Solver, SDE-DPM-Solver++), f(T) and g²(T) (the
@@ -43,6 +45,8 @@ NEEDS = {
     "ve": "a VE path (noise levels σ_i)",
     "vp": "a VP path (the discrete DDPM table)",
     "alpha_T": "α_T > 0 (it evaluates λ, σ/α, f or g² at T, infinite where α_T = 0)",
+    "timesteps": "a discrete-time model's trained timesteps (a tabulated ᾱ: diffusers' spacings)",
+    "unit_time": "a path whose time runs in [0, 1] (the time shift)",
 }
 
 
@@ -62,6 +66,10 @@ def _has(sde, need: str) -> bool:
         return sde.kind == "vp"
     if need == "alpha_T":
         return not alpha_vanishes_at_T(sde)
+    if need == "timesteps":
+        return getattr(sde, "alphas_cumprod", None) is not None
+    if need == "unit_time":
+        return getattr(sde, "t_max", None) == 1.0 and float(sde.T) <= 1.0
     raise KeyError(need)
 
 

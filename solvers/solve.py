@@ -62,7 +62,7 @@ def solve(method, controller, problem: Problem, x_init: Tensor, noise, denoise: 
             x, x_mean = walk.judge(attempt, out)
         if walk.status == Status.OK:
             calls = counter.nfe
-            x = final_denoise(problem, x, denoise, x_mean)
+            x = final_denoise(problem, x, denoise, x_mean, t=walk.t_end)
             walk.denoised(counter.nfe - calls)
     status, message = (walk.status, walk.message) if walk.status != Status.OK else finite_status(x)
     return Solution(x, walk.stats(counter.nfe - nfe0), status, message)

@@ -373,8 +373,7 @@ def test_diffusers_class_conditional_unet(tmp_path, capsys):
     with torch.no_grad():
         unet.class_embedding.weight.mul_(20.0)  # make the classes matter at random init
     diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "pipe")
-    model = load_diffusers(tmp_path / "pipe")
-    model.net.to(torch.float64)
+    model = load_diffusers(tmp_path / "pipe", dtype=torch.float64)
     assert model.label_dim == 3
     sampler = make_sampler("adaptive_improved_euler", rtol=0.5, atol=0.5)
     labels, seeds = [2, 0, 1], [3, 4, 5]

@@ -18,17 +18,21 @@ def small_unet():
                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
 
 
-def test_score_is_minus_eps_over_ddpm_std():
+def test_score_is_minus_eps_over_the_tables_std():
+    """DDPM's linear table as the tabulated path; at a trained level the network gets that timestep
+    (every VP mapping) and the score is −ε̂/√(1 − ᾱ_k)."""
     unet = small_unet()
     model = from_diffusers(unet)
-    assert model.sde.beta_min == pytest.approx(0.1) and model.sde.beta_max == pytest.approx(20.0)
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000)
-    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0.9, 0.5, 0.01], dtype=torch.float64)
+    assert model.sde.kind == "tabulated" and model.time_mapping == "log_sigma"
+    torch.testing.assert_close(torch.tensor(model.sde.alphas_cumprod, dtype=torch.float32), sched.alphas_cumprod,
+                               rtol=0, atol=0)
+    k = torch.tensor([900, 500, 10])
+    x, t = torch.randn(3, 1, 8, 8), (k + 1).double() / 1000  # TabulatedPath: level k at t = (k + 1)/N
     with torch.no_grad():
         score = model(x, t)
-        labels = (t * 999).float()
-        eps = unet(x, labels).sample
-    std = (1 - sched.alphas_cumprod[labels.long()]).sqrt()
+        eps = unet(x, k.float()).sample
+    std = (1 - sched.alphas_cumprod[k]).sqrt()
     torch.testing.assert_close(score, -eps / std[:, None, None, None], rtol=1e-5, atol=1e-6)
 
 
@@ -36,10 +40,12 @@ def test_samplers_run_and_count_on_the_adapter(tmp_path):
     model = from_diffusers(small_unet())
     problem = Problem(model)
     noise = SeededNoise(range(2))
-    sol = make_sampler("ancestral_sampling", n_steps=30).sample(problem, problem.prior_sample(2, noise), noise)
-    assert sol.x.shape == (2, 1, 8, 8) and sol.stats.nfe == 30
-    with pytest.raises(ValueError, match="expected one of: linear"):
-        from_diffusers(small_unet(), {"beta_schedule": "squaredcos_cap_v2"})
+    sol = make_sampler("ddim", eta=1.0, n_steps=30).sample(problem, problem.prior_sample(2, noise), noise)
+    assert sol.x.shape == (2, 1, 8, 8) and sol.stats.nfe == 30  # 29 steps, then the x̂₀ at eps
+    with pytest.raises(ValueError, match="AncestralSampling cannot run on the 'tabulated' path.*score_sde's ancestral"):
+        make_sampler("ancestral_sampling", n_steps=30).sample(problem, problem.prior_sample(2, noise), noise)
+    with pytest.raises(ValueError, match="'sigmoid' is not supported; expected one of: linear, scaled_linear"):
+        from_diffusers(small_unet(), {"beta_schedule": "sigmoid"})
     with pytest.raises(FileNotFoundError, match="no diffusers pipeline folder"):
         load_diffusers(tmp_path / "missing")
 
@@ -68,8 +74,7 @@ def test_prediction_types_reproduce_diffusers_ddim_step(prediction_type):
     x = torch.randn(2, 1, 8, 8)
     for k in (int(sched.timesteps[2]), int(sched.timesteps[6])):  # 799 (late), 399
         prev = k - 1000 // 10
-        t = torch.full((2,), k / 999, dtype=torch.float64)
-        assert bool(((t * 999).long() == k).all())  # the label convention lands on table row k
+        t = torch.full((2,), (k + 1) / 1000, dtype=torch.float64)  # the tabulated path's level k
         with torch.no_grad():
             ref = sched.step(unet(x, k).sample, k, x, eta=0.0).prev_sample
             s = model(x, t).double()
@@ -87,10 +92,13 @@ def test_model_folder_and_refused_schedules(tmp_path):
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7], dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), from_diffusers(unet, {"prediction_type": "sample"})(x, t))
-    for cfg, match in (({"beta_schedule": "scaled_linear"}, "'scaled_linear' is not supported.*quadratic"),
-                       ({"trained_betas": [1e-4] * 1000}, "trained_betas"),
-                       ({"rescale_betas_zero_snr": True}, "zero"),
-                       ({"prediction_type": "flow"}, "prediction_type 'flow'.*epsilon, sample, v_prediction")):
+    for cfg, match in (({"beta_schedule": "cosine"}, "'cosine' is not supported; expected one of: linear, scaled_linear, "
+                                                     "squaredcos_cap_v2 \\(or trained_betas\\)"),
+                       ({"trained_betas": [1e-4] * 999}, "'trained_betas': must be 1000 numbers in \\(0, 1\\)"),
+                       ({"use_dynamic_shifting": True}, "'use_dynamic_shifting'.*image size.*expected use_dynamic"),
+                       ({"invert_sigmas": True}, "'invert_sigmas'.*expected invert_sigmas: False"),
+                       ({"prediction_type": "flow"}, "prediction_type'\\: 'flow' is not supported; expected one of: "
+                                                     "epsilon, sample, v_prediction, flow_prediction")):
         with pytest.raises(ValueError, match=match):
             from_diffusers(unet, cfg)
     # Learned-variance UNets (2C outputs): the first C channels are the prediction.
@@ -102,8 +110,9 @@ def test_model_folder_and_refused_schedules(tmp_path):
         from_diffusers(wide)
     learned = from_diffusers(wide, {"variance_type": "learned_range"})
     with torch.no_grad():
-        eps = wide(x, (t * 999).float()).sample[:, :1]
-        std = (1 - diffusers.DDPMScheduler().alphas_cumprod[(t * 999).long()]).sqrt()
+        k = (t * 1000).round().long() - 1  # t = 0.3, 0.7 are the levels 299, 699
+        eps = wide(x, k.float()).sample[:, :1]
+        std = (1 - diffusers.DDPMScheduler().alphas_cumprod[k]).sqrt()
         torch.testing.assert_close(learned(x, t), -eps / std[:, None, None, None].float(), rtol=1e-5, atol=1e-6)
     (tmp_path / "cond").mkdir()
     (tmp_path / "cond" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')

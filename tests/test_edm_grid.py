@@ -114,17 +114,24 @@ def test_diffusers_pipeline_in_a_grid(tmp_path):
         "name": "diffusers-v", "model": {"kind": "diffusers", "path": str(tmp_path / "pipe")},
         "eval": {"num_samples": 2, "batch_size": 2, "seeds": "0-1", "threads": 1},
         "sweeps": [{"solver": ["ddim", "dpm_solver_pp", "euler_maruyama"], "n_steps": 4},
-                   {"solver": "ancestral_sampling", "n_steps": 25}]})
+                   {"solver": "euler", "n_steps": 4, "schedule": "leading", "steps_offset": 1}]})
     out = tmp_path / "out"
     assert main(["--grid", str(grid), "--out", str(out), "--no-progress", "--no-report"]) == 0
     records = list(read_records(out).values())
-    assert len(records) == 4 and all(r["status"] == "ok" and r["sde"]["kind"] == "vp" for r in records)
-    # A schedule that discretises no VP SDE is refused when the grid loads, naming it.
-    tiny_pipeline(tmp_path / "cos", beta_schedule="squaredcos_cap_v2")
-    grid = write_grid(tmp_path / "g2.yaml", {
-        "name": "diffusers-cos", "model": {"kind": "diffusers", "path": str(tmp_path / "cos")},
-        "eval": {"num_samples": 2, "batch_size": 2}, "sweeps": [{"solver": "ddim", "n_steps": 4}]})
-    assert main(["--grid", str(grid), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
-    assert not (tmp_path / "o2").exists()
-    with pytest.raises(GridError, match=r"beta_schedule 'squaredcos_cap_v2' is not supported.*expected one of: linear"):
-        parse_grid(yaml.safe_load(grid.read_text()), str(grid))
+    assert len(records) == 4 and all(r["status"] == "ok" and r["sde"]["kind"] == "tabulated" for r in records)
+    assert {r["model_section"]["time_mapping"] for r in records} == {"log_sigma"}  # every record states the mapping
+    # A sampler the path cannot carry, and a schedule diffusers does not have, are refused when the grid loads.
+    for name, section, sweep, match in (
+            ("anc", {"kind": "diffusers", "path": str(tmp_path / "pipe")}, {"solver": "ancestral_sampling"},
+             r"AncestralSampling cannot run on the 'tabulated' path.*score_sde's ancestral step"),
+            ("sig", {"kind": "diffusers", "path": str(tmp_path / "pipe"), "scheduler": {"beta_schedule": "sigmoid"}},
+             {"solver": "ddim"}, r"beta_schedule'\: 'sigmoid' is not supported; expected one of: linear, scaled_linear"),
+            ("map", {"kind": "diffusers", "path": str(tmp_path / "pipe"), "time_mapping": "round"},
+             {"solver": "ddim"}, r"time_mapping' 'round' is unknown.*expected one of: log_sigma, sigma, quantize")):
+        grid = write_grid(tmp_path / f"{name}.yaml", {"name": name, "model": section,
+                                                     "eval": {"num_samples": 2, "batch_size": 2},
+                                                     "sweeps": [{**sweep, "n_steps": 4}]})
+        assert main(["--grid", str(grid), "--out", str(tmp_path / name), "--no-progress"]) == 2
+        assert not (tmp_path / name).exists()
+        with pytest.raises(GridError, match=match):
+            parse_grid(yaml.safe_load(grid.read_text()), str(grid))

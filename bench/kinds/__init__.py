@@ -21,9 +21,12 @@ MODEL_KINDS: dict[str, ModelKind] = {
 }
 
 
-def check_model_section(section: dict, files: bool = True) -> None:
-    """Check a model section (names valid; with ``files``, its files exist); loads nothing heavy."""
-    MODEL_KINDS[section["kind"]].check(section, files)
+def check_model_section(section: dict, files: bool = True) -> dict:
+    """Check a model section (names valid; with ``files``, its files exist; loads nothing heavy) and
+    return it with the defaults its files decide written in (:attr:`ModelKind.resolve`)."""
+    kind = MODEL_KINDS[section["kind"]]
+    kind.check(section, files)
+    return kind.resolve(section, files)
 
 
 def describe_model(section: dict, files: bool = True) -> ModelFacts | None:

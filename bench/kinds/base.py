@@ -47,6 +47,9 @@ class ModelKind:
             the network (None: unknown until loaded).
         files: ``files(section) -> {role: path}``: the files or folders the run reads, hashed into
             its identity (:func:`bench.hashing.run_inputs`); missing ones are left out.
+        resolve: ``resolve(section, files) -> section``: the checked section with the defaults the
+            model's files decide written in, so that every record states them (e.g. a diffusers
+            model's time mapping).
     """
 
     keys: tuple[str, ...]
@@ -54,6 +57,7 @@ class ModelKind:
     load: Callable[[dict, str, torch.dtype], object]
     describe: Callable[[dict, bool], ModelFacts | None] | None = None
     files: Callable[[dict], dict[str, Path]] = lambda section: {}
+    resolve: Callable[[dict, bool], dict] = lambda section, files: section
 
 
 def resolve_path(path: str, env: str | None = None) -> Path | None:
