@@ -88,7 +88,7 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     returns the β's of that table (float32, as diffusers)."""
     sqrt_abar = torch.cumprod(1.0 - betas, dim=0).sqrt()
     first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
-    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
     abar = sqrt_abar**2
     alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
     return 1 - alphas
@@ -100,10 +100,11 @@ def alphas_cumprod(betas: Tensor) -> Tensor:
 
 
 def train_sigmas(abar: Tensor) -> Tensor:
-    """The trained noise levels σ_i = √((1 − ᾱ_i)/ᾱ_i), ascending in i, as float64 of the float32 values
-    diffusers and k-diffusion compute."""
-    abar = abar.to(torch.float32)
-    return (((1 - abar) / abar) ** 0.5).to(torch.float64)
+    """The trained noise levels σ_i = √((1 − ᾱ_i)/ᾱ_i) of the stored ᾱ, ascending in i, float64 (exact
+    for the table's values, so that the path's σ at a level maps back to its index; diffusers and
+    k-diffusion compute them in float32, within 6e-8 relative of these)."""
+    abar = abar.to(torch.float64)
+    return ((1 - abar) / abar).sqrt()
 
 
 # ---- time mappings: σ → τ ------------------------------------------------------------------------

@@ -92,8 +92,9 @@ def test_model_folder_and_refused_schedules(tmp_path):
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7], dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), from_diffusers(unet, {"prediction_type": "sample"})(x, t))
-    for cfg, match in (({"beta_schedule": "cosine"}, "'cosine' is not supported; expected one of: linear, scaled_linear, "
-                                                     "squaredcos_cap_v2 \\(or trained_betas\\)"),
+    for cfg, match in (({"beta_schedule": "cosine"},
+                        "'cosine' is not supported; expected one of: linear, scaled_linear, squaredcos_cap_v2 "
+                        "\\(or trained_betas\\)"),
                        ({"trained_betas": [1e-4] * 999}, "'trained_betas': must be 1000 numbers in \\(0, 1\\)"),
                        ({"use_dynamic_shifting": True}, "'use_dynamic_shifting'.*image size.*expected use_dynamic"),
                        ({"invert_sigmas": True}, "'invert_sigmas'.*expected invert_sigmas: False"),

@@ -125,7 +125,7 @@ def test_diffusers_pipeline_in_a_grid(tmp_path):
             ("anc", {"kind": "diffusers", "path": str(tmp_path / "pipe")}, {"solver": "ancestral_sampling"},
              r"AncestralSampling cannot run on the 'tabulated' path.*score_sde's ancestral step"),
             ("sig", {"kind": "diffusers", "path": str(tmp_path / "pipe"), "scheduler": {"beta_schedule": "sigmoid"}},
-             {"solver": "ddim"}, r"beta_schedule'\: 'sigmoid' is not supported; expected one of: linear, scaled_linear"),
+             {"solver": "ddim"}, r"beta_schedule'\: 'sigmoid' is not supported; expected one of: linear, scaled"),
             ("map", {"kind": "diffusers", "path": str(tmp_path / "pipe"), "time_mapping": "round"},
              {"solver": "ddim"}, r"time_mapping' 'round' is unknown.*expected one of: log_sigma, sigma, quantize")):
         grid = write_grid(tmp_path / f"{name}.yaml", {"name": name, "model": section,
