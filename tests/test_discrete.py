@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.discrete import TIME_MAPPINGS, TimestepNet, alphas_cumprod, diffusers_betas, rescale_zero_terminal_snr, \
-    train_sigmas
+from models.discrete import (
+    TIME_MAPPINGS,
+    TimestepNet,
+    alphas_cumprod,
+    diffusers_betas,
+    rescale_zero_terminal_snr,
+    train_sigmas,
+)
 from models.paths import FlowPath, TabulatedPath
 from solvers import FixedSteps, Problem, make_sampler
 from solvers.spacing import spacing_sigmas, timesteps
@@ -72,7 +78,8 @@ def test_spacing_bad_input():
         timesteps("leading", 10, 1000, offset=200)
     for kw, match in ((dict(schedule="karras", steps_offset=1), "apply to diffusers' spacings"),
                       (dict(schedule="trailing", steps_offset=1), "steps_offset applies to schedules 'leading'"),
-                      (dict(schedule="leading", final_sigma="one"), "invalid final_sigma='one'; expected one of: zero, sigma_min"),
+                      (dict(schedule="leading", final_sigma="one"),
+                       "invalid final_sigma='one'; expected one of: zero, sigma_min"),
                       (dict(shift=0.0), "shift")):
         with pytest.raises(ValueError, match=match):
             FixedSteps(n_steps=10, **kw)
@@ -82,7 +89,7 @@ def test_spacing_bad_input():
 
 def test_spacing_and_shift_need_their_paths():
     from models.gaussian import GaussianMixture
-    from models.sde import VPSDE, VESDE
+    from models.sde import VESDE, VPSDE
 
     vp = Problem(GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), torch.tensor(0.5), VPSDE()))
     with pytest.raises(ValueError, match="trained timesteps"):
