@@ -15,7 +15,7 @@ from torch import Tensor
 
 from models.sde import expand_like
 from solvers import multistep
-from solvers.base import Problem, Step, check_choice
+from solvers.base import Problem, Step, check_choice, check_positive
 from solvers.denoiser import phi
 from solvers.exp_integrator import exp_integrator_step, lambda_derivatives
 from solvers.fixed import ON_GRID, FixedSteps
@@ -52,9 +52,12 @@ class DPMSolver:
         solver_order: 1, 2 or 3.
         method: 'singlestep' or 'multistep'.
         prediction: 'noise' (DPM-Solver) or 'data' (DPM-Solver++).
-        lower_order_final: lower orders on the last steps of multistep grids of fewer than 10 steps,
-            as the official DPM-Solver code (``dpm_solver_pytorch.py``: ``lower_order_final and
-            steps < 10``) does for DPM-Solver and DPM-Solver++ alike.
+        lower_order_final: lower orders on the last steps of multistep grids of fewer than
+            ``lower_order_final_below`` steps.
+        lower_order_final_below: 10, as the official DPM-Solver code (``dpm_solver_pytorch.py``:
+            ``lower_order_final and steps < 10``) for DPM-Solver and DPM-Solver++ alike; 15 is
+            diffusers' ``DPMSolverMultistepScheduler`` (``len(timesteps) < 15``, its steps counted
+            with the final one: tests/test_diffusers_live.py).
         warmup: 'lower_order' (reference codes) or 'singlestep' (multistep only; see solvers.multistep).
     """
 
@@ -63,8 +66,7 @@ class DPMSolver:
     prediction: str = "noise"
     lower_order_final: bool = True
     warmup: str = "lower_order"
-
-    lower_order_final_below: ClassVar[float] = 10  # the official DPM-Solver code
+    lower_order_final_below: int = 10
     batch_invariant: ClassVar[bool] = True
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="log_snr")
     conventions: ClassVar[dict] = ON_GRID
@@ -72,6 +74,7 @@ class DPMSolver:
     def __post_init__(self) -> None:
         multistep.check_multistep(self)
         check_choice(type(self).__name__, "method", self.method, METHODS)
+        check_positive(type(self).__name__, "lower_order_final_below", self.lower_order_final_below, integer=True)
 
     @property
     def order(self) -> float:
