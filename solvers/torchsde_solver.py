@@ -196,8 +196,9 @@ class TorchSDE:
         ts = torch.tensor([0.0, T - eps], dtype=y0.dtype, device=y0.device)
         rsde = _ReversedSDE(problem, tuple(x_init.shape), sde_type)
         with torch.no_grad():
-            # dt a hair above the spacing so float round-off never adds a sliver step.
-            dt = (T - eps) / (self.steps.n_steps - 1) * (1 + 1e-9)
+            # dt a hair above the spacing so round-off never adds a sliver step: above float32's relative
+            # resolution (6e-8), in which ts holds T − eps for float32 states.
+            dt = (T - eps) / (self.steps.n_steps - 1) * (1 + 1e-6)
             ys = torchsde.sdeint(rsde, y0, ts, bm=bm, method=self.method, dt=dt)
             x = ys[-1].reshape(x_init.shape)
             if self.denoise in ("tweedie", "ggf"):
