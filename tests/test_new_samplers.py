@@ -75,6 +75,14 @@ def test_lms_order():
         assert e4 < e2 / 8, (kind, e2, e4)
 
 
+@pytest.mark.parametrize("kind", ["vp", "ve"])
+def test_euler_in_sigma_order(kind):
+    """Euler's method in σ (k-diffusion's sample_euler; diffusers' Euler): declared 1."""
+    ns = [17, 33, 65]
+    sampler, errs = errors("euler", kind, ns)
+    assert sampler.order == 1.0 and abs(fitted_order(ns, errs) - 1.0) < 0.3, errs
+
+
 # ---- a user's sampler class by import path -----------------------------------------------------------
 def test_user_sampler_by_import_path():
     assert "alpha" in sampler_options(USER) and "n_steps" in sampler_options(USER)
