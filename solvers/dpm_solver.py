@@ -148,12 +148,16 @@ class DPMSolverPPSDE:
         lower_order_final: order 1 on the last step of grids of fewer than 15 steps, as diffusers'
             ``DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')``, the reference code of
             this variant (the official DPM-Solver code has no SDE solver).
+        solver_type: the order-2 term: 'heun' (the expansion above, 2h²φ₂(−2h)·x̂₀'; diffusers'
+            and k-diffusion's ``solver_type='heun'``) or 'midpoint' (½(1 − e^{−2h})·h·x̂₀', the
+            default of diffusers and of k-diffusion's ``sample_dpmpp_2m_sde``).
     """
 
     solver_order: int = 2
     prediction: str = "data"
     lower_order_final: bool = True
     warmup: str = "lower_order"
+    solver_type: str = "heun"
 
     order: ClassVar[float] = 1.0
     nfe_per_step: ClassVar[int] = 1
@@ -165,6 +169,7 @@ class DPMSolverPPSDE:
 
     def __post_init__(self) -> None:
         multistep.check_multistep(self, orders=(1, 2), predictions=("data",), warmups=("lower_order",))
+        check_choice(type(self).__name__, "solver_type", self.solver_type, ("heun", "midpoint"))
 
     check = multistep.check
     init = multistep.init
@@ -178,7 +183,11 @@ class DPMSolverPPSDE:
         terms = lambda_derivatives(lams, outs)
         x_next = expand_like(sigma_n / sigma_t * torch.exp(-h), x) * x
         for k, d in enumerate(terms):
-            x_next = x_next + expand_like(alpha_n * 2 * h ** (k + 1) * phi(k + 1, -2 * h), x) * d
+            if k == 1 and self.solver_type == "midpoint":
+                weight = -torch.expm1(-2 * h) * h / 2
+            else:
+                weight = 2 * h ** (k + 1) * phi(k + 1, -2 * h)
+            x_next = x_next + expand_like(alpha_n * weight, x) * d
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
         return x_next + expand_like(sigma_n * (-torch.expm1(-2 * h)).sqrt(), x) * z
 

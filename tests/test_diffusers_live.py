@@ -17,7 +17,7 @@ diffusers = pytest.importorskip("diffusers", reason="optional extra scorebench[d
 from models.diffusers_adapter import model_spec  # noqa: E402
 from models.discrete import TimestepNet  # noqa: E402
 from models.parameterisation import PredictionModel  # noqa: E402
-from solvers import Problem, SeededNoise, make_sampler  # noqa: E402
+from solvers import Problem, RecordedNoise, SeededNoise, make_sampler  # noqa: E402
 
 SCALED = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
 
@@ -37,21 +37,25 @@ class Calls:
         return network(x, tau)
 
 
-def diffusers_run(cls: str, config: dict, n: int, x_T: torch.Tensor, step_kwargs: dict | None = None):
+def diffusers_run(cls: str, config: dict, n: int, x_T: torch.Tensor, step_kwargs: dict | None = None,
+                  generator_seed: int | None = None):
     sched = getattr(diffusers, cls)(**config)
     sched.set_timesteps(n)
     x = x_T * sched.init_noise_sigma
     calls = 0
+    kw = dict(step_kwargs or {})
+    if generator_seed is not None:
+        kw["generator"] = torch.Generator().manual_seed(generator_seed)
     for t in sched.timesteps:
         inp = sched.scale_model_input(x, t)
         out = network(inp, t.reshape(1).double().expand(x.shape[0]))
         calls += 1
-        x = sched.step(out, t, x, **(step_kwargs or {})).prev_sample
+        x = sched.step(out, t, x, **kw).prev_sample
     return x, calls, sched
 
 
 def harness_run(config: dict, solver: str, n: int, x_T: torch.Tensor, mapping: str = "log_sigma", ve: bool = False,
-                **options):
+                noise=None, **options):
     """The harness's sampler from the scheduler's starting state ``x_T`` (in x/α where ``ve``)."""
     spec = model_spec(config, mapping)
     net = Calls()
@@ -61,7 +65,7 @@ def harness_run(config: dict, solver: str, n: int, x_T: torch.Tensor, mapping: s
     problem = Problem(model)
     alpha0 = float(model.sde.marginal(sampler.controller.grid(problem)[:1])[0])
     with torch.no_grad():
-        sol = sampler.sample(problem, x_T * alpha0 if ve else x_T, SeededNoise(range(x_T.shape[0])))
+        sol = sampler.sample(problem, x_T * alpha0 if ve else x_T, noise or SeededNoise(range(x_T.shape[0])))
     return sol, net.n
 
 
@@ -141,5 +145,23 @@ def test_euler_spacings(spacing, mapping):
     # diffusers starts from x_T·init_noise_sigma in x/α
     sol, ncalls = harness_run(cfg, "euler", 9, X_T * float(sched.init_noise_sigma), mapping, ve=True,
                               schedule=spacing)
+    assert ncalls == calls == sol.stats.nfe
+    assert rel(sol.x, ref) < 1e-6
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_sde_dpmpp_2m_solver_types(solver_type):
+    """SDE-DPM-Solver++(2M), diffusers' algorithm_type='sde-dpmsolver++', with the same noise draws (its
+    seeded generator, float32, one draw per step; the last, to σ = 0, is multiplied by 0)."""
+    cfg = {**SCALED, "prediction_type": "epsilon"}
+    n = 10
+    ref, calls, _ = diffusers_run("DPMSolverMultistepScheduler",
+                                  {**cfg, "algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                   "solver_type": solver_type, "timestep_spacing": "trailing"}, n, X_T,
+                                  generator_seed=7)
+    g = torch.Generator().manual_seed(7)
+    draws = [torch.randn(X_T.shape, generator=g, dtype=torch.float32).double() for _ in range(n)]  # as diffusers
+    sol, ncalls = harness_run(cfg, "dpm_solver_pp_sde", n, X_T, noise=RecordedNoise(draws), solver_order=2,
+                              solver_type=solver_type, schedule="trailing", lower_order_final=False)
     assert ncalls == calls == sol.stats.nfe
     assert rel(sol.x, ref) < 1e-6

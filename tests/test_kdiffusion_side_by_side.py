@@ -16,6 +16,7 @@ against it) from the same x_T, with the same noise draws; final samples within 1
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 import types
 from pathlib import Path
@@ -91,7 +92,11 @@ PAIRS = {
     "sample_dpmpp_2m": ("dpm_solver_pp", dict(solver_order=2, lower_order_final=False)),
     "sample_euler_ancestral": ("ddim", dict(eta=1.0)),
     "sample_lms": ("lms", dict(solver_order=4)),
+    "sample_dpmpp_2m_sde": ("dpm_solver_pp_sde", dict(solver_order=2, lower_order_final=False,
+                                                      solver_type="midpoint")),
+    "sample_dpmpp_2m_sde_heun": ("dpm_solver_pp_sde", dict(solver_order=2, lower_order_final=False)),
 }
+KDIFFUSION_OPTIONS = {"sample_lms": {"order": 4}, "sample_dpmpp_2m_sde_heun": {"solver_type": "heun"}}
 N_STEPS = 8
 
 
@@ -111,14 +116,13 @@ def run_both(name: str, quantize: bool = False):
     inner = Counted(model.net.network.unet)
     abar = torch.tensor(model.sde.alphas_cumprod, dtype=torch.float32)
     denoiser = external.DiscreteEpsDDPMDenoiser(inner, abar, quantize=quantize)
-    kw = {}
-    if name == "sample_euler_ancestral":
+    fn = getattr(sampling, "sample_dpmpp_2m_sde" if name == "sample_dpmpp_2m_sde_heun" else name)
+    kw = dict(KDIFFUSION_OPTIONS.get(name, {}))
+    if "noise_sampler" in inspect.signature(fn).parameters:  # the same standard normal draws, in order
         it = iter(draws)
         kw["noise_sampler"] = lambda sigma, sigma_next: next(it)
-    if name == "sample_lms":
-        kw["order"] = options["solver_order"]
     with torch.no_grad():
-        ref = getattr(sampling, name)(denoiser, x_ve.clone(), sigmas, disable=True, **kw)
+        ref = fn(denoiser, x_ve.clone(), sigmas, disable=True, **kw)
         alpha0 = model.sde.marginal(grid[:1])[0]
         sol = sampler.sample(problem, x_ve * alpha0, RecordedNoise(list(draws)))
     return sol, ref, inner.calls, sigmas
