@@ -158,3 +158,37 @@ def test_the_mapping_decides_the_timesteps_of_a_fractional_grid():
     exact, other = TIME_MAPPINGS["sigma"](grid, sigmas), TIME_MAPPINGS["log_sigma"](grid, sigmas)
     assert float(((exact - ref) / ref.clamp(min=1)).abs().max()) < 1e-6
     assert 5e-4 < float((other - ref).abs().max()) < 5e-3  # a different network input at the same σ
+
+
+@pytest.mark.parametrize("schedule, prediction", [("linear", "epsilon"), ("scaled_linear", "v_prediction"),
+                                                  ("squaredcos_cap_v2", "sample"), ("zero_snr", "v_prediction"),
+                                                  ("trained", "epsilon")])
+def test_every_schedule_loads_from_a_saved_folder(tmp_path, schedule, prediction):
+    """A pipeline folder saved by diffusers, loaded offline: its table and prediction, and the network at a
+    trained level called with that level's timestep."""
+    from models.diffusers_adapter import load_diffusers
+
+    kw = {"prediction_type": prediction}
+    if schedule == "zero_snr":
+        kw.update(SCALED, rescale_betas_zero_snr=True)
+    elif schedule == "trained":
+        kw["trained_betas"] = np.linspace(2e-4, 0.03, 1000).tolist()
+    else:
+        kw["beta_schedule"] = schedule
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    sched = diffusers.DDIMScheduler(**kw)
+    diffusers.DDIMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "pipe")
+    model = load_diffusers(tmp_path / "pipe")
+    abar = sched.alphas_cumprod.clone()
+    if schedule == "zero_snr":
+        abar[-1] = 2.0**-24
+    assert torch.equal(torch.tensor(model.sde.alphas_cumprod, dtype=torch.float32), abar)
+    assert model.prediction == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[prediction]
+    seen = []
+    model.net.network = lambda x, tau, class_labels=None: seen.append(tau) or x
+    with torch.no_grad():
+        model.data_and_noise(torch.randn(2, 1, 8, 8), torch.tensor([0.5, 0.1], dtype=torch.float64))
+    assert torch.allclose(seen[0], torch.tensor([499.0, 99.0]), atol=1e-4)  # t = (k + 1)/N is level k
