@@ -95,8 +95,12 @@ class FixedSteps:
     def needs(self) -> tuple[str, ...]:
         """α_T > 0 for a grid in σ_ve or λ (its end point σ_ve(T) = σ_T/α_T), none for a grid in t; a
         spacing needs the model's trained timesteps, a shift a path on [0, 1]."""
-        own = ("timesteps",) if self.schedule in SPACINGS else () if self.schedule in ("uniform", "quadratic") \
-            else ("alpha_T",)
+        if self.schedule in SPACINGS:
+            own = ("timesteps",)
+        elif self.schedule in ("uniform", "quadratic"):
+            own = ()
+        else:
+            own = ("alpha_T",)
         return own + (("unit_time",) if self.shift != 1 else ())
 
     @property
