@@ -68,6 +68,11 @@ _UNSUPPORTED = {
 }
 
 
+def _is_flow(cfg: dict) -> bool:
+    """A flow-matching scheduler config (its class, or ``prediction_type: flow_prediction``)."""
+    return cfg.get("_class_name") in FLOW_SCHEDULERS or cfg.get("prediction_type") == "flow_prediction"
+
+
 def _where(where: str, key: str) -> str:
     return f"{where}: scheduler config field {key!r}"
 
@@ -77,7 +82,6 @@ def check_scheduler_config(cfg: dict, where: str = "diffusers adapter") -> dict:
     the valid choices for what the harness cannot honour."""
     cfg = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
            "prediction_type": "epsilon", **(cfg or {})}
-    flow = cfg.get("_class_name") in FLOW_SCHEDULERS or cfg["prediction_type"] == "flow_prediction"
     if cfg["prediction_type"] not in PREDICTION_TYPES:
         raise ValueError(f"{_where(where, 'prediction_type')}: {cfg['prediction_type']!r} is not supported; "
                          f"expected one of: {', '.join(PREDICTION_TYPES)}")
@@ -90,7 +94,7 @@ def check_scheduler_config(cfg: dict, where: str = "diffusers adapter") -> dict:
     if cfg.get("variance_type") not in (None, *VARIANCE_TYPES):
         raise ValueError(f"{_where(where, 'variance_type')}: {cfg['variance_type']!r} is unknown; expected one of: "
                          f"{', '.join(VARIANCE_TYPES)}")
-    if flow:
+    if _is_flow(cfg):
         shift = cfg.get("shift", cfg.get("flow_shift", 1.0))
         if not isinstance(shift, int | float) or isinstance(shift, bool) or not (math.isfinite(shift) and shift > 0):
             raise ValueError(f"{_where(where, 'shift')}: must be a number > 0, got {shift!r}")
@@ -119,8 +123,7 @@ def model_spec(cfg: dict, time_mapping: str | None = None, where: str = "diffuse
     'sigmas', 'num_train_timesteps', 'alphas_cumprod'}`` (module docstring)."""
     cfg = check_scheduler_config(cfg, where)
     N = int(cfg["num_train_timesteps"])
-    flow = cfg.get("_class_name") in FLOW_SCHEDULERS or cfg["prediction_type"] == "flow_prediction"
-    if flow:
+    if _is_flow(cfg):
         if time_mapping not in (None, "flow"):
             raise ValueError(f"{where}: field 'time_mapping' {time_mapping!r} does not apply to a flow-matching model "
                              f"(its network takes σ·N); expected time_mapping: flow")
