@@ -163,7 +163,8 @@ def test_edm2_sampler_is_reproduced(dtype, schedule):
     EDM2's float32 evaluation of it ('karras_float32': the same σ in every network call)."""
     rec = fixture("P_img16_cond_sampler_det.pt")
     kw = rec["sampler_kwargs"]
-    assert kw["guidance"] == 1 and kw["S_churn"] == 0 and (kw["sigma_min"], kw["sigma_max"], kw["rho"]) == (0.002, 80, 7)
+    assert kw["guidance"] == 1 and kw["S_churn"] == 0
+    assert (kw["sigma_min"], kw["sigma_max"], kw["rho"]) == (0.002, 80, 7)
     model = load_edm2(pkl()).conditioned(rec["class_label_indices"])
     model.net = LoggedNet(model.net)
     problem = Problem(model)
@@ -187,8 +188,8 @@ def test_edm2_sampler_is_reproduced(dtype, schedule):
     images = model.space.to_uint8(sol.x)
     diff = int((images.int() - rec["images_uint8_nchw"].int()).abs().max())
     assert images.shape == rec["images_uint8_nchw"].shape and diff <= 1
-    print(f"\nEDM2 edm_sampler replay ({dtype}, {schedule}): NFE {sol.stats.nfe} (EDM2 {rec['nfe_net']}), latents max per-sample "
-          f"error/maxabs {err:.2e}, uint8 max |Δ| {diff}")
+    print(f"\nEDM2 edm_sampler replay ({dtype}, {schedule}): NFE {sol.stats.nfe} (EDM2 {rec['nfe_net']}), "
+          f"latents max per-sample error/maxabs {err:.2e}, uint8 max |Δ| {diff}")
 
 
 class ReplayScore:
