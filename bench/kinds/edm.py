@@ -30,10 +30,11 @@ def _label_dim(path: Path, key: str) -> int:
     return _LABEL_DIMS[cache_key]
 
 
-def check(section: dict, files: bool = True) -> None:
+def check_fields(section: dict, what: str = "EDM") -> None:
+    """The section's ``path``, ``key``, ``label`` and σ range, without reading files (kinds edm, edm2)."""
     path = section.get("path")
     if not isinstance(path, str):
-        raise ValueError(f"field 'path' (the EDM .pkl file) must be a string, got {path!r}")
+        raise ValueError(f"field 'path' (the {what} .pkl file) must be a string, got {path!r}")
     key = section.get("key", "ema")
     if not isinstance(key, str):
         raise ValueError(f"field 'key' must be a snapshot entry name such as 'ema', got {key!r}")
@@ -45,6 +46,11 @@ def check(section: dict, files: bool = True) -> None:
     lo, hi = section.get("sigma_min"), section.get("sigma_max")
     if lo is not None and hi is not None and not lo < hi:
         raise ValueError(f"need sigma_min < sigma_max, got {lo} >= {hi}")
+
+
+def check(section: dict, files: bool = True) -> None:
+    check_fields(section)
+    path, key = section["path"], section.get("key", "ema")
     if files:
         found = resolve_path(path, CKPT_ENV)
         if found is None:
