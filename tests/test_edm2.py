@@ -193,28 +193,32 @@ def test_edm2_sampler_is_reproduced(dtype, schedule):
 
 
 class ReplayScore:
-    """A VE score model answering with EDM2's recorded network outputs, in order (no network)."""
+    """A VE score model answering with EDM2's recorded network outputs, in order (no network); it keeps
+    the states it is called at."""
 
     def __init__(self, sde, outs):
         self.sde, self.shape, self.data_range = sde, tuple(outs.shape[2:]), (-1.0, 1.0)
-        self.outs, self.k = outs, 0
+        self.outs, self.xs = outs, []
 
     def __call__(self, x, t):
-        D = self.outs[self.k].to(x.dtype)
-        self.k += 1
+        D = self.outs[len(self.xs)].to(x.dtype)
+        self.xs.append(x.clone())
         sigma = self.sde.marginal(t)[1].reshape(-1, 1, 1, 1)
         return (D - x) / sigma**2
 
 
 def test_sampler_arithmetic_with_recorded_network_outputs():
+    """README §7: driven by EDM2's recorded outputs, every state the sampler evaluates (EDM2's calls_x)
+    and the result are reproduced to ≤ 1e-6·maxabs (the last step to σ = 0 returns D itself)."""
     rec = fixture("P_img16_cond_sampler_det.pt")
     score = ReplayScore(load_edm2(pkl()).sde, rec["calls_out"])
-    sol = make_sampler("edm_heun", n_steps=8).sample(Problem(score), rec["noise"].double() * rec["t_steps"][0],
-                                                     RecordedNoise([]))
-    assert score.k == 15
-    err = float((sol.x - rec["latents_out"]).abs().max() / rec["latents_out"].abs().max())
-    assert err <= 1e-6, err
-    print(f"\nEDM2 sampler arithmetic on recorded outputs: max error/maxabs {err:.2e}")
+    sampler = make_sampler("edm_heun", n_steps=8, schedule="karras_float32")
+    sol = sampler.sample(Problem(score), rec["noise"].double() * rec["t_steps"][0], RecordedNoise([]))
+    assert len(score.xs) == 15
+    errs = [float((x - ref).abs().max() / ref.abs().max()) for x, ref in zip(score.xs, rec["calls_x"], strict=True)]
+    errs.append(float((sol.x - rec["latents_out"]).abs().max() / rec["latents_out"].abs().max()))
+    assert max(errs) <= 1e-6, errs
+    print(f"\nEDM2 sampler arithmetic on recorded outputs: max error/maxabs {max(errs):.2e} over 15 calls + result")
 
 
 # --- latent snapshots -----------------------------------------------------------------------------
@@ -342,3 +346,56 @@ def test_reference_stats_read_as_plain_arrays(tmp_path):
 def test_snapshot_file_hash_is_the_documented_one():
     assert hashlib.sha256(pkl().read_bytes()).hexdigest() == (
         "c914b09a5b421817fe807eb9dfbf71f78d913c42f5a5d199480eea088fd16af8")
+
+
+# --- EDM2's stochastic sampler: noise drawn only on the steps that churn ------------------------------
+def edm2_sampler_spec(denoise, noise, t_steps, S_churn, S_min, S_max, S_noise, generator):
+    """README §4's ``edm_sampler`` loop written out (float64 here): a draw only where
+    S_min ≤ t_cur ≤ S_max. Returns (x, the draws taken)."""
+    num_steps, draws = len(t_steps) - 1, []
+    x = noise * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
+        t_hat, x_hat = t_cur, x
+        if S_churn > 0 and S_min <= t_cur <= S_max:
+            gamma = min(S_churn / num_steps, 2**0.5 - 1)
+            t_hat = t_cur + gamma * t_cur
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            draws.append(z)
+            x_hat = x + (t_hat**2 - t_cur**2).sqrt() * S_noise * z
+        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        x = x_hat + (t_next - t_hat) * d_cur
+        if i < num_steps - 1:
+            d_prime = (x - denoise(x, t_next)) / t_next
+            x = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x, draws
+
+
+@pytest.mark.parametrize("churn_draws", ["in_range", "every_step"])
+def test_edm2_stochastic_sampler_draws_only_where_it_churns(churn_draws):
+    rec = fixture("P_img16_cond_sampler_det.pt")
+    churn = dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)  # EDM's ImageNet-64 settings
+    model = load_edm2(pkl()).conditioned(rec["class_label_indices"])
+    t_steps = rec["t_steps"].double()  # EDM2's float32 grid, 8 points, then 0
+
+    def denoise(x, t):
+        return model.net(x, t.reshape(1).expand(x.shape[0]), model.class_labels).double()
+
+    noise = rec["noise"].double()
+    ref, draws = edm2_sampler_spec(denoise, noise, t_steps, churn["S_churn"], churn["S_tmin"], churn["S_tmax"],
+                                   churn["S_noise"], torch.Generator().manual_seed(0))
+    assert len(draws) == 5  # σ = 80, 0.035, 0.002 lie outside [0.05, 50]
+    in_range = [bool(churn["S_tmin"] <= s <= churn["S_tmax"]) for s in t_steps[:-2]]  # the 7 Heun steps
+    if churn_draws == "in_range":
+        recorded = list(draws)
+    else:  # EDM's rule: a draw on every step; those outside the range are multiplied by 0
+        it = iter(draws)
+        recorded = [next(it) if inside else torch.full_like(noise, 1e3) for inside in in_range]
+    stream = RecordedNoise(recorded)
+    sampler = make_sampler("edm_stochastic", n_steps=8, schedule="karras_float32", churn_draws=churn_draws, **churn)
+    sol = sampler.sample(Problem(model), noise * t_steps[0], stream)
+    assert stream.k == len(recorded) == (5 if churn_draws == "in_range" else 7)
+    assert sol.stats.nfe == 15
+    err = per_sample_err(sol.x, ref, abs_=0)
+    print(f"\nEDM2 stochastic sampler spec ({churn_draws}): NFE {sol.stats.nfe}, max per-sample error/maxabs {err:.2e}")
+    with pytest.raises(ValueError, match="churn_draws must be one of: every_step, in_range"):
+        make_sampler("edm_stochastic", churn_draws="sometimes")
