@@ -4,6 +4,9 @@ grids/imagenet64_edm2.yaml's dry run and one-line offline error."""
 
 from __future__ import annotations
 
+import pickle
+import re
+
 import pytest
 import yaml
 
@@ -92,3 +95,22 @@ def test_edm2_section_errors(tmp_path):
     edm1 = str(require_fixture("edm/B_edm_ddpmpp.pkl"))
     with pytest.raises(GridError, match="'EDMPrecond' is not a network the loader builds; expected one of: Precond"):
         parse_grid({**base, "model": {"kind": "edm2", "path": edm1}}, "bad.yaml")
+
+
+def test_hostile_edm2_snapshot_in_a_grid_exits_2_before_it_runs(tmp_path, monkeypatch, capsys):
+    """A grid naming a pickle whose payload would create a file: exit 2 at grid load, one line naming
+    the refused global, nothing written, the payload never run."""
+    from tests.test_edm2 import MARKER, RunsSystem
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "edm2-img64-s-hostile.pkl"
+    path.write_bytes(pickle.dumps({"ema": RunsSystem()}))
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "hostile", "model": {"kind": "edm2", "path": str(path), "label": 1},
+        "eval": {"num_samples": 2, "batch_size": 2}, "sweeps": [{"solver": "edm_heun", "n_steps": 3}]}))
+    out = tmp_path / "results"
+    assert main(["--grid", str(grid), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"refused global (posix|os|nt)\.system", lines[0])
+    assert not out.exists() and not (tmp_path / MARKER).exists()

@@ -36,8 +36,9 @@ __all__ = ["UnsafePickleError", "Persistent", "Container", "NDArray", "Restricte
            "state_dict", "plain", "read_reference_stats"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for something the EDM loader does not accept (a global, a class, an opcode)."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for something the EDM loader does not accept (a global, a class, an opcode); a
+    ValueError too (bad input: a grid check reports it as one line, exit 2)."""
 
 
 @dataclass
