@@ -23,7 +23,9 @@ from solvers.base import Problem, Step
 from solvers.denoiser import Denoiser
 from solvers.fixed import ON_GRID, FixedSteps
 
-__all__ = ["EDMHeun", "EDMStochastic", "Euler"]
+__all__ = ["EDMHeun", "EDMStochastic", "Euler", "CHURN_DRAWS"]
+
+CHURN_DRAWS = ("every_step", "in_range")  # EDM's edm_sampler, EDM2's
 
 
 def _heun(D: Denoiser, x_ve: Tensor, sigma: Tensor, t: Tensor, sigma_next: Tensor, t_next: Tensor) -> Tensor:
@@ -110,18 +112,23 @@ class EDMStochastic:
     Integrates: the reverse SDE, as the probability-flow ODE plus Langevin-like churn (Eq. 6 split
     into noise injection and an ODE step). Order: 2 for S_churn = 0 (it is then EDMHeun); with churn
     the sampler is stochastic and its declared order is 1. NFE per step: 2 (+1 for the final step to
-    σ = 0). SDEs: VE, VP, sub-VP. One noise draw per step while churn is on.
+    σ = 0). SDEs: VE, VP, sub-VP. One noise draw per step while churn is on (``churn_draws``).
 
     Args:
         S_churn: total churn (EDM's CIFAR-10 VP ablations use 0–80; 0 disables the noise).
         S_tmin, S_tmax: the σ_ve range where churn is applied.
         S_noise: noise inflation (EDM: 1.007 on ImageNet, 1 otherwise).
+        churn_draws: when a noise draw is taken (with S_churn > 0): 'every_step', as EDM's
+            ``edm_sampler`` (NVlabs/edm: a draw each step, multiplied by 0 outside [S_tmin, S_tmax]), or
+            'in_range', as EDM2's (NVlabs/edm2 ``generate_images.py``: only on steps that churn). The
+            noise applied is the same; the draws a seeded or recorded noise stream gives later steps differ.
     """
 
     S_churn: float = 0.0
     S_tmin: float = 0.0
     S_tmax: float = math.inf
     S_noise: float = 1.0
+    churn_draws: str = "every_step"
 
     order: ClassVar[float] = 1.0
     nfe_per_step: ClassVar[int] = 2
@@ -138,6 +145,8 @@ class EDMStochastic:
                 raise ValueError(f"{name}: {key} must be a number >= 0, got {v!r}")
         if self.S_tmin > self.S_tmax:
             raise ValueError(f"{name}: need S_tmin <= S_tmax, got {self.S_tmin} > {self.S_tmax}")
+        if self.churn_draws not in CHURN_DRAWS:
+            raise ValueError(f"{name}: churn_draws must be one of: {', '.join(CHURN_DRAWS)}; got {self.churn_draws!r}")
 
     def check(self, problem: Problem) -> None:
         del problem
@@ -151,10 +160,10 @@ class EDMStochastic:
         D = Denoiser(problem)
         sigma, sigma_next = D.sigma(t), D.sigma(t_next)
         x_ve = D.to_ve(x, t)
-        if self.S_churn > 0:
+        in_range = (sigma >= self.S_tmin) & (sigma <= self.S_tmax)
+        if self.S_churn > 0 and (self.churn_draws == "every_step" or bool(in_range.any())):
             # Churn: raise the noise level to σ̂ = (1 + γ) σ by adding fresh noise.
             gamma_max = min(self.S_churn / state, math.sqrt(2) - 1)
-            in_range = (sigma >= self.S_tmin) & (sigma <= self.S_tmax)
             gamma = torch.where(in_range, torch.full_like(sigma, gamma_max), torch.zeros_like(sigma))
             sigma_hat = sigma * (1 + gamma)
             z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)

@@ -57,6 +57,17 @@ class TimeGrid:
         return TimeGrid._to_time(sigmas, T, eps, sde)
 
     @staticmethod
+    def karras_float32(n: int, T: float, eps: float, sde=None, rho: float = 7.0) -> Tensor:
+        """:meth:`karras` as EDM2's ``edm_sampler`` evaluates it (NVlabs/edm2 ``generate_images.py``): σ_i
+        in float32 from a float32 ``arange`` (σ_0 = 79.99998 for σ_ve(T) = 80, σ_{n−1} = 0.0019999996 for
+        0.002; a few 1e-6 relative from the float64 grid). The ends are not pinned: t_0 and t_{n−1} lie
+        within float32 rounding of σ below T and eps."""
+        s_max, s_min = TimeGrid._sigma_ends("karras_float32", T, eps, sde)
+        i = torch.arange(n, dtype=torch.float32)
+        sigmas = (s_max ** (1 / rho) + i / (n - 1) * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        return time_of_sigma(sde, sigmas.to(torch.float64))
+
+    @staticmethod
     def log_snr(n: int, T: float, eps: float, sde=None) -> Tensor:
         """n points uniform in λ = log(α_t/σ_t) (DPM-Solver's 'logSNR' spacing, Lu et al. 2022, §3.3)."""
         s_max, s_min = TimeGrid._sigma_ends("log_snr", T, eps, sde)
@@ -85,5 +96,6 @@ SCHEDULES = {
     "quadratic": TimeGrid.quadratic,
     "log_snr": TimeGrid.log_snr,
     "karras": TimeGrid.karras,
+    "karras_float32": TimeGrid.karras_float32,
     "edm_vp": TimeGrid.edm_vp,
 }

@@ -76,4 +76,4 @@ def test_documented_order_is_the_declared_one(name, order):
 def test_every_schedule_is_documented():
     text = API.read_text()
     line = next(ln for ln in text.splitlines() if "`schedule`" in ln and "Common options" in ln)
-    assert set(re.findall(r"`([a-z_]+)`", line.split("`schedule`", 1)[1].split(")")[0])) == set(SCHEDULES)
+    assert set(re.findall(r"`([a-z_0-9]+)`", line.split("`schedule`", 1)[1].split(")")[0])) == set(SCHEDULES)

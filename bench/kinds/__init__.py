@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.kinds import checkpoint, diffusers, edm, mixture, official, user_callable
+from bench.kinds import checkpoint, diffusers, edm, edm2, mixture, official, user_callable
 from bench.kinds.base import ModelFacts, ModelKind
 
 __all__ = ["MODEL_KINDS", "ModelKind", "ModelFacts", "check_model_section", "describe_model", "model_files"]
@@ -16,6 +16,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
     "checkpoint": checkpoint.KIND,
     "official": official.KIND,
     "edm": edm.KIND,
+    "edm2": edm2.KIND,
     "diffusers": diffusers.KIND,
     "callable": user_callable.KIND,
 }

@@ -95,37 +95,40 @@ def load_network(path: str | Path, key: str = "ema") -> tuple[nn.Module, Network
     return network_from_record(data[key], f"{path} entry {key!r}")
 
 
-def network_label_dim(path: str | Path, key: str = "ema") -> int:
+def network_label_dim(path: str | Path, key: str = "ema", preconds: dict[str, type] = PRECONDS) -> int:
     """The number of classes of the network under ``key`` (0: unconditional), read from its stored
-    constructor arguments without deserialising its tensors (a check before anything runs)."""
+    constructor arguments without deserialising its tensors (a check before anything runs);
+    ``preconds``: the network classes accepted (as :func:`network_from_record`)."""
     path = Path(path)
     data = read_snapshot(path, tensors=False)
     if key not in data:
         raise ValueError(f"{path}: no entry {key!r}; expected one of: {', '.join(map(str, data))}")
     record = data[key]
-    if not isinstance(record, Persistent) or record.class_name not in PRECONDS:
+    if not isinstance(record, Persistent) or record.class_name not in preconds:
         name = record.class_name if isinstance(record, Persistent) else type(record).__name__
         raise ValueError(f"{path} entry {key!r}: {name!r} is not a network the loader builds; expected one of: "
-                         f"{', '.join(PRECONDS)}")
+                         f"{', '.join(preconds)}")
     label_dim = plain(record.init_kwargs).get("label_dim", 0)
     if not isinstance(label_dim, int) or isinstance(label_dim, bool) or label_dim < 0:
         raise ValueError(f"{path} entry {key!r}: label_dim {label_dim!r} is not a number of classes")
     return label_dim
 
 
-def network_from_record(record, source: str = "<record>") -> tuple[nn.Module, NetworkInfo]:
-    """The project's network for one persistent record (see :func:`load_network`)."""
+def network_from_record(record, source: str = "<record>", preconds: dict[str, type] = PRECONDS
+                        ) -> tuple[nn.Module, NetworkInfo]:
+    """The project's network for one persistent record (see :func:`load_network`), built by the class
+    of ``preconds`` its class name names (EDM's by default; :mod:`models.edm2` passes EDM2's)."""
     path = source
     if not isinstance(record, Persistent):
         raise ValueError(f"{source}: a {type(record).__name__}, not an EDM network record")
-    if record.class_name not in PRECONDS:
+    if record.class_name not in preconds:
         raise ValueError(f"{source}: class {record.class_name!r} is not a network the loader builds; expected one "
-                         f"of: {', '.join(PRECONDS)}")
+                         f"of: {', '.join(preconds)}")
     if record.state.get("_init_args"):
         raise ValueError(f"{source}: {record.class_name} was built with positional arguments; expected keywords only")
     kwargs = plain(record.init_kwargs)
     try:
-        net = PRECONDS[record.class_name](**kwargs)
+        net = preconds[record.class_name](**kwargs)
     except TypeError as e:
         raise ValueError(f"{source}: {record.class_name}({', '.join(kwargs)}): {e}") from e
     _check_tree(record, net, "", str(path))
@@ -140,7 +143,8 @@ def network_from_record(record, source: str = "<record>") -> tuple[nn.Module, Ne
                              f"{tuple(ours[name].shape)} in the project's network")
     net.load_state_dict(tensors, strict=True)
     net.eval().requires_grad_(False)
-    info = NetworkInfo(source, record.class_name, kwargs.get("model_type", type(net.model).__name__), kwargs,
+    inner = next(net.children())  # the U-Net (EDM: 'model', EDM2: 'unet')
+    info = NetworkInfo(source, record.class_name, kwargs.get("model_type", type(inner).__name__), kwargs,
                        sum(p.numel() for p in net.parameters()), record.module_sha256)
     return net, info
 

@@ -8,10 +8,14 @@ record (returned as an inert :class:`Persistent`), ``ModuleDict`` (as an inert :
 ``OrderedDict``, torch's tensor/parameter rebuilders, legacy storage blobs (read with
 ``torch.load(weights_only=True)``) and numpy float scalars — and refuses every other global with an
 :class:`UnsafePickleError` naming it. Nothing stored is imported or executed; ``module_src`` is
-kept as an inert string (only its sha256 is used).
+kept as an inert string (only its sha256 is used). EDM2's snapshots (Karras et al. 2024, NVlabs/edm2)
+use the same records plus ``dnnlib.util.EasyDict`` (read as a ``dict``) and, in a latent model's
+``StabilityVAEEncoder``, float32 numpy arrays (read as :class:`NDArray` records, data only).
 
 :func:`read_snapshot` returns the top-level dict with its network records; :func:`state_dict`
 walks a record into the ordered ``state_dict()`` of the object EDM would have rebuilt.
+:func:`read_reference_stats` reads EDM/EDM2's reference statistics (``dataset-refs/*.pkl``) as plain
+numpy arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import collections
 import copy
 import hashlib
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["UnsafePickleError", "Persistent", "Container", "RestrictedUnpickler", "read_snapshot", "state_dict",
-           "plain"]
+__all__ = ["UnsafePickleError", "Persistent", "Container", "NDArray", "RestrictedUnpickler", "read_snapshot",
+           "state_dict", "plain", "read_reference_stats"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for something the EDM loader does not accept (a global, a class, an opcode)."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for something the EDM loader does not accept (a global, a class, an opcode); a
+    ValueError too (bad input: a grid check reports it as one line, exit 2)."""
 
 
 @dataclass
@@ -126,6 +132,63 @@ def _numpy_dtype(name, align=False, copy=True):
     return np.dtype(name)
 
 
+class NDArray:
+    """A numpy array rebuilt as data: ``_reconstruct(ndarray, (0,), b'b')`` then ``BUILD`` with the
+    state (version, shape, dtype, fortran, raw bytes); only the dtypes in ``DTYPES`` (EDM2 snapshots:
+    float32) and raw bytes of the exact size are accepted. ``array`` is the numpy array."""
+
+    DTYPES = ("<f4",)
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state) -> None:  # BUILD
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise UnsafePickleError(f"numpy array: state must be (version, shape, dtype, fortran, data), got "
+                                    f"{type(state).__name__}")
+        _, shape, dtype, fortran, data = state
+        self.array = _array_from_bytes(data, dtype, shape, "F" if fortran else "C", self.DTYPES)
+
+
+class _StatsArray(NDArray):
+    DTYPES = ("<f4", "<f8")
+
+
+def _array_from_bytes(data, dtype, shape, order: str, dtypes: tuple[str, ...]) -> np.ndarray:
+    """A copy of ``data`` as an array of ``dtype`` (one of ``dtypes``) and ``shape``, or UnsafePickleError."""
+    if not isinstance(dtype, np.dtype) or dtype.str not in dtypes:
+        raise UnsafePickleError(f"numpy array of dtype {dtype!r} is not accepted; expected one of: "
+                                f"{', '.join(dtypes)}")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise UnsafePickleError(f"numpy array: bad shape {shape!r}")
+    if not isinstance(data, bytes | bytearray) or len(data) != dtype.itemsize * math.prod(shape):
+        raise UnsafePickleError(f"numpy array: {type(data).__name__} of the wrong size for shape {shape} and {dtype}")
+    if order not in ("C", "F"):
+        raise UnsafePickleError(f"numpy array: bad order {order!r}")
+    return np.frombuffer(bytes(data), dtype=dtype).reshape(shape, order=order).copy()
+
+
+class _NDArrayType:
+    """What ``numpy.ndarray`` resolves to: accepted only as ``_reconstruct``'s first argument."""
+
+
+def _numpy_reconstruct(holder: type[NDArray]):
+    def reconstruct(cls, shape, typecode):
+        if cls is not _NDArrayType or shape != (0,) or typecode not in (b"b", "b"):
+            raise UnsafePickleError(f"numpy _reconstruct: only numpy.ndarray((0,), b'b') is accepted, got "
+                                    f"{getattr(cls, '__name__', cls)!r}, {shape!r}, {typecode!r}")
+        return holder()
+    return reconstruct
+
+
+def _stats_frombuffer(buf, dtype, shape, order):
+    """numpy's protocol-5 array reconstructor (in-band buffer): float arrays only."""
+    holder = _StatsArray()
+    holder.array = _array_from_bytes(buf, dtype, tuple(shape) if isinstance(shape, list) else shape, order,
+                                     _StatsArray.DTYPES)
+    return holder
+
+
 # (module, name) -> callable. numpy 1.x pickles (the 2022 releases) name 'numpy.core.multiarray'.
 ALLOWED_GLOBALS = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
@@ -137,23 +200,30 @@ ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "dtype"): _numpy_dtype,
+    # EDM2 (Karras et al. 2024): the snapshot's EasyDicts and a StabilityVAEEncoder's float32 arrays.
+    ("dnnlib.util", "EasyDict"): dict,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(NDArray),
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(NDArray),
+    ("numpy", "ndarray"): _NDArrayType,
 }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only :data:`ALLOWED_GLOBALS` (refuses everything else)."""
 
+    ALLOWED = ALLOWED_GLOBALS
+    WHAT = "an EDM snapshot holds only EDM's persistence records, tensors and plain containers"
+
     def __init__(self, file, *, source: str = "<pickle>") -> None:
         super().__init__(file)
         self.source = source
 
     def find_class(self, module: str, name: str):
-        fn = ALLOWED_GLOBALS.get((module, name))
+        fn = self.ALLOWED.get((module, name))
         if fn is None:
             raise UnsafePickleError(
-                f"{self.source}: refused global {module}.{name}: an EDM snapshot holds only EDM's persistence "
-                f"records, tensors and plain containers (accepted: "
-                f"{', '.join(sorted(f'{m}.{n}' for m, n in ALLOWED_GLOBALS))})")
+                f"{self.source}: refused global {module}.{name}: {self.WHAT} (accepted: "
+                f"{', '.join(sorted(f'{m}.{n}' for m, n in self.ALLOWED))})")
         return fn
 
     def persistent_load(self, pid):
@@ -220,9 +290,67 @@ def state_dict(obj, prefix: str = "") -> collections.OrderedDict:
 
 
 def plain(value):
-    """Constructor kwargs as plain Python values (lists for tuples, floats for numpy floats)."""
+    """Constructor kwargs as plain Python values (lists for tuples, floats for numpy floats, numpy
+    arrays for :class:`NDArray` records)."""
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
+    if isinstance(value, NDArray):
+        return value.array
     return value
+
+
+class _StatsUnpickler(RestrictedUnpickler):
+    """Reference statistics: dicts (EasyDicts) of float32/float64 numpy arrays and numbers, nothing else."""
+
+    ALLOWED = {
+        ("dnnlib.util", "EasyDict"): dict,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(_StatsArray),
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(_StatsArray),
+        ("numpy._core.numeric", "_frombuffer"): _stats_frombuffer,
+        ("numpy.core.numeric", "_frombuffer"): _stats_frombuffer,
+        ("numpy", "ndarray"): _NDArrayType,
+        ("numpy", "dtype"): _numpy_dtype,
+        ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    }
+    WHAT = "reference statistics hold only dicts of numpy float arrays and numbers"
+
+
+def read_reference_stats(path: str | Path) -> dict:
+    """EDM/EDM2 reference statistics (``dataset-refs/*.pkl``, ``calculate_metrics.py ref``), e.g.
+    ``{'fid': {'mu': [2048], 'sigma': [2048, 2048]}, 'fd_dinov2': {...}}``, read without executing
+    anything: nested plain dicts of numpy float32/float64 arrays (and numbers, strings).
+
+    Raises:
+        UnsafePickleError: a global other than numpy's array/dtype/scalar reconstructors and
+            EasyDict/OrderedDict (named in the message), another dtype, or not a dict of that.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            data = _StatsUnpickler(f, source=str(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise UnsafePickleError(f"{path}: not readable reference statistics ({type(e).__name__}: {e})") from e
+
+    def convert(value, where: str):
+        if isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise UnsafePickleError(f"{path}: {where}: key {bad[0]!r} is not a string")
+            return {k: convert(v, f"{where}[{k!r}]") for k, v in value.items()}
+        if isinstance(value, NDArray):
+            if value.array is None:
+                raise UnsafePickleError(f"{path}: {where}: a numpy array without data")
+            return value.array
+        if isinstance(value, int | float | str | bool) or value is None:
+            return value
+        raise UnsafePickleError(f"{path}: {where}: a {type(value).__name__}; expected dicts of numpy arrays")
+
+    if not isinstance(data, dict):
+        raise UnsafePickleError(f"{path}: reference statistics are a dict at the top level, got {type(data).__name__}")
+    return convert(data, "stats")
