@@ -79,6 +79,10 @@ def test_every_new_metric_one_vs_four_shards_and_the_report(cache, tmp_path, mon
             assert a["value"] == pytest.approx(b["value"], rel=1e-9, abs=1e-12), (c, a["value"], b["value"])
             if a["uncertainty"]["stderr"]:
                 assert a["uncertainty"]["stderr"] == pytest.approx(b["uncertainty"]["stderr"], rel=1e-6, abs=1e-12)
+        for column, metric in (("fid", "fid"), ("kid", "kid"), ("precision", "prdc"), ("fd_dinov2", "fd_dinov2")):
+            # the reference file the metric read is the one hashed into the run's identity
+            hashed = one["spec"]["inputs"][f"{metric}:reference"]
+            assert one["metrics"][column]["protocol"]["reference_sha256"] == hashed
         assert one["metrics"]["fd_dinov2"]["protocol"]["dinov2_resize"] == "pil"
         assert one["metrics"]["precision"]["protocol"]["k_pr"] == 3
     with capsys.disabled():
@@ -89,6 +93,38 @@ def test_every_new_metric_one_vs_four_shards_and_the_report(cache, tmp_path, mon
     for c in columns:
         assert {c, f"{c}_stderr", f"{c}_lo", f"{c}_hi"} <= set(df.columns)
     assert df["inception_score"].notna().all() and df["coverage"].between(0, 1).all()
+
+
+def test_reference_statistics_follow_the_sample_size(cache, tmp_path, monkeypatch, capsys):
+    """Without ``data.res`` the metrics read the reference statistics of the samples' size (8 here); the files
+    hashed into the run's identity and checked before sampling are those same files, not res 32's. A model
+    whose size is known only once loaded must name ``res`` (exit 2, one line)."""
+    import yaml
+
+    from bench.hashing import file_sha256
+    from bench.run import preflight
+
+    monkeypatch.setenv("SCOREBENCH_CACHE", str(cache))
+    stats = cache / "stats"
+    raw = _grid(40, ["fid", "kid", "prdc", "fd_dinov2"])
+    del raw["models"]["img"]["data"]["res"]
+    grid = parse_grid(raw, "no_res.yaml")
+    inputs = grid.runs[0].inputs
+    fid_8, dinov2_8 = stats / "cifar10_legacy_tensorflow_train_8.npz", stats / "cifar10_dinov2_pil_train_8.npz"
+    kid_8 = stats / "cifar10_legacy_tensorflow_train_8_kid.npz"
+    assert not list(stats.glob("*_32*.npz"))  # the default of res 32 would find nothing here
+    assert inputs.get("fid:reference") == file_sha256(fid_8)
+    assert inputs.get("kid:reference") == inputs.get("prdc:reference") == file_sha256(kid_8)
+    assert inputs.get("fd_dinov2:reference") == file_sha256(dinov2_8)
+    preflight(grid)  # the res-8 files exist: nothing missing
+
+    raw = {**raw, "models": {"img": {"kind": "callable", "target": "tests.test_class_labels:cond_mixture",
+                                     "data": raw["models"]["img"]["data"]}}}
+    path = tmp_path / "unknown_size.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--grid", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metric 'fid': field 'res' is not set" in err[0] and str(path) in err[0], err
 
 
 @pytest.mark.parametrize("change, message", [

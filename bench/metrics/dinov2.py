@@ -45,7 +45,7 @@ from bench.metrics.assets import MissingAssetError, cache_dir
 from bench.metrics.feature_fd import FrechetMetric
 from bench.metrics.inception import file_sha256, quantize_uint8
 from bench.metrics.reference import ReferenceStats
-from bench.metrics.registry import MetricEntry, RunFacts, image_shape
+from bench.metrics.registry import MetricEntry, RunFacts, image_shape, require_res
 from bench.metrics.stats import StreamingStats
 
 __all__ = ["ENTRY", "DINOv2Features", "compute_dinov2_reference", "find_dinov2", "hub_position_embeddings",
@@ -250,7 +250,7 @@ def find_dinov2_reference(data: dict, resize: str) -> Path:
     if data.get("dinov2_ref"):
         path = Path(data["dinov2_ref"]).expanduser()
     else:
-        name = reference_file_name(data.get("dataset", "cifar10"), data.get("res", 32), data.get("fid_split", "train"),
+        name = reference_file_name(data.get("dataset", "cifar10"), require_res(data), data.get("fid_split", "train"),
                                    resize)
         path = cache_dir() / "stats" / name
     if not path.is_file():

@@ -27,7 +27,7 @@ from bench.metrics.feature_fd import FrechetMetric
 from bench.metrics.frechet import frechet_distance
 from bench.metrics.inception import InceptionFeatures, quantize_uint8
 from bench.metrics.reference import ReferenceStats
-from bench.metrics.registry import MetricEntry, RunFacts, image_shape
+from bench.metrics.registry import MetricEntry, RunFacts, image_shape, require_res
 from bench.metrics.stats import StreamingStats
 
 __all__ = ["ENTRY", "compute_reference_stats", "make_fid", "inception_options", "inception_files"]
@@ -134,9 +134,11 @@ def inception_options(facts: RunFacts) -> dict:
 
 
 def inception_files(data: dict, kid: bool = False) -> dict[str, Path]:
-    """The Inception file and the reference statistics (KID: features) a run's ``data`` section names."""
+    """The Inception file and the reference statistics (KID: features) a run's ``data`` section names (its
+    ``res`` filled with the samples' size: :func:`~bench.metrics.registry.with_res`)."""
+    res = data.get("res") if data.get("ref_path") else require_res(data)  # res names the file unless ref_path does
     return {"inception": find_inception(data.get("inception")),
-            "reference": find_reference_stats(data.get("dataset", "cifar10"), data.get("res", 32),
+            "reference": find_reference_stats(data.get("dataset", "cifar10"), res,
                                               data.get("fid_split", "train"), data.get("mode", "legacy_tensorflow"),
                                               path=data.get("ref_path"), kid=kid)}
 
