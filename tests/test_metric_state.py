@@ -45,7 +45,7 @@ def inception(tmp_path_factory):
 
         torch.save(hub_state(), folder / "dinov2_tiny.pth")
         compute_dinov2_reference(_images(40, 10).split(20), folder / "dinov2_ref.npz",
-                                 weights=folder / "dinov2_tiny.pth")
+                                 weights=folder / "dinov2_tiny.pth", feats=True)
     return folder, ref
 
 
@@ -73,6 +73,11 @@ def _case(name: str, inception) -> tuple[dict, torch.Tensor]:
         folder = inception[0]
         return {"dinov2": str(folder / "dinov2_tiny.pth"), "dinov2_ref": str(folder / "dinov2_ref.npz")}, _images(
             60, 11, shift=0.1)
+    if name == "prdc_dinov2":
+        pytest.importorskip("transformers")
+        folder = inception[0]
+        return {"dinov2": str(folder / "dinov2_tiny.pth"), "dinov2_feats": str(folder / "dinov2_ref_feats.npz"),
+                "block": 7}, _images(60, 11, shift=0.1)
     if name == "fd_digits":
         return {}, torch.rand(60, 1, 8, 8, generator=g)
     if name == "fd_fashion":

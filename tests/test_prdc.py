@@ -78,3 +78,45 @@ def test_accumulator_values_and_jackknife():
         u = protocol["uncertainty"]
         assert u["replicates"][4] == pytest.approx(without[name], rel=1e-15)
         assert protocol["k_pr"] == 3 and protocol["k_dc"] == 5 and protocol["num_generated"] == 70
+
+
+def test_prdc_in_dinov2_features(tmp_path, capsys):
+    """``prdc_dinov2`` on images (a random small DINOv2 in the hub's format): the generated images equal to the
+    reference images give 1/1/1/1, and other images give ``prdc.compute_prdc`` on the same network's features
+    (k = 3 for P/R, 5 for D/C), with the values in between 0 and 1."""
+    pytest.importorskip("transformers")
+    compute_prdc = pytest.importorskip("prdc").compute_prdc
+    from bench.metrics import make_metric
+    from bench.metrics.dinov2 import DINOv2Features, compute_dinov2_reference
+    from bench.metrics.inception import quantize_uint8
+    from tests.test_dinov2 import hub_state
+    from tests.test_fid import _images
+
+    weights = tmp_path / "dinov2_tiny.pth"
+    torch.save(hub_state(), weights)
+    real, fake = _images(48, 20), _images(40, 21, shift=0.15)
+    compute_dinov2_reference(real.split(16), tmp_path / "ref.npz", weights=weights, feats=True)
+    opts = {"dinov2": str(weights), "dinov2_feats": str(tmp_path / "ref_feats.npz"), "block": 9}
+
+    def values(images: torch.Tensor) -> dict:
+        metric = make_metric("prdc_dinov2", **opts)
+        for lo in range(0, len(images), 16):
+            metric.update(images[lo: lo + 16], torch.arange(lo, min(lo + 16, len(images))))
+        return {k: v for k, (v, _) in metric.compute().items()}, metric.compute()["precision_dinov2"][1]
+
+    same, protocol = values(real)
+    assert same == {"precision_dinov2": 1.0, "recall_dinov2": 1.0, "density_dinov2": 1.0, "coverage_dinov2": 1.0}
+    assert protocol["dinov2_resize"] == "pil" and protocol["k_pr"] == 3 and protocol["k_dc"] == 5
+    assert protocol["num_reference"] == 48 and protocol["reference_file"] == "ref_feats.npz"
+
+    ours, _ = values(fake)
+    net = DINOv2Features(weights)
+    real_f, fake_f = (net(quantize_uint8(x, (0.0, 1.0))).numpy().astype(np.float64) for x in (real, fake))
+    p3, p5 = compute_prdc(real_f, fake_f, nearest_k=3), compute_prdc(real_f, fake_f, nearest_k=5)
+    expected = {"precision_dinov2": p3["precision"], "recall_dinov2": p3["recall"],
+                "density_dinov2": p5["density"], "coverage_dinov2": p5["coverage"]}
+    assert ours == pytest.approx(expected, abs=1e-12), (ours, expected)
+    assert 0 < ours["precision_dinov2"] < 1 and 0 < ours["coverage_dinov2"] < 1
+    with capsys.disabled():
+        print(f"\nprdc_dinov2 vs prdc.compute_prdc (48 reference, 40 generated images): ours {ours}, "
+              f"prdc {expected}")

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.metrics.dinov2 import DINOv2Features, check_data, fd_dinov2_options, find_dinov2, find_dinov2_reference
 from bench.metrics.feature_store import FeatureStore, KeepsFeatures
 from bench.metrics.fid import inception_files, inception_options
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
 from bench.metrics.registry import MetricEntry, image_shape, positive_ints
 
-__all__ = ["ENTRY", "PRDC", "VALUES", "knn_radii", "prdc"]
+__all__ = ["ENTRY", "ENTRY_DINOV2", "PRDC", "VALUES", "knn_radii", "make_prdc", "make_prdc_dinov2", "prdc"]
 
 VALUES = ("precision", "recall", "density", "coverage")
 BLOCK_ELEMENTS = 2**22  # doubles in one block of the distance matrix (32 MiB)
@@ -204,8 +205,58 @@ def make_prdc(dataset: str = "cifar10", res: int = 32, split: str = "train", mod
                 k_pr=k_pr, k_dc=k_dc, block=block, max_generated=max_generated)
 
 
+def make_prdc_dinov2(dataset: str = "cifar10", res: int = 32, split: str = "train", *,
+                     dinov2: str | Path | None = None, dinov2_feats: str | Path | None = None,
+                     dinov2_resize: str = "pil", device: str | torch.device = "cpu",
+                     data_range: tuple[float, float] = (0.0, 1.0), rounding: str = "round", batch_size: int = 64,
+                     k_pr: int = 3, k_dc: int = 5, block: int | None = None, seeds: str | None = None,
+                     max_generated: int = 100_000) -> PRDC:
+    """``prdc_dinov2``: the four values in DINOv2 ViT-L/14 CLS features (FD_DINOv2's network, resize and
+    quantisation), against reference features of the same protocol (``dinov2_feats``, else
+    ``stats/{dataset}_dinov2_{resize}_{split}_{res}_feats.npz``: :func:`~bench.metrics.dinov2.compute_dinov2_reference`
+    with ``feats=True``); record columns ``precision_dinov2``, ``recall_dinov2``, ``density_dinov2``,
+    ``coverage_dinov2``.
+
+    Raises:
+        MissingAssetError: the weights or the reference features are missing.
+        ValueError: the features were computed with another resize.
+    """
+    weights = find_dinov2(dinov2)
+    path = find_dinov2_reference({"dataset": dataset, "res": res, "fid_split": split, "dinov2_feats": dinov2_feats},
+                                 dinov2_resize, feats=True)
+    with np.load(path) as f:
+        reference = f["feats"]
+    net = DINOv2Features(weights, device, dinov2_resize, batch_size)
+    protocol = {**net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
+                "reference_file": path.name, "reference_path": str(path), "reference_sha256": file_sha256(path),
+                "reference_dataset": f"{dataset}/{split}/{res}" if dinov2_feats is None else "given file",
+                "seeds": seeds}
+    return PRDC(net, partial(quantize_uint8, data_range=data_range, rounding=rounding), reference, protocol,
+                name="prdc_dinov2", suffix="_dinov2", k_pr=k_pr, k_dc=k_dc, block=block, max_generated=max_generated)
+
+
+def _k_options(data: dict) -> dict:
+    return {k: data[k] for k in ("k_pr", "k_dc") if k in data}
+
+
 def _options(facts) -> dict:
-    return {**inception_options(facts), **{k: facts.data[k] for k in ("k_pr", "k_dc") if k in facts.data}}
+    return {**inception_options(facts), **_k_options(facts.data)}
+
+
+def _dinov2_options(facts) -> dict:
+    opts = fd_dinov2_options(facts)
+    del opts["dinov2_ref"]
+    return {**opts, "dinov2_feats": facts.data.get("dinov2_feats"), **_k_options(facts.data)}
+
+
+def _dinov2_files(data: dict) -> dict[str, Path]:
+    return {"weights": find_dinov2(data.get("dinov2")),
+            "reference": find_dinov2_reference(data, data.get("dinov2_resize", "pil"), feats=True)}
+
+
+def _dinov2_check(data: dict) -> None:
+    check_data(data)
+    positive_ints("k_pr", "k_dc")(data)
 
 
 ENTRY = MetricEntry(
@@ -213,3 +264,9 @@ ENTRY = MetricEntry(
     build=make_prdc, options=_options, applies=image_shape, files=partial(inception_files, kid=True),
     reads_data=True, state_bytes=4 * 2048, max_generated=100_000,
     values={v: False for v in VALUES}, keys=("k_pr", "k_dc"), check=positive_ints("k_pr", "k_dc"))
+
+ENTRY_DINOV2 = MetricEntry(
+    name="prdc_dinov2", summary="precision, recall (k=3), density, coverage (k=5) in DINOv2 ViT-L/14 features",
+    build=make_prdc_dinov2, options=_dinov2_options, applies=image_shape, files=_dinov2_files, reads_data=True,
+    state_bytes=4 * 1024, max_generated=100_000, values={f"{v}_dinov2": False for v in VALUES},
+    keys=("dinov2", "dinov2_feats", "dinov2_resize", "k_pr", "k_dc"), check=_dinov2_check)
