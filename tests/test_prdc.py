@@ -139,8 +139,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 
 
 def test_distances_in_blocks_bound_the_memory():
-    """prdc of 12 000 vs 12 000 points: the peak memory grows by a few 32 MiB blocks (measured 102 MiB on
-    2026-12-07), not by the 12 000 × 12 000 distance matrix (1.1 GiB) that one matrix would take."""
+    """prdc of 12 000 vs 12 000 points: the peak memory grows by a few 32 MiB blocks (measured 98–197 MiB on
+    2026-12-07, as glibc's allocator happens to reuse them), not by the 12 000 × 12 000 distance matrix
+    (1.1 GiB) that one matrix would take."""
     import os
     import subprocess
     import sys
@@ -150,4 +151,4 @@ def test_distances_in_blocks_bound_the_memory():
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     growth_mib = float(out.stdout.strip().splitlines()[-1])
     full_mib = n * n * 8 / 2**20
-    assert growth_mib < 5 * 32, (growth_mib, full_mib)  # at most five blocks of 32 MiB; the full matrix: 1099 MiB
+    assert growth_mib < 8 * 32, (growth_mib, full_mib)  # at most eight blocks of 32 MiB; the full matrix: 1099 MiB
