@@ -55,20 +55,29 @@ def test_reads_edm2_statistics_as_arrays(tmp_path):
 def test_never_runs_code_from_the_file(tmp_path):
     target = tmp_path / "pwned"
     write_edm2_pickle(tmp_path / "evil.pkl", fid={"mu": _Payload(target), "sigma": np.eye(2)})
-    with pytest.raises(ValueError, match=r"evil.pkl: not an EDM2 reference-statistics pickle \(refused to load "
-                                         r"posix.system"):
+    with pytest.raises(ValueError, match=r"evil.pkl: refused global posix.system"):
         read_edm_reference(tmp_path / "evil.pkl")
     assert not target.exists()
-    with open(tmp_path / "obj.pkl", "wb") as f:  # an object array: no global, refused after loading
+    with open(tmp_path / "obj.pkl", "wb") as f:  # an object array: refused
         pickle.dump({"fid": {"mu": np.array([1, "x"], dtype=object), "sigma": np.eye(2)}}, f)
-    with pytest.raises(ValueError, match="field 'fid.mu' must be a 1-d numeric array"):
+    with pytest.raises(ValueError, match=r"obj.pkl: .*dtype 'O8' is not accepted"):
         read_edm_reference(tmp_path / "obj.pkl")
 
 
+@pytest.mark.parametrize("fid, message", [
+    ({"mu": np.zeros(3)}, "field 'fid' must hold 'mu' and 'sigma'"),
+    ({"mu": np.zeros(3), "sigma": np.eye(4)}, r"field 'fid.sigma' has shape \(4, 4\), mu has \(3,\)"),
+    ({"mu": np.zeros((3, 1)), "sigma": np.eye(3)}, "field 'fid.mu' must be a 1-d numeric array")])
+def test_malformed_sections(tmp_path, fid, message):
+    write_edm2_pickle(tmp_path / "bad.pkl", fid=fid)
+    with pytest.raises(ValueError, match="bad.pkl: " + message):
+        read_edm_reference(tmp_path / "bad.pkl")
+
+
 def test_an_edm2_network_pickle_is_refused():
-    """EDM2's network snapshots (shared fixture) pickle dnnlib classes: refused, nothing imported or run."""
+    """EDM2's network snapshots (shared fixture) pickle EDM2's persistent classes: refused, nothing imported or run."""
     path = require_fixture("edm2/P_img16_cond.pkl")
-    with pytest.raises(ValueError, match="refused to load dnnlib.util.EasyDict"):
+    with pytest.raises(ValueError, match="refused global torch_utils.persistence._reconstruct_persistent_obj"):
         read_edm_reference(path)
 
 

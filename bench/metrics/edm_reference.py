@@ -1,4 +1,4 @@
-"""Reference statistics in EDM2's format, read as data: a restricted unpickler that builds numpy arrays only.
+"""Reference statistics in EDM2's format (a pickle), read as data: numpy arrays only, of a known protocol.
 
 EDM2's ``calculate_metrics.py ref`` (NVlabs/edm2; read, not copied) writes ``pickle.dump(dict(num_images=N,
 fid=dict(mu=..., sigma=...), fd_dinov2=dict(mu=..., sigma=...)))`` with float64 numpy arrays — the
@@ -13,14 +13,14 @@ and is not stored in the file:
 A run that asks for another protocol is refused (:func:`check_protocol`). EDM's (v1) ``fid-refs/*.npz``
 (``mu``, ``sigma``) are npz files and load as any other (:class:`~bench.metrics.reference.ReferenceStats`).
 
-Untrusted files are data, not code: the unpickler resolves only numpy's array reconstruction
-(``_reconstruct``, ``ndarray``, ``dtype``) and refuses every other global, so no function of the file's
-choosing is ever called; object arrays and anything but a dict of dicts of numeric arrays are refused.
+Untrusted files are data, not code: the file is read by :func:`models.edm.unpickle.read_reference_stats`,
+a restricted unpickler that resolves only numpy's array, dtype and scalar reconstructors (and EDM's
+``EasyDict``, read as a dict) and refuses every other global, so no function of the file's choosing is
+ever called; here, anything but sections of numeric ``mu`` [D] and ``sigma`` [D, D] is refused too.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +29,6 @@ __all__ = ["EDM2_PROTOCOL", "check_protocol", "is_edm_pickle", "read_edm_referen
 
 # What each section of an EDM2 reference pickle was computed with (calculate_metrics.py), as the run's fields.
 EDM2_PROTOCOL = {"fid": {"mode": "legacy_tensorflow"}, "fd_dinov2": {"dinov2_resize": "torch"}}
-
-_ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                  ("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """An unpickler that can build numpy arrays and plain containers, nothing else."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ARRAY_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays are read)")
 
 
 def is_edm_pickle(path: str | Path) -> bool:
@@ -52,14 +40,16 @@ def read_edm_reference(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """``{section: {'mu': [D], 'sigma': [D, D]}}`` (float64) of an EDM2 reference pickle, and ``num_images``.
 
     Raises:
-        ValueError: not such a file (names the file and the field), or a global other than numpy's arrays.
+        ValueError: not such a file (names the file and the field), or a global other than numpy's arrays
+            (the unpickler's refusal, naming it).
     """
+    from models.edm.unpickle import UnsafePickleError, read_reference_stats  # only where a .pkl is named
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = _ArraysOnly(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as e:
-        raise ValueError(f"{path}: not an EDM2 reference-statistics pickle ({e})") from e
+        raw = read_reference_stats(path)
+    except UnsafePickleError as e:
+        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a dict of statistics, found {type(raw).__name__}")
     out: dict = {}
