@@ -46,6 +46,21 @@ def test_radii_in_blocks_equal_the_full_matrix():
         knn_radii(x[:5], (5,))
 
 
+@pytest.mark.parametrize("extra", [0, 2, 16])
+def test_radii_without_each_group_equal_the_radii_of_the_rest(extra):
+    """One pass gives, for every seed group g, knn_radii of the points outside g (the jackknife's recall balls),
+    also where a point's short list holds too few points outside g (extra = 0: direct computation)."""
+    from bench.metrics.prdc import radii_without_groups
+
+    x = torch.as_tensor(np.random.default_rng(5).normal(size=(83, 4)))
+    groups = torch.as_tensor(np.random.default_rng(6).integers(0, 9, size=83))  # group 9 empty
+    out = radii_without_groups(x, groups, 3, block=10, extra=extra)
+    for g in range(10):
+        keep = groups != g
+        torch.testing.assert_close(out[g, keep], knn_radii(x[keep], (3,))[3], rtol=1e-13, atol=0)
+        assert torch.isneginf(out[g, ~keep]).all()
+
+
 @pytest.mark.parametrize("block", [None, 13])
 def test_against_the_prdc_package(block):
     """``prdc.compute_prdc`` (Naeem et al.'s code, PyPI) with nearest_k = 3 (P/R) and 5 (D/C)."""
@@ -72,11 +87,12 @@ def test_accumulator_values_and_jackknife():
     out = metric.compute()
     direct = prdc(real, fake.astype(np.float32).astype(np.float64))  # the store keeps float32 features
     assert {k: v for k, (v, _) in out.items()} == pytest.approx(direct, rel=1e-15)
-    keep = (ids % 10 != 4).numpy()
-    without = prdc(real, fake.astype(np.float32).astype(np.float64)[keep])
-    for name, (_, protocol) in out.items():
-        u = protocol["uncertainty"]
-        assert u["replicates"][4] == pytest.approx(without[name], rel=1e-15)
+    for g in range(10):  # every replicate: the values without group g, from scratch
+        keep = (ids % 10 != g).numpy()
+        without = prdc(real, fake.astype(np.float32).astype(np.float64)[keep])
+        for name, (_, protocol) in out.items():
+            assert protocol["uncertainty"]["replicates"][g] == pytest.approx(without[name], rel=1e-15), (g, name)
+    for _, protocol in out.values():
         assert protocol["k_pr"] == 3 and protocol["k_dc"] == 5 and protocol["num_generated"] == 70
 
 
