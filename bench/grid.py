@@ -665,16 +665,18 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None, fi
             raise where.at(f"sweeps[{i}]").error(f"must be a mapping, got {entry!r}")
     spec = GridSpec(name=name, path=path, models=models, data=data, eval=ev, sweeps=tuple(sweeps),
                     model_facts=_model_facts(where, models, files))
-    return dataclasses.replace(spec, runs=_with_inputs(expand(spec)))
+    return dataclasses.replace(spec, runs=_with_inputs(expand(spec), spec.model_facts))
 
 
-def _with_inputs(runs: tuple[RunSpec, ...]) -> tuple[RunSpec, ...]:
+def _with_inputs(runs: tuple[RunSpec, ...], facts: dict) -> tuple[RunSpec, ...]:
     """Each run with the content hashes of the files it reads (bench.hashing; once per file)."""
     from bench.hashing import run_inputs
 
     out, seen = [], set()
     for run in runs:
-        run = run.replace(inputs=run_inputs(run.model, run.data, run.prior, run.metrics))
+        fact = facts.get(run.model_name)
+        run = run.replace(inputs=run_inputs(run.model, run.data, run.prior, run.metrics,
+                                            None if fact is None else fact.shape))
         if run.run_id not in seen:
             seen.add(run.run_id)
             out.append(run)

@@ -68,8 +68,10 @@ def _maybe(path) -> str | None:
     return file_sha256(path) if path is not None and Path(path).is_file() else None
 
 
-def run_inputs(model: dict, data: dict, prior: dict, metrics: tuple[str, ...]) -> dict[str, str]:
-    """``{role: sha256}`` of every existing file the run reads (see the module docstring)."""
+def run_inputs(model: dict, data: dict, prior: dict, metrics: tuple[str, ...],
+               shape: tuple[int, ...] | None = None) -> dict[str, str]:
+    """``{role: sha256}`` of every existing file the run reads (see the module docstring); ``shape``: the
+    model's sample shape where known before loading (a metric's ``res`` defaults to its size)."""
     from bench.kinds import model_files
     from bench.kinds.base import resolve_path
 
@@ -84,7 +86,9 @@ def run_inputs(model: dict, data: dict, prior: dict, metrics: tuple[str, ...]) -
         split = "test" if prior["kind"] == "oracle" else "train"
         found[f"dataset:{data['dataset']}/{split}"] = dataset_sha256(data["dataset"], split, data.get("root"))
     from bench.metrics import METRICS
+    from bench.metrics.registry import with_res
 
+    data = with_res(data, shape)  # what the metrics read: res = the samples' size unless given
     for name in metrics:  # what each metric's registry entry says it reads
         entry = METRICS[name]
         try:

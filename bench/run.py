@@ -32,13 +32,15 @@ __all__ = ["run_grid", "preflight", "main", "DEFAULT_GRID"]
 DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml"
 
 
-def _check_metric_assets(name: str, run: RunSpec) -> None:
-    """Pre-flight: raise if a file or dataset metric ``name`` reads is missing (loads nothing heavy)."""
+def _check_metric_assets(name: str, run: RunSpec, shape: tuple[int, ...] | None = None) -> None:
+    """Pre-flight: raise if a file or dataset metric ``name`` reads is missing (loads nothing heavy); ``shape``:
+    the model's sample shape where known (a metric's ``res`` defaults to its size)."""
     from bench.metrics import METRICS
+    from bench.metrics.registry import with_res
     from models.datasets import load_dataset
 
     entry = METRICS[name]
-    entry.files(run.data)
+    entry.files(with_res(run.data, shape))
     for dataset, split in entry.datasets(run.data):
         load_dataset(dataset, split, root=run.data.get("root"))
 
@@ -54,7 +56,8 @@ def preflight(grid: GridSpec) -> None:
             if key not in seen:
                 seen.add(key)
                 try:
-                    _check_metric_assets(name, run)
+                    fact = grid.model_facts.get(run.model_name)
+                    _check_metric_assets(name, run, None if fact is None else fact.shape)
                 except (ValueError, FileNotFoundError, ImportError) as e:
                     msg = " ".join(str(e).split())
                     raise GridError(f"{grid.path} model {run.model_name!r}, metric {name!r}: {msg}") from e

@@ -45,7 +45,7 @@ def inception(tmp_path_factory):
 
         torch.save(hub_state(), folder / "dinov2_tiny.pth")
         compute_dinov2_reference(_images(40, 10).split(20), folder / "dinov2_ref.npz",
-                                 weights=folder / "dinov2_tiny.pth")
+                                 weights=folder / "dinov2_tiny.pth", feats=True)
     return folder, ref
 
 
@@ -73,6 +73,11 @@ def _case(name: str, inception) -> tuple[dict, torch.Tensor]:
         folder = inception[0]
         return {"dinov2": str(folder / "dinov2_tiny.pth"), "dinov2_ref": str(folder / "dinov2_ref.npz")}, _images(
             60, 11, shift=0.1)
+    if name == "prdc_dinov2":
+        pytest.importorskip("transformers")
+        folder = inception[0]
+        return {"dinov2": str(folder / "dinov2_tiny.pth"), "dinov2_feats": str(folder / "dinov2_ref_feats.npz"),
+                "block": 7}, _images(60, 11, shift=0.1)
     if name == "fd_digits":
         return {}, torch.rand(60, 1, 8, 8, generator=g)
     if name == "fd_fashion":
@@ -166,3 +171,35 @@ def test_bpd_sums_merge_to_the_mean_and_standard_error():
     m2, p2 = merged.compute()
     assert _rel(m2, mean) <= 1e-12 and _rel(p2["stderr"], protocol["stderr"]) <= 1e-9
     assert p2["nfe_per_batch"] == [100 + i for i in (0, 10, 20, 30)] + [140] + [100 + i for i in range(41, 101, 10)]
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the tensors and arrays in a state dict (nested), as torch.save stores them."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return 0
+
+
+@pytest.mark.parametrize("name", sorted(set(SAMPLE_METRICS) - {"clip_score"}))
+def test_state_size_is_what_the_registry_declares(name, inception):
+    """docs/metrics.md's memory statement: a metric with ``state_bytes == 0`` keeps a state of the same size
+    after 20 and 60 samples; one that keeps per-sample rows grows by its rows and their int64 ids, at most
+    ``state_bytes`` + 8 bytes a sample (``state_bytes`` is declared for the real feature network; the
+    stand-ins here are no wider)."""
+    opts, x = _case(name, inception)
+    sizes = {}
+    for n in (20, 60):
+        metric = make_metric(name, **opts)
+        for i in range(0, n, BATCH):
+            metric.update(x[i: min(i + BATCH, n)], torch.arange(i, min(i + BATCH, n)))
+        sizes[n] = _state_bytes(metric.state())
+    per_sample = (sizes[60] - sizes[20]) / 40
+    declared = METRICS[name].state_bytes
+    if declared == 0:
+        assert per_sample == 0, (name, sizes)
+    else:
+        assert 8 < per_sample <= declared + 8, (name, per_sample, declared)

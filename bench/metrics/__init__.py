@@ -72,6 +72,7 @@ METRICS: dict[str, MetricEntry] = {e.name: e for e in (
     exact.SW2_EXACT,
     exact.LOGLIK_EXACT,
     prdc.ENTRY,
+    prdc.ENTRY_DINOV2,
     bpd.ENTRY,
 )}
 # The metrics computed from a run's samples (every one but those scored in a shard of their own).

@@ -41,11 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.metrics.assets import MissingAssetError, cache_dir
+from bench.metrics.assets import MissingAssetError, atomic_write, cache_dir
+from bench.metrics.edm_reference import check_protocol, is_edm_pickle
 from bench.metrics.feature_fd import FrechetMetric
 from bench.metrics.inception import file_sha256, quantize_uint8
 from bench.metrics.reference import ReferenceStats
-from bench.metrics.registry import MetricEntry, RunFacts, image_shape
+from bench.metrics.registry import MetricEntry, RunFacts, image_shape, require_res
 from bench.metrics.stats import StreamingStats
 
 __all__ = ["ENTRY", "DINOv2Features", "compute_dinov2_reference", "find_dinov2", "hub_position_embeddings",
@@ -239,49 +240,72 @@ def reference_file_name(dataset: str, res: int | str, split: str, resize: str) -
     return f"{dataset}_dinov2_{resize}_{split}_{res}.npz".lower()
 
 
-def find_dinov2_reference(data: dict, resize: str) -> Path:
+def find_dinov2_reference(data: dict, resize: str, feats: bool = False) -> Path:
     """The reference statistics a ``data`` section names (``dinov2_ref``, else the cache's
-    ``stats/{dataset}_dinov2_{resize}_{split}_{res}.npz``), checked to be of ``resize``'s protocol.
+    ``stats/{dataset}_dinov2_{resize}_{split}_{res}.npz``), checked to be of ``resize``'s protocol; with
+    ``feats``, the reference features instead (``dinov2_feats``, else the same name ending ``_feats.npz``).
 
     Raises:
         MissingAssetError: absent (one line: where, and how to make it).
-        ValueError: computed with another protocol (names the file and the field).
+        ValueError: computed with another protocol, or without the features (names the file and the field).
     """
-    if data.get("dinov2_ref"):
-        path = Path(data["dinov2_ref"]).expanduser()
+    key = "dinov2_feats" if feats else "dinov2_ref"
+    if data.get(key):
+        path = Path(data[key]).expanduser()
     else:
-        name = reference_file_name(data.get("dataset", "cifar10"), data.get("res", 32), data.get("fid_split", "train"),
+        name = reference_file_name(data.get("dataset", "cifar10"), require_res(data), data.get("fid_split", "train"),
                                    resize)
-        path = cache_dir() / "stats" / name
+        path = cache_dir() / "stats" / (name[: -len(".npz")] + "_feats.npz" if feats else name)
+    what = "features" if feats else "statistics"
     if not path.is_file():
-        raise MissingAssetError(f"DINOv2 reference statistics not found at {path}; compute them from the dataset "
-                                f"with bench.metrics.dinov2.compute_dinov2_reference (docs/metrics.md)")
+        raise MissingAssetError(f"DINOv2 reference {what} not found at {path}; compute them from the dataset "
+                                f"with bench.metrics.dinov2.compute_dinov2_reference{'(feats=True)' if feats else ''} "
+                                f"(docs/metrics.md)")
+    if is_edm_pickle(path):  # EDM2's statistics: mu and sigma of its own protocol (resize 'torch')
+        if feats:
+            raise ValueError(f"{path}: field 'feats' is missing (EDM2's statistics hold mu and sigma; reference "
+                             "features, one row per image, are needed)")
+        check_protocol(path, "fd_dinov2", dinov2_resize=resize)
+        return path
     with np.load(path) as f:
         stored = str(f["dinov2_resize"]) if "dinov2_resize" in f.files else None
+        has_feats = "feats" in f.files
     if stored != resize:
-        raise ValueError(f"{path}: field 'dinov2_resize' is {stored!r}, the run asks for {resize!r} (statistics of "
+        raise ValueError(f"{path}: field 'dinov2_resize' is {stored!r}, the run asks for {resize!r} ({what} of "
                          f"another protocol)")
+    if feats and not has_feats:
+        raise ValueError(f"{path}: field 'feats' is missing (reference features, one row per image, are needed)")
     return path
 
 
 def compute_dinov2_reference(images, out: str | Path, *, weights: str | Path | None = None, resize: str = "pil",
                              device: str | torch.device = "cpu", data_range: tuple[float, float] = (0.0, 1.0),
-                             source: str = "") -> Path:
-    """Reference statistics (``mu``, ``sigma``, ``n`` and the protocol) of a dataset's images, written to ``out``.
+                             source: str = "", feats: bool = False) -> Path:
+    """Reference statistics (``mu``, ``sigma``, ``n`` and the protocol) of a dataset's images, written to ``out``;
+    with ``feats``, also the features themselves (float32 ``feats`` [N, D], what ``prdc_dinov2`` compares
+    with) to ``out`` with ``_feats.npz`` for ``.npz``.
 
     Args:
         images: batches [B, C, H, W], uint8 or float in ``data_range``.
         out: the npz to write.
         weights, resize, device: as :class:`DINOv2Features`.
         source: what the images are (stored as provenance).
+        feats: also write the features.
     """
     net = DINOv2Features(find_dinov2(weights), device, resize)
-    stats = StreamingStats()
+    stats, rows = StreamingStats(), []
     for batch in images:
-        stats.update(net(quantize_uint8(batch, data_range)))
-    stats.save(out, source=source or "computed by scorebench", dinov2_resize=resize,
-               feature_network=net.protocol()["feature_network"],
-               feature_network_sha256=str(net.protocol()["feature_network_sha256"]))
+        f = net(quantize_uint8(batch, data_range))
+        stats.update(f)
+        if feats:
+            rows.append(f.cpu().numpy())
+    provenance = {"source": source or "computed by scorebench", "dinov2_resize": resize,
+                  "feature_network": net.protocol()["feature_network"],
+                  "feature_network_sha256": str(net.protocol()["feature_network_sha256"])}
+    stats.save(out, **provenance)
+    if feats:
+        path = Path(out).with_name(Path(out).name.removesuffix(".npz") + "_feats.npz")
+        atomic_write(path, lambda fh: np.savez(fh, feats=np.concatenate(rows).astype(np.float32), **provenance))
     return Path(out)
 
 
@@ -300,8 +324,8 @@ def make_fd_dinov2(dataset: str = "cifar10", res: int = 32, split: str = "train"
     if reference is None:
         path = find_dinov2_reference({"dataset": dataset, "res": res, "fid_split": split, "dinov2_ref": dinov2_ref},
                                      dinov2_resize)
-        reference = ReferenceStats.load(path, reference_dataset=f"{dataset}/{split}/{res}" if dinov2_ref is None
-                                        else "given file")
+        given = f"{dataset}/{split}/{res}" if dinov2_ref is None else "given file"
+        reference = ReferenceStats.load(path, "fd_dinov2", {"dinov2_resize": dinov2_resize}, reference_dataset=given)
     net = DINOv2Features(weights, device, dinov2_resize, batch_size)
     protocol = {**net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
                 "frechet": "scorebench eigh (float64)", "seeds": seeds}
@@ -309,7 +333,8 @@ def make_fd_dinov2(dataset: str = "cifar10", res: int = 32, split: str = "train"
                          prepare=partial(quantize_uint8, data_range=data_range, rounding=rounding))
 
 
-def _options(facts: RunFacts) -> dict:
+def fd_dinov2_options(facts: RunFacts) -> dict:
+    """Options of ``fd_dinov2`` for a run (``prdc_dinov2`` starts from them)."""
     data = facts.data
     return {"dataset": data.get("dataset", "cifar10"), "res": data.get("res", facts.shape[-1]),
             "split": data.get("fid_split", "train"), "dinov2": data.get("dinov2"), "dinov2_ref": data.get("dinov2_ref"),
@@ -322,15 +347,16 @@ def _files(data: dict) -> dict[str, Path]:
             "reference": find_dinov2_reference(data, data.get("dinov2_resize", "pil"))}
 
 
-def _check(data: dict) -> None:
+def check_data(data: dict) -> None:
+    """The ``data``-section keys of the DINOv2 metrics: ``dinov2_resize`` a known resize, paths strings."""
     if "dinov2_resize" in data and data["dinov2_resize"] not in RESIZES:
         raise ValueError(f"field 'dinov2_resize' must be one of: {', '.join(RESIZES)}; got {data['dinov2_resize']!r}")
-    for k in ("dinov2", "dinov2_ref"):
+    for k in ("dinov2", "dinov2_ref", "dinov2_feats"):
         if k in data and not isinstance(data[k], str):
             raise ValueError(f"field {k!r} must be a path, got {data[k]!r}")
 
 
 ENTRY = MetricEntry(
     name="fd_dinov2", summary="Fréchet distance in DINOv2 ViT-L/14 CLS features (EDM2 / dgm-eval protocol)",
-    build=make_fd_dinov2, options=_options, applies=image_shape, files=_files, reads_data=True,
-    keys=("dinov2", "dinov2_ref", "dinov2_resize"), check=_check)
+    build=make_fd_dinov2, options=fd_dinov2_options, applies=image_shape, files=_files, reads_data=True,
+    keys=("dinov2", "dinov2_ref", "dinov2_resize"), check=check_data)

@@ -102,6 +102,14 @@ class KeepsFeatures:
         if ids is None:
             return unavailable("samples came without seeds (ids)")
         groups = seed_groups(ids)
-        sizes = torch.bincount(groups, minlength=GROUPS).tolist()
-        replicates, used = leave_one_out(sizes, lambda g: without(groups != g), min_size=min_size)
+        return KeepsFeatures.jackknife_by_group(value, ids, lambda g: without(groups != g), min_size)
+
+    @staticmethod
+    def jackknife_by_group(value: float, ids: Tensor | None, replicate: Callable[[int], float],
+                           min_size: int = 2) -> dict:
+        """The jackknife entry of ``value`` from ``replicate(g)``: the estimator without seed group ``g``."""
+        if ids is None:
+            return unavailable("samples came without seeds (ids)")
+        sizes = torch.bincount(seed_groups(ids), minlength=GROUPS).tolist()
+        replicates, used = leave_one_out(sizes, replicate, min_size=min_size)
         return jackknife(value, replicates, used)

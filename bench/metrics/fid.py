@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from bench.metrics.assets import atomic_write, cache_dir, find_inception, find_reference_stats, stats_file_name
+from bench.metrics.edm_reference import check_protocol, is_edm_pickle
 from bench.metrics.feature_fd import FrechetMetric
 from bench.metrics.frechet import frechet_distance
 from bench.metrics.inception import InceptionFeatures, quantize_uint8
 from bench.metrics.reference import ReferenceStats
-from bench.metrics.registry import MetricEntry, RunFacts, image_shape
+from bench.metrics.registry import MetricEntry, RunFacts, image_shape, require_res
 from bench.metrics.stats import StreamingStats
 
 __all__ = ["ENTRY", "compute_reference_stats", "make_fid", "inception_options", "inception_files"]
@@ -74,8 +75,8 @@ def make_fid(dataset: str = "cifar10", res: int = 32, split: str = "train", mode
     weights = find_inception(inception)  # both lookups first: fail fast, before loading anything
     if reference is None:
         path = find_reference_stats(dataset, res, split, mode, path=ref_path)
-        reference = ReferenceStats.load(
-            path, reference_dataset=f"{dataset}/{split}/{res}" if ref_path is None else "given file")
+        given = f"{dataset}/{split}/{res}" if ref_path is None else "given file"
+        reference = ReferenceStats.load(path, "fid", {"mode": mode}, reference_dataset=given)
     net = InceptionFeatures(mode, weights, device=device, backend=backend, batch_size=batch_size)
     use_cleanfid_fd = net.backend == "cleanfid" and _scipy_has_disp()
     protocol = {**net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
@@ -134,11 +135,18 @@ def inception_options(facts: RunFacts) -> dict:
 
 
 def inception_files(data: dict, kid: bool = False) -> dict[str, Path]:
-    """The Inception file and the reference statistics (KID: features) a run's ``data`` section names."""
-    return {"inception": find_inception(data.get("inception")),
-            "reference": find_reference_stats(data.get("dataset", "cifar10"), data.get("res", 32),
-                                              data.get("fid_split", "train"), data.get("mode", "legacy_tensorflow"),
-                                              path=data.get("ref_path"), kid=kid)}
+    """The Inception file and the reference statistics (KID: features) a run's ``data`` section names (its
+    ``res`` filled with the samples' size: :func:`~bench.metrics.registry.with_res`)."""
+    res = data.get("res") if data.get("ref_path") else require_res(data)  # res names the file unless ref_path does
+    mode = data.get("mode", "legacy_tensorflow")
+    reference = find_reference_stats(data.get("dataset", "cifar10"), res, data.get("fid_split", "train"), mode,
+                                     path=data.get("ref_path"), kid=kid)
+    if is_edm_pickle(reference):  # EDM2's statistics: of FID's protocol, and no features for KID / prdc
+        if kid:
+            raise ValueError(f"{reference}: field 'feats' is missing (EDM2's statistics hold mu and sigma; KID and "
+                             "prdc need reference features)")
+        check_protocol(reference, "fid", mode=mode)
+    return {"inception": find_inception(data.get("inception")), "reference": reference}
 
 
 ENTRY = MetricEntry(

@@ -23,6 +23,7 @@ generated samples of one group, re-deriving their balls for recall).
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
@@ -30,12 +31,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.metrics.dinov2 import DINOv2Features, check_data, fd_dinov2_options, find_dinov2, find_dinov2_reference
 from bench.metrics.feature_store import FeatureStore, KeepsFeatures
 from bench.metrics.fid import inception_files, inception_options
 from bench.metrics.inception import InceptionFeatures, file_sha256, quantize_uint8
 from bench.metrics.registry import MetricEntry, image_shape, positive_ints
+from bench.metrics.uncertainty import GROUPS, seed_groups
 
-__all__ = ["ENTRY", "PRDC", "VALUES", "knn_radii", "prdc"]
+__all__ = ["ENTRY", "ENTRY_DINOV2", "PRDC", "VALUES", "knn_radii", "make_prdc", "make_prdc_dinov2", "prdc",
+           "radii_without_groups"]
 
 VALUES = ("precision", "recall", "density", "coverage")
 BLOCK_ELEMENTS = 2**22  # doubles in one block of the distance matrix (32 MiB)
@@ -70,24 +74,66 @@ def knn_radii(x: Tensor, ks: tuple[int, ...], block: int | None = None) -> dict[
     return out
 
 
-def _ball_counts(real: Tensor, real_radius: Tensor, fake: Tensor, block: int | None) -> tuple[Tensor, Tensor]:
+def _ball_counts(real: Tensor, real_radius: Tensor, fake: Tensor, block: int | None,
+                 groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """For each fake point: how many real balls hold it [M]; for each real point: the distance to its nearest
-    fake point [N]."""
+    fake point [N] — or, with the fake points' seed ``groups`` [M], to its nearest fake point of each group
+    [N, GROUPS] (inf for an empty group)."""
     count = torch.zeros(fake.shape[0], dtype=torch.int64)
-    nearest_fake = torch.empty(real.shape[0], dtype=torch.float64)
+    members = None if groups is None else [torch.nonzero(groups == g).flatten() for g in range(GROUPS)]
+    nearest = torch.full((real.shape[0],) if groups is None else (real.shape[0], GROUPS), math.inf,
+                         dtype=torch.float64)
     for lo, hi in _blocks(real.shape[0], _block_rows(fake.shape[0], block)):
         d = _distances(real[lo:hi], fake)  # [b, M]
         count += (d < real_radius[lo:hi, None]).sum(0)
-        nearest_fake[lo:hi] = d.min(1).values
-    return count, nearest_fake
+        if members is None:
+            nearest[lo:hi] = d.min(1).values
+        else:
+            for g, idx in enumerate(members):
+                if len(idx):
+                    nearest[lo:hi, g] = d[:, idx].min(1).values
+    return count, nearest
 
 
 def _recall(real: Tensor, fake: Tensor, fake_radius: Tensor, block: int | None) -> Tensor:
-    """bool [N]: real point i lies in some fake ball (‖X_i − Y_j‖ < NND_k(Y_j))."""
-    inside = torch.zeros(real.shape[0], dtype=torch.bool)
+    """bool [N]: real point i lies in some fake ball (‖X_i − Y_j‖ < r_j), for radii ``fake_radius`` [M]; or
+    bool [R, N] for R sets of radii [R, M] at once (−inf: no ball)."""
+    radii = fake_radius if fake_radius.dim() == 2 else fake_radius[None]
+    inside = torch.zeros(radii.shape[0], real.shape[0], dtype=torch.bool)
     for lo, hi in _blocks(real.shape[0], _block_rows(fake.shape[0], block)):
-        inside[lo:hi] = (_distances(real[lo:hi], fake) < fake_radius[None, :]).any(1)
-    return inside
+        d = _distances(real[lo:hi], fake)
+        for r in range(radii.shape[0]):
+            inside[r, lo:hi] = (d < radii[r][None, :]).any(1)
+    return inside if fake_radius.dim() == 2 else inside[0]
+
+
+def radii_without_groups(x: Tensor, groups: Tensor, k: int, block: int | None = None, extra: int = 16) -> Tensor:
+    """[GROUPS, N]: for every seed group g, the distance from each point of ``x`` [N, D] outside g to its k-th
+    nearest other point outside g (−inf for the points of g), as :func:`knn_radii` on ``x[groups != g]``
+    would give — from one pass: each point's k + 1 + ``extra`` nearest (itself included) with their groups,
+    and a direct computation for the rare point whose list holds too few points outside some group."""
+    n = x.shape[0]
+    out = torch.full((GROUPS, n), -math.inf, dtype=torch.float64)
+    width = min(k + 1 + extra, n)
+    for lo, hi in _blocks(n, _block_rows(n, block)):
+        near = _distances(x[lo:hi], x).topk(width, dim=1, largest=False)  # sorted; itself among the first
+        near_groups = groups[near.indices]  # [b, width]
+        for g in range(GROUPS):
+            rows = torch.nonzero(groups[lo:hi] != g).flatten()
+            if not len(rows):
+                continue
+            outside = near_groups[rows] != g
+            rank = outside.cumsum(1)  # how many points outside g up to each position (itself counted)
+            found = rank[:, -1] >= k + 1
+            pos = (rank >= k + 1).to(torch.int8).argmax(1)  # the position of the (k + 1)-th, itself included
+            vals = near.values[rows].gather(1, pos[:, None])[:, 0]
+            out[g, lo + rows[found]] = vals[found]
+            for r in rows[~found].tolist():  # too few in the list: the distances to every point outside g
+                keep = groups != g
+                if int(keep.sum()) <= k:
+                    continue  # g's complement has no k-th neighbour (that replicate is not computed)
+                out[g, lo + r] = _distances(x[lo + r: lo + r + 1], x[keep]).sort(1).values[0, k]
+    return out
 
 
 def prdc(real, fake, k_pr: int = 3, k_dc: int = 5, block: int | None = None) -> dict[str, float]:
@@ -143,38 +189,45 @@ class PRDC(KeepsFeatures):
             self.store.add(self.features(x), ids)
 
     def compute(self) -> dict[str, tuple[float, dict]]:
+        """The four values and their jackknife over seed groups: each replicate drops one group of generated
+        samples (precision, density: their ball counts; coverage: each real point's nearest generated point
+        of every group; recall: the generated balls re-derived without the group), from one pass."""
         fake, ids = self.store.ordered()
         fake = fake.double()
-        real = self.reference
-        real_r = knn_radii(real, (self.k_pr, self.k_dc), self.block)
-        count_pr, _ = _ball_counts(real, real_r[self.k_pr], fake, self.block)
-        count_dc, _ = _ball_counts(real, real_r[self.k_dc], fake, self.block)
+        real, k_pr, k_dc = self.reference, self.k_pr, self.k_dc
+        groups = None if ids is None else seed_groups(ids)
+        real_r = knn_radii(real, (k_pr, k_dc), self.block)
+        fake_r = knn_radii(fake, (k_pr,), self.block)[k_pr]
+        count_pr, _ = _ball_counts(real, real_r[k_pr], fake, self.block)
+        count_dc, nearest = _ball_counts(real, real_r[k_dc], fake, self.block, groups)
+        if groups is None:
+            radii, nearest_all = fake_r[None], nearest
+        else:
+            radii = torch.cat([fake_r[None], radii_without_groups(fake, groups, k_pr, self.block)])
+            nearest_all = nearest.min(1).values
+        inside = _recall(real, fake, radii, self.block)  # [1 + GROUPS, N]: all samples, then without each group
 
-        def recall(mask: Tensor | None = None) -> float:
-            f = fake if mask is None else fake[mask]
-            r = knn_radii(f, (self.k_pr,), self.block)[self.k_pr]
-            return float(_recall(real, f, r, self.block).double().mean())
+        values = {"precision": float((count_pr > 0).double().mean()),
+                  "recall": float(inside[0].double().mean()),
+                  "density": float(count_dc.double().mean() / k_dc),
+                  "coverage": float((nearest_all < real_r[k_dc]).double().mean())}
 
-        def coverage(mask: Tensor | None = None) -> float:
-            f = fake if mask is None else fake[mask]
-            _, nearest = _ball_counts(real, real_r[self.k_dc], f, self.block)
-            return float((nearest < real_r[self.k_dc]).double().mean())
+        def without(value_name: str, g: int) -> float:
+            keep = groups != g
+            if value_name == "precision":
+                return float((count_pr[keep] > 0).double().mean())
+            if value_name == "density":
+                return float(count_dc[keep].double().mean() / k_dc)
+            if value_name == "recall":
+                return float(inside[1 + g].double().mean())
+            others = [h for h in range(GROUPS) if h != g]
+            return float((nearest[:, others].min(1).values < real_r[k_dc]).double().mean())
 
-        def precision(mask: Tensor | None = None) -> float:
-            c = count_pr if mask is None else count_pr[mask]
-            return float((c > 0).double().mean())
-
-        def density(mask: Tensor | None = None) -> float:
-            c = count_dc if mask is None else count_dc[mask]
-            return float(c.double().mean() / self.k_dc)
-
-        fns = {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
         common = {"metric": self.name, **self._protocol, "num_generated": int(fake.shape[0]),
                   "num_reference": int(real.shape[0])}
         out = {}
-        for value_name, fn in fns.items():
-            value = fn()  # jackknife: the value without the generated samples of each seed group in turn
-            unc = self.group_jackknife(value, ids, fn, min_size=self.k_pr + 1)
+        for value_name, value in values.items():
+            unc = self.jackknife_by_group(value, ids, partial(without, value_name), min_size=k_pr + 1)
             out[f"{value_name}{self.suffix}"] = (value, {**common, "value": value_name, "uncertainty": unc})
         return out
 
@@ -204,8 +257,58 @@ def make_prdc(dataset: str = "cifar10", res: int = 32, split: str = "train", mod
                 k_pr=k_pr, k_dc=k_dc, block=block, max_generated=max_generated)
 
 
+def make_prdc_dinov2(dataset: str = "cifar10", res: int = 32, split: str = "train", *,
+                     dinov2: str | Path | None = None, dinov2_feats: str | Path | None = None,
+                     dinov2_resize: str = "pil", device: str | torch.device = "cpu",
+                     data_range: tuple[float, float] = (0.0, 1.0), rounding: str = "round", batch_size: int = 64,
+                     k_pr: int = 3, k_dc: int = 5, block: int | None = None, seeds: str | None = None,
+                     max_generated: int = 100_000) -> PRDC:
+    """``prdc_dinov2``: the four values in DINOv2 ViT-L/14 CLS features (FD_DINOv2's network, resize and
+    quantisation), against reference features of the same protocol (``dinov2_feats``, else
+    ``stats/{dataset}_dinov2_{resize}_{split}_{res}_feats.npz``: :func:`~bench.metrics.dinov2.compute_dinov2_reference`
+    with ``feats=True``); record columns ``precision_dinov2``, ``recall_dinov2``, ``density_dinov2``,
+    ``coverage_dinov2``.
+
+    Raises:
+        MissingAssetError: the weights or the reference features are missing.
+        ValueError: the features were computed with another resize.
+    """
+    weights = find_dinov2(dinov2)
+    path = find_dinov2_reference({"dataset": dataset, "res": res, "fid_split": split, "dinov2_feats": dinov2_feats},
+                                 dinov2_resize, feats=True)
+    with np.load(path) as f:
+        reference = f["feats"]
+    net = DINOv2Features(weights, device, dinov2_resize, batch_size)
+    protocol = {**net.protocol(), "quantization": f"uint8, {rounding}", "data_range": list(data_range),
+                "reference_file": path.name, "reference_path": str(path), "reference_sha256": file_sha256(path),
+                "reference_dataset": f"{dataset}/{split}/{res}" if dinov2_feats is None else "given file",
+                "seeds": seeds}
+    return PRDC(net, partial(quantize_uint8, data_range=data_range, rounding=rounding), reference, protocol,
+                name="prdc_dinov2", suffix="_dinov2", k_pr=k_pr, k_dc=k_dc, block=block, max_generated=max_generated)
+
+
+def _k_options(data: dict) -> dict:
+    return {k: data[k] for k in ("k_pr", "k_dc") if k in data}
+
+
 def _options(facts) -> dict:
-    return {**inception_options(facts), **{k: facts.data[k] for k in ("k_pr", "k_dc") if k in facts.data}}
+    return {**inception_options(facts), **_k_options(facts.data)}
+
+
+def _dinov2_options(facts) -> dict:
+    opts = fd_dinov2_options(facts)
+    del opts["dinov2_ref"]
+    return {**opts, "dinov2_feats": facts.data.get("dinov2_feats"), **_k_options(facts.data)}
+
+
+def _dinov2_files(data: dict) -> dict[str, Path]:
+    return {"weights": find_dinov2(data.get("dinov2")),
+            "reference": find_dinov2_reference(data, data.get("dinov2_resize", "pil"), feats=True)}
+
+
+def _dinov2_check(data: dict) -> None:
+    check_data(data)
+    positive_ints("k_pr", "k_dc")(data)
 
 
 ENTRY = MetricEntry(
@@ -213,3 +316,9 @@ ENTRY = MetricEntry(
     build=make_prdc, options=_options, applies=image_shape, files=partial(inception_files, kid=True),
     reads_data=True, state_bytes=4 * 2048, max_generated=100_000,
     values={v: False for v in VALUES}, keys=("k_pr", "k_dc"), check=positive_ints("k_pr", "k_dc"))
+
+ENTRY_DINOV2 = MetricEntry(
+    name="prdc_dinov2", summary="precision, recall (k=3), density, coverage (k=5) in DINOv2 ViT-L/14 features",
+    build=make_prdc_dinov2, options=_dinov2_options, applies=image_shape, files=_dinov2_files, reads_data=True,
+    state_bytes=4 * 1024, max_generated=100_000, values={f"{v}_dinov2": False for v in VALUES},
+    keys=("dinov2", "dinov2_feats", "dinov2_resize", "k_pr", "k_dc"), check=_dinov2_check)

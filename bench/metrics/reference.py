@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.metrics.edm_reference import EDM2_PROTOCOL, check_protocol, is_edm_pickle
 from bench.metrics.inception import file_sha256
 from bench.metrics.stats import StreamingStats
 
@@ -34,10 +35,19 @@ class ReferenceStats:
         return cls(stats.mean, stats.covariance, stats.n, dict(provenance))
 
     @classmethod
-    def load(cls, path: str | Path, **provenance: object) -> ReferenceStats:
-        """Read an npz with ``mu``/``sigma`` (clean-fid's, or ours with ``n``), or with raw features
-        under ``feats`` (clean-fid's KID files) or ``pool_3`` (score_sde's ``cifar10_stats.npz``)."""
+    def load(cls, path: str | Path, section: str = "fid", asked: dict | None = None,
+             **provenance: object) -> ReferenceStats:
+        """Read an npz with ``mu``/``sigma`` (clean-fid's, EDM's, or ours with ``n``), or with raw features
+        under ``feats`` (clean-fid's KID files) or ``pool_3`` (score_sde's ``cifar10_stats.npz``); or the
+        ``section`` of an EDM2 reference pickle (``.pkl``, read as data: :mod:`bench.metrics.edm_reference`),
+        refused where the run's protocol fields ``asked`` are not those it was computed with."""
         path = Path(path)
+        info = {"reference_file": path.name, "reference_path": str(path), "reference_sha256": file_sha256(path)}
+        if is_edm_pickle(path):
+            stats = check_protocol(path, section, **(asked or {}))
+            return cls(stats["mu"], stats["sigma"], stats["num_images"],
+                       {**info, "reference_format": f"EDM2 calculate_metrics.py pickle, section {section!r}",
+                        **{k: str(v) for k, v in EDM2_PROTOCOL.get(section, {}).items()}, **provenance})
         with np.load(path) as f:
             keys = set(f.files)
             if {"mu", "sigma"} <= keys:
@@ -50,5 +60,4 @@ class ReferenceStats:
                 mu, sigma, n, stored = s.mean, s.covariance, s.n, {}
             else:
                 raise ValueError(f"{path}: expected arrays mu and sigma (or feats / pool_3), found {sorted(keys)}")
-        info = {"reference_file": path.name, "reference_path": str(path), "reference_sha256": file_sha256(path)}
         return cls(mu, sigma, n, {**info, **stored, **provenance})

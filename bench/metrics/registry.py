@@ -31,7 +31,7 @@ from torch import Tensor
 
 from bench.metrics.uncertainty import METHOD
 
-__all__ = ["Metric", "MetricEntry", "RunFacts", "image_shape", "positive_ints"]
+__all__ = ["Metric", "MetricEntry", "RunFacts", "image_shape", "positive_ints", "require_res", "with_res"]
 
 
 class Metric(Protocol):
@@ -99,6 +99,25 @@ def positive_ints(*keys: str) -> Callable[[dict], None]:
                 raise ValueError(f"field {k!r} must be a positive integer, got {v!r}")
 
     return check
+
+
+def with_res(data: dict, shape: tuple[int, ...] | None) -> dict:
+    """The ``data`` section as a metric's ``files`` reads it for a model whose samples have ``shape`` (None:
+    not known before loading): ``res`` defaults to the samples' size, as the metric's options default it
+    (:attr:`RunFacts.shape`), so the reference statistics hashed and checked are those the metric reads."""
+    if "res" in data or shape is None or len(shape) != 3:
+        return data
+    return {**data, "res": int(shape[-1])}
+
+
+def require_res(data: dict) -> int:
+    """``data['res']`` (set, or filled by :func:`with_res`) for a metric whose reference statistics are per image
+    size. Raises ``ValueError`` naming the field where the samples' size is not known before loading."""
+    res = data.get("res")
+    if res is None:
+        raise ValueError("field 'res' is not set and the model's sample size is not known before loading it; "
+                         "set data: {res: <image size>} (it names the reference statistics)")
+    return res
 
 
 def image_shape(kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:

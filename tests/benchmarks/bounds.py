@@ -17,6 +17,10 @@ from __future__ import annotations
 
 # Fixed-step samplers on a real network: run / (NFE × bare forward), per family.
 RATIO_BOUND = {"euler_maruyama": 1.10, "pc": 1.10, "pf_heun": 1.10}
+# Feature extraction of a metric: quantise, resize, normalise, network, read-out / the network alone on an
+# input in its own format, same batch (tests/benchmarks/test_bench_features.py), per network.
+FEATURE_BOUND = {"dinov2_pil": 1.10, "dinov2_torch": 1.10, "inception_legacy": 1.10, "inception_clean": 1.10,
+                 "fd_digits": 1.10}
 # Probability-flow likelihood: solve / (NFE × (forward + VJP)), per ODE backend.
 LIKELIHOOD_BOUND = {"scipy": 1.10, "torchdiffeq": 1.10}
 
