@@ -41,12 +41,16 @@ class _Encoder(nn.Module):
     def __init__(self, image_size: int, in_channels: int, model_channels: int, num_res_blocks: int,
                  attention_resolutions, dropout: float = 0.0, channel_mult=(1, 2, 4, 8), conv_resample: bool = True,
                  num_heads: int = 1, num_head_channels: int = -1, use_scale_shift_norm: bool = False,
-                 resblock_updown: bool = False, use_new_attention_order: bool = False) -> None:
+                 resblock_updown: bool = False, use_new_attention_order: bool = False,
+                 num_classes: int | None = None) -> None:
         super().__init__()
         self.image_size, self.in_channels, self.model_channels = image_size, in_channels, model_channels
         self.channel_mult = tuple(channel_mult)
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.num_classes = num_classes
+        if num_classes is not None:  # registered here: ADM's state_dict order
+            self.label_emb = nn.Embedding(num_classes, emb_dim)
         self._res = dict(emb_channels=emb_dim, dropout=dropout, use_scale_shift_norm=use_scale_shift_norm)
         self._attn = dict(num_heads=num_heads, num_head_channels=num_head_channels,
                           use_new_attention_order=use_new_attention_order)
@@ -97,10 +101,8 @@ class UNetModel(_Encoder):
                  resblock_updown: bool = False, use_new_attention_order: bool = False) -> None:
         super().__init__(image_size, in_channels, model_channels, num_res_blocks, attention_resolutions, dropout,
                          channel_mult, conv_resample, num_heads, num_head_channels, use_scale_shift_norm,
-                         resblock_updown, use_new_attention_order)
-        self.out_channels, self.num_classes = out_channels, num_classes
-        if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, 4 * model_channels)
+                         resblock_updown, use_new_attention_order, num_classes)
+        self.out_channels = out_channels
         up_attn = dict(self._attn, num_heads=num_heads if num_heads_upsample == -1 else num_heads_upsample)
         skips = list(self.skip_channels)
         ch, ds = self.channels, self.ds
