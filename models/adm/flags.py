@@ -1,5 +1,6 @@
 """ADM's flags (openai/guided-diffusion ``script_util``): ``model_and_diffusion_defaults()`` and
-``classifier_defaults()`` keys → the network's constructor arguments and the diffusion's schedule.
+``classifier_defaults()`` keys → the network's constructor arguments and the diffusion's schedule
+(plus ``classifier_channel_mult``, the project's, for classifiers of other image sizes).
 
 A checkpoint is a bare ``state_dict``; the flags it was trained with (the command line of the
 README's ``MODEL_FLAGS``) are what make it a network, so they are required and checked: unknown keys
@@ -26,7 +27,7 @@ MODEL_DEFAULTS = {"image_size": 64, "num_channels": 128, "num_res_blocks": 2, "n
 CLASSIFIER_DEFAULTS = {"image_size": 64, "classifier_use_fp16": False, "classifier_width": 128,
                        "classifier_depth": 2, "classifier_attention_resolutions": "32,16,8",
                        "classifier_use_scale_shift_norm": True, "classifier_resblock_updown": True,
-                       "classifier_pool": "attention", **DIFFUSION_DEFAULTS}
+                       "classifier_pool": "attention", "classifier_channel_mult": "", **DIFFUSION_DEFAULTS}
 NOISE_SCHEDULES = ("linear", "cosine")
 _CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
 _BOOL = ("class_cond", "use_checkpoint", "use_scale_shift_norm", "resblock_updown", "use_fp16",
@@ -55,13 +56,12 @@ def _checked(given: dict, defaults: dict, where: str) -> dict:
                          f"{', '.join(NOISE_SCHEDULES)}")
     if flags["diffusion_steps"] < 2:
         raise ValueError(f"{where}: flag 'diffusion_steps' must be >= 2, got {flags['diffusion_steps']}")
-    for k in ("predict_xstart", "use_kl", "rescale_learned_sigmas"):
-        if flags[k] and k == "predict_xstart":
-            raise ValueError(f"{where}: flag 'predict_xstart' true (an x₀-predicting ADM) is not supported; "
-                             f"expected false (ε-prediction, every released ADM checkpoint)")
+    if flags["predict_xstart"]:  # use_kl, rescale_learned_sigmas: training losses only
+        raise ValueError(f"{where}: flag 'predict_xstart' true (an x₀-predicting ADM) is not supported; "
+                         f"expected false (ε-prediction, every released ADM checkpoint)")
     if flags["timestep_respacing"] not in ("", None):
         raise ValueError(f"{where}: flag 'timestep_respacing' is a sampling choice, not the model's: give it to the "
-                         f"sampler (adm_ancestral's or ddim's timestep_respacing option); expected ''")
+                         f"sampler (schedule 'adm_respaced' or 'adm_ddim' with n_steps); expected ''")
     return flags
 
 
@@ -80,8 +80,16 @@ def classifier_flags(given: dict, where: str = "ADM classifier flags") -> dict:
         raise ValueError(f"{where}: flag 'classifier_pool' {flags['classifier_pool']!r} unknown; expected one of: "
                          f"adaptive, attention, spatial, spatial_v2")
     _int_list(flags["classifier_attention_resolutions"], "classifier_attention_resolutions", where)
-    _CHANNEL_MULT.get(flags["image_size"]) or _size_error(flags["image_size"], where)
+    _classifier_channel_mult(flags, where)
     return flags
+
+
+def _classifier_channel_mult(flags: dict, where: str = "ADM classifier flags") -> tuple:
+    """ADM's ``create_classifier`` takes the image size's default; ``classifier_channel_mult`` (the
+    project's addition, '' by default) gives it for other sizes."""
+    if flags["classifier_channel_mult"] == "":
+        return _CHANNEL_MULT.get(flags["image_size"]) or _size_error(flags["image_size"], where)
+    return _int_list(flags["classifier_channel_mult"], "classifier_channel_mult", where)
 
 
 def _size_error(size, where: str):
@@ -128,7 +136,7 @@ def classifier_kwargs(flags: dict, num_classes: int = 1000) -> dict:
     return dict(image_size=size, in_channels=3, model_channels=flags["classifier_width"], out_channels=num_classes,
                 num_res_blocks=flags["classifier_depth"],
                 attention_resolutions=_attention_ds(size, flags["classifier_attention_resolutions"], "flags"),
-                channel_mult=_CHANNEL_MULT[size], num_head_channels=64,
+                channel_mult=_classifier_channel_mult(flags), num_head_channels=64,
                 use_scale_shift_norm=flags["classifier_use_scale_shift_norm"],
                 resblock_updown=flags["classifier_resblock_updown"], pool=flags["classifier_pool"])
 
