@@ -18,21 +18,15 @@ from models.adm.flags import classifier_flags, classifier_kwargs
 from models.adm.unet import EncoderUNetModel
 from solvers import SAMPLERS, Problem, SeededNoise, make_sampler, sampler_options
 from tests.conftest import ROOT, require_fixture
+from tests.test_edm_grid import CHEAP as EDM_CHEAP
 
 F = "adm/A_lin_cond"
-CHEAP = {  # cheap options per sampler on the 16×16 fixture network; others get n_steps=4 if they take it
+CHEAP = {  # the EDM grid test's cheap options, with ADM's respaced grids and its path's needs
+    **EDM_CHEAP,
     # score_sde's tables exist on VE/VP/sub-VP only: the exact transition on ADM's path, Euler–Maruyama under
-    # pc's Langevin corrector (whose α_i is the table's: refused below).
+    # pc without the Langevin corrector (whose α_i is the table's).
     "pc": {"n_steps": 3, "predictor": "euler_maruyama", "corrector": "none"},
     "reverse_diffusion": {"n_steps": 4, "discretization": "transition"},
-    "annealed_langevin": {"n_steps": 3, "steps_per_level": 1},
-    "torchsde": {"n_steps": 3},
-    "scipy_ode": {"rtol": 1e-2, "atol": 1e-2},
-    "torchdiffeq_ode": {"rtol": 1e-2, "atol": 1e-2},
-    "adaptive_improved_euler": {"rtol": 0.5, "atol": 0.5},
-    "adaptive_em": {"rtol": 0.5, "atol": 0.5},
-    "dpm_solver_adaptive": {"rtol": 0.5},
-    "edm_stochastic": {"n_steps": 4, "S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0},
     "adm_ancestral": {"n_steps": 4, "schedule": "adm_respaced"},
     "ddim": {"n_steps": 4, "schedule": "adm_ddim"},
 }
