@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from models.paths import expand_like
+from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import denoised
 from solvers.fixed import ON_GRID, FixedSteps

@@ -166,3 +166,20 @@ def test_flags_that_do_not_match_exit_2_at_grid_load(tmp_path, capsys, change, n
     assert not out.exists()
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "model" in lines[0], lines
+
+
+def test_flags_from_a_json_file_and_the_hashed_files():
+    """``flags:`` a JSON file (the fixtures' layout, ``model_and_diffusion_flags`` inside): checked with
+    the checkpoint, the shape and path known without loading, both files in the run's identity."""
+    from bench.kinds import MODEL_KINDS
+
+    kind = MODEL_KINDS["adm"]
+    sec = section(flags=str(require_fixture(f"{F}_flags.json")))
+    kind.check(sec, True)
+    facts = kind.describe(sec, False)
+    assert facts.shape == (3, 16, 16) and len(facts.sde.alphas_cumprod) == 1000
+    assert set(kind.files(sec)) == {"checkpoint", "flags"}
+    with pytest.raises(ValueError, match="field 'label' must be a class index in 0..3"):
+        kind.check({**sec, "label": 4}, True)
+    with pytest.raises(ValueError, match="class-conditional \\(4 classes\\): field 'label' is required"):
+        kind.check({k: v for k, v in sec.items() if k != "label"}, True)

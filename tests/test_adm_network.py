@@ -227,3 +227,21 @@ def test_unet_without_classes_or_learned_sigma_builds_and_runs():
         net(torch.randn(1, 3, 32, 32), torch.tensor([3]), torch.tensor([0]))
     path = adm_path("cosine", 1000)
     assert path.alphas_cumprod[-1] < 1e-4 and len(path.alphas_cumprod) == 1000
+
+
+def test_cosine_schedule_and_rescaled_timesteps():
+    """ADM's cosine β (betas_for_alpha_bar with β ≤ 0.999, written here from Nichol & Dhariwal's Eq. 17)
+    and ``rescale_timesteps`` (README §4: with 4000 steps, timestep 3999 is fed as 999.75)."""
+    import math
+
+    from models.adm.schedule import alphas_cumprod, betas, model_timesteps
+
+    N = 1000
+    f = [math.cos((i / N + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(N + 1)]
+    ref = torch.tensor([min(1 - f[i + 1] / f[i], 0.999) for i in range(N)], dtype=torch.float64)
+    assert torch.allclose(betas("cosine", N), ref, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(alphas_cumprod("cosine", N), torch.cumprod(1 - ref, 0), rtol=1e-12, atol=0)
+    assert float(betas("cosine", N)[-1]) == pytest.approx(0.999)
+    t = torch.tensor([4000 / 4000, 126 / 4000], dtype=torch.float64)
+    assert torch.allclose(model_timesteps(t, 4000, rescale=True), torch.tensor([999.75, 31.25], dtype=torch.float64))
+    assert torch.allclose(model_timesteps(t, 4000), torch.tensor([3999.0, 125.0], dtype=torch.float64))
