@@ -3,9 +3,7 @@
 Every schedule has the signature ``(n, T, eps, sde=None) -> Tensor[n]``. Schedules defined in t
 ignore ``sde``; schedules defined in the noise level σ_ve = σ_t/α_t or the half log-SNR λ = −log σ_ve
 (Karras, log-SNR, EDM's VP) need it to map their end points and to convert back to t (through
-:func:`solvers.denoiser.time_of_sigma`); the end points are then exactly T and eps. ADM's respaced
-schedules (``adm_respaced``, ``adm_ddim``: :mod:`solvers.respacing`) pick timesteps of a discrete
-path's table and need its ᾱ table.
+:func:`solvers.denoiser.time_of_sigma`); the end points are then exactly T and eps.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import torch
 from torch import Tensor
 
 from solvers.denoiser import time_of_sigma, ve_sigma
-from solvers.respacing import adm_ddim, adm_respaced
 
 __all__ = ["TimeGrid", "SCHEDULES"]
 
@@ -101,6 +98,4 @@ SCHEDULES = {
     "karras": TimeGrid.karras,
     "karras_float32": TimeGrid.karras_float32,
     "edm_vp": TimeGrid.edm_vp,
-    "adm_respaced": adm_respaced,  # ADM's timestep respacing of a discrete table (solvers/respacing.py)
-    "adm_ddim": adm_ddim,
 }

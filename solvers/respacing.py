@@ -1,5 +1,5 @@
-"""ADM's timestep respacing (Nichol & Dhariwal 2021, §4; openai/guided-diffusion ``respace.py``) as
-grids of a discrete-time path: which of the table's N timesteps a sampler visits.
+"""ADM's timestep respacing (Nichol & Dhariwal 2021, §4; openai/guided-diffusion ``respace.py``): which
+of a discrete-time model's N trained timesteps a sampler visits.
 
 :func:`space_timesteps` (``section_counts``: comma-separated counts, or ``"ddimK"``) is ADM's rule
 (shared/fixtures/adm/README.md §4):
@@ -11,12 +11,11 @@ grids of a discrete-time path: which of the table's N timesteps a sampler visits
 * ``"ddimK"``: the smallest integer stride i ≥ 1 with ``len(range(0, N, i)) == K``; kept
   ``0, i, 2i, …`` (N − 1 itself is not kept in general: ``ddim10`` on 1000 steps keeps 0, …, 900).
 
-As schedules of :class:`solvers.fixed.FixedSteps` (registered in :data:`solvers.grids.SCHEDULES`):
+As spacings of :class:`solvers.fixed.FixedSteps` (:data:`solvers.spacing.SPACINGS`, beside diffusers'):
 ``adm_respaced`` (one section of ``n_steps`` counts: ADM's ``timestep_respacing="<n>"``) and
-``adm_ddim`` (ADM's ``"ddim<n>"``). Kept timestep k sits at the path's time t = (k + 1)/N
-(:class:`models.paths.TabulatedPath`); the timesteps are those of the table between eps and T
-(all N with the path's defaults). ``adm_ddim``'s grid starts at its first kept step, below T, as
-ADM's loop does (the prior's draw is fed there).
+``adm_ddim`` (ADM's ``"ddim<n>"``), each n timesteps τ at their trained levels, then the final Tweedie
+denoise (``final_sigma: zero``), which is ADM's last step x̂₀ at timestep 0. ``adm_ddim`` starts at its
+first kept step, below T, as ADM's loop does (the prior's draw is fed there).
 """
 
 from __future__ import annotations
@@ -24,9 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["space_timesteps", "respaced_grid", "RESPACED_SCHEDULES"]
-
-RESPACED_SCHEDULES = ("adm_respaced", "adm_ddim")
+__all__ = ["space_timesteps", "adm_respaced", "adm_ddim"]
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | list[int]) -> list[int]:
@@ -57,36 +54,13 @@ def space_timesteps(num_timesteps: int, section_counts: str | list[int]) -> list
     return sorted(set(kept))
 
 
-def _table_length(name: str, sde) -> int:
-    table = getattr(sde, "alphas_cumprod", None)
-    if table is None:
-        kind = getattr(sde, "kind", type(sde).__name__)
-        raise ValueError(f"schedule {name!r} respaces the timesteps of a discrete-time path (a table of ᾱ: "
-                         f"TabulatedPath, e.g. an ADM model's); the {kind!r} path has none")
-    return len(table)
+def adm_respaced(n: int, N: int, offset: int) -> Tensor:
+    """ADM's ``timestep_respacing="<n>"``: τ descending [n] float64 (a spacing of :mod:`solvers.spacing`)."""
+    del offset
+    return torch.tensor(space_timesteps(N, str(n))[::-1], dtype=torch.float64)
 
 
-def respaced_grid(name: str, n: int, T: float, eps: float, sde=None) -> Tensor:
-    """The times (k + 1)/N of the kept timesteps k, descending, float64 [n] (``name`` one of
-    :data:`RESPACED_SCHEDULES`; the table's timesteps from eps to T)."""
-    if sde is None:
-        raise ValueError(f"schedule {name!r} needs the path (sde=...)")
-    N = _table_length(name, sde)
-    lo, hi = round(N * eps - 1), round(N * T - 1)
-    if not 0 <= lo < hi <= N - 1:
-        raise ValueError(f"schedule {name!r}: eps={eps:g} and T={T:g} span no timesteps of the {N}-step table")
-    counts = f"ddim{n}" if name == "adm_ddim" else str(n)
-    kept = [lo + k for k in space_timesteps(hi - lo + 1, counts)]
-    if len(kept) != n:
-        raise ValueError(f"schedule {name!r}: {counts!r} keeps {len(kept)} timesteps, not n_steps={n}")
-    return (torch.tensor(kept[::-1], dtype=torch.float64) + 1) / N
-
-
-def adm_respaced(n: int, T: float, eps: float, sde=None) -> Tensor:
-    """ADM's ``timestep_respacing="<n>"``: n timesteps evenly spaced with ADM's rounding."""
-    return respaced_grid("adm_respaced", n, T, eps, sde)
-
-
-def adm_ddim(n: int, T: float, eps: float, sde=None) -> Tensor:
-    """ADM's ``timestep_respacing="ddim<n>"``: every i-th timestep from 0 (starts below T)."""
-    return respaced_grid("adm_ddim", n, T, eps, sde)
+def adm_ddim(n: int, N: int, offset: int) -> Tensor:
+    """ADM's ``timestep_respacing="ddim<n>"``: every i-th timestep from 0, descending [n] float64."""
+    del offset
+    return torch.tensor(space_timesteps(N, f"ddim{n}")[::-1], dtype=torch.float64)

@@ -6,8 +6,8 @@
   (the clipped x̂₀ is the model's ``clip_denoised``; ``False`` tested beside it).
 
 Each run twice: network-free (a stand-in network returning the recorded outputs, asserting the
-timesteps it is fed), and with the project's network. Same timesteps, same NFE; the samples to
-README §9's ``maxabs(Δ) ≤ 1e-4·maxabs(ref)`` (uint8 images within 1).
+timesteps it is fed), and with the project's network. The same timesteps (to 1.5e-4: below), the same
+NFE; the samples to README §9's ``maxabs(Δ) ≤ 1e-4·maxabs(ref)`` (uint8 images within 1).
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def test_network_free_replay(name):
     S = len(run["calls_t"])
     assert sol.stats.nfe == net.k == S == sampler.expected_nfe  # ADM's NFE: one call per respaced step
     fed = torch.stack(net.fed_t)  # [S, B] float64 timesteps k(t)
-    assert float((fed - run["calls_t_model"].double()[:, None]).abs().max()) <= 1e-6 * 999
+    # The spacing's times come from the trained levels σ_τ as float32 (solvers.spacing, diffusers' convention):
+    # timestep 0 is fed as 1.5e-4 (measured), the others to float64 round-off.
+    assert float((fed - run["calls_t_model"].double()[:, None]).abs().max()) <= 2e-4
     err_x = max(rel(x, run["calls_x"][k]) for k, x in enumerate(net.fed_x))
     err = rel(sol.x, run["sample"])
     assert err_x <= 1e-5 and err <= 1e-5, (err_x, err)

@@ -18,7 +18,6 @@ from models.sde import VESDE, VPSDE, SubVPSDE
 from solvers import Problem, SeededNoise, make_sampler, multistep
 from solvers.denoiser import Denoiser, log_snr, phi, time_of_sigma, time_of_sigma_bisection, ve_sigma
 from solvers.grids import SCHEDULES
-from solvers.respacing import RESPACED_SCHEDULES
 
 MU, S0 = 0.3, 0.5
 VE5 = VESDE(sigma_max=5.0)  # small σ_max: the asymptotic regime arrives within a few hundred steps
@@ -92,10 +91,6 @@ def test_phi_series_and_closed_form_agree():
 def test_schedules_end_points_monotone_and_definitions(kind):
     sde = SDES[kind]
     for name, fn in SCHEDULES.items():
-        if name in RESPACED_SCHEDULES:  # ADM's respacing picks timesteps of a table (tests/test_adm_samplers.py)
-            with pytest.raises(ValueError, match="a discrete-time path"):
-                fn(9, sde.T, sde.eps, sde=sde)
-            continue
         ts = fn(9, sde.T, sde.eps, sde=sde)
         assert ts.dtype == torch.float64 and ts.shape == (9,), name
         if name == "karras_float32":  # EDM2's float32 σ grid: the ends within float32 rounding of σ
