@@ -41,6 +41,12 @@ class RunTimeout(Exception):
     """A run went past its ``timeout_s`` (checked between batches)."""
 
 
+
+def _classifier_counts(model) -> tuple[int, int] | None:
+    """(calls, rows) of the model's guiding classifier so far (models.adm.guidance), None without one."""
+    calls = getattr(model, "classifier_nfe", None)
+    return None if calls is None else (int(calls), int(model.classifier_rows))
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,9 +162,13 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 x_init = problem.prior_sample(B, noise, dtype=dtype, device=device)
                 # Network passes of a fitted prior are not score calls: counted apart from NFE.
                 state.prior_network_calls += getattr(prior, "network_calls", 0)
+                guide0 = _classifier_counts(model)
                 sol = sampler.sample(batch_problem, x_init, noise)
                 synchronize(device)
                 sampling_s += time.perf_counter() - t0
+                if guide0 is not None:  # a guiding classifier's gradient evaluations, counted apart from NFE
+                    calls, rows = (b - a for a, b in zip(guide0, _classifier_counts(model), strict=True))
+                    sol.stats.extra.update(classifier_nfe=calls, classifier_nfe_per_sample=rows / B)
                 state.add_batch(sol.stats, B)
                 if sol.status != Status.OK:
                     state.status = str(sol.status.value)

@@ -211,6 +211,19 @@ class CountingScore:
         self._tally["rows"] += x.shape[0]
         return self.model.data_and_noise(x, t)
 
+    @property
+    def has_ancestral_terms(self) -> bool:
+        """Whether the model gives ``data_noise_and_variance(x, t)`` (an ADM network,
+        :class:`models.adm.score.ADMScore`): what :class:`solvers.adm.ADMAncestral` reads."""
+        return callable(getattr(self.model, "data_noise_and_variance", None))
+
+    def data_noise_and_variance(self, x: Tensor, t: Tensor):
+        """The model's ``data_noise_and_variance(x, t)`` (x̂₀, ε̂, learned variance weight, classifier
+        guidance term), counted as one call like ``__call__``."""
+        self._tally["nfe"] += 1
+        self._tally["rows"] += x.shape[0]
+        return self.model.data_noise_and_variance(x, t)
+
     def conditioned(self, labels: Tensor) -> CountingScore:
         view = CountingScore(conditioned(self.model, labels))
         view._tally = self._tally

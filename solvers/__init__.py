@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 
 from solvers.adaptive import IntegralController
+from solvers.adm import ADMAncestral
 from solvers.base import PROTOCOL, Problem, Solution, SolveStats, Status, Step, declared
 from solvers.ddim import DDIM
 from solvers.denoise import DEFAULT_DENOISE, DENOISE, tweedie
@@ -65,6 +66,7 @@ SAMPLERS: dict[str, type] = {
     "unipc": UniPC,
     "ipndm": IPNDM,
     "lms": LMS,
+    "adm_ancestral": ADMAncestral,
 }
 
 
@@ -157,5 +159,5 @@ __all__ = [
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
     "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "DPMSolverAdaptive",
-    "UniPC", "IPNDM", "LMS",
+    "UniPC", "IPNDM", "LMS", "ADMAncestral",
 ]

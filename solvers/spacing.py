@@ -16,6 +16,8 @@ trailing      round(N − i·N/n) − 1, i = 0 … n−1                        
 linspace      linspace(0, N − 1, n) reversed (fractional)                 Euler, Euler ancestral, Heun
 linspace_round  linspace(0, N − 1, n).round() reversed                    DDIM
 linspace_n1   linspace(0, N − 1, n + 1).round() reversed, last dropped     DPM-Solver, UniPC, DEIS
+adm_respaced  ADM's ``timestep_respacing="n"`` (:mod:`solvers.respacing`)   openai/guided-diffusion
+adm_ddim      ADM's ``"ddimn"``: 0, i, 2i, … with the smallest such i        openai/guided-diffusion
 ============  ==========================================================  =====================================
 
 References: diffusers 0.42 ``scheduling_ddim.py``, ``scheduling_euler_discrete.py``,
@@ -29,6 +31,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from solvers.respacing import adm_ddim, adm_respaced
 
 __all__ = ["SPACINGS", "FINAL_SIGMAS", "timesteps", "spacing_sigmas"]
 
@@ -70,6 +74,9 @@ SPACINGS = {
     "linspace": _linspace,
     "linspace_round": _linspace_round,
     "linspace_n1": _linspace_n1,
+    # ADM's timestep_respacing "<n>" and "ddim<n>" (solvers/respacing.py: openai/guided-diffusion's rule).
+    "adm_respaced": adm_respaced,
+    "adm_ddim": adm_ddim,
 }
 
 

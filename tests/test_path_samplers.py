@@ -278,7 +278,9 @@ def test_adaptive_sde_samplers_match_the_mixture(name, key):
 
 # ---- refusals ------------------------------------------------------------------------------------------------
 TABLES = {"reverse_diffusion", "ancestral_sampling", "pc"}  # score_sde's tables (default options)
-STARTERS = {"pf_euler", "pf_heun", "scipy_ode", "torchdiffeq_ode"}  # start at α_T = 0 with defaults
+# start at α_T = 0 with defaults (adm_ancestral: its exact-posterior step needs α_next only, with (x̂₀, ε̂)
+# from the model)
+STARTERS = {"pf_euler", "pf_heun", "scipy_ode", "torchdiffeq_ode", "adm_ancestral"}
 REFUSED = {  # sampler names refused with their default options, per path (at its default T)
     "ve": set(),
     "vp": {"annealed_langevin"},

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.kinds import checkpoint, diffusers, edm, edm2, mixture, official, user_callable
+from bench.kinds import adm, checkpoint, diffusers, edm, edm2, mixture, official, user_callable
 from bench.kinds.base import ModelFacts, ModelKind
 
 __all__ = ["MODEL_KINDS", "ModelKind", "ModelFacts", "check_model_section", "describe_model", "model_files"]
@@ -19,6 +19,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
     "edm2": edm2.KIND,
     "diffusers": diffusers.KIND,
     "callable": user_callable.KIND,
+    "adm": adm.KIND,
 }
 
 
