@@ -59,6 +59,11 @@ class DPMSolver:
             diffusers' ``DPMSolverMultistepScheduler`` (``len(timesteps) < 15``, its steps counted
             with the final one: tests/test_diffusers_live.py).
         warmup: 'lower_order' (reference codes) or 'singlestep' (multistep only; see solvers.multistep).
+        variant_3m: the multistep order-3 update: 'taylor' (the λ-Taylor truncation above: weight
+            h³φ₃ on m'') or 'reference' (the official DPM-Solver code's 3M, which diffusers'
+            ``DPMSolverMultistepScheduler`` and k-diffusion follow: half that weight on m''; its
+            D2 = h²·m''/2 is weighted by (φ₂ − ½)/h-type coefficients). The two agree to second order;
+            tests/test_diffusers_live.py runs 'reference' beside diffusers and measures the difference.
     """
 
     solver_order: int = 3
@@ -67,6 +72,7 @@ class DPMSolver:
     lower_order_final: bool = True
     warmup: str = "lower_order"
     lower_order_final_below: int = 10
+    variant_3m: str = "taylor"
     batch_invariant: ClassVar[bool] = True
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="log_snr")
     conventions: ClassVar[dict] = ON_GRID
@@ -75,6 +81,7 @@ class DPMSolver:
         multistep.check_multistep(self)
         check_choice(type(self).__name__, "method", self.method, METHODS)
         check_positive(type(self).__name__, "lower_order_final_below", self.lower_order_final_below, integer=True)
+        check_choice(type(self).__name__, "variant_3m", self.variant_3m, ("taylor", "reference"))
 
     @property
     def order(self) -> float:
@@ -113,7 +120,12 @@ class DPMSolver:
             terms = [outs[0], outs[0] - outs[1]]
             return exp_integrator_step(problem, self.prediction, x, t, t_next, h, terms,
                                        [w0, w0 * 0.5 * h / (lams[0] - lams[1])])
-        return exp_integrator_step(problem, self.prediction, x, t, t_next, h, lambda_derivatives(lams, outs))
+        terms = lambda_derivatives(lams, outs)
+        if len(outs) == 3 and self.variant_3m == "reference":  # the official 3M: half the Taylor weight on m''
+            z = -h if self.prediction == "data" else h
+            weights = [h ** (k + 1) * phi(k + 1, z) for k in range(3)]
+            return exp_integrator_step(problem, self.prediction, x, t, t_next, h, terms, weights[:2] + [weights[2] / 2])
+        return exp_integrator_step(problem, self.prediction, x, t, t_next, h, terms)
 
 
 @dataclass(frozen=True)
