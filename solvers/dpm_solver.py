@@ -156,13 +156,16 @@ class DPMSolverPPSDE:
     only reduces the drift's error). NFE per step: 1. SDEs: VE, VP, sub-VP. One noise draw per step.
 
     Args:
-        solver_order: 1 or 2.
+        solver_order: 1, 2 or 3 (3: k-diffusion's ``sample_dpmpp_3m_sde``, whose weight on x̂₀'' is
+            half the expansion's, as the official DPM-Solver 3M: ``variant_3m``).
         lower_order_final: order 1 on the last step of grids of fewer than 15 steps, as diffusers'
             ``DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')``, the reference code of
             this variant (the official DPM-Solver code has no SDE solver).
-        solver_type: the order-2 term: 'heun' (the expansion above, 2h²φ₂(−2h)·x̂₀'; diffusers'
-            and k-diffusion's ``solver_type='heun'``) or 'midpoint' (½(1 − e^{−2h})·h·x̂₀', the
-            default of diffusers and of k-diffusion's ``sample_dpmpp_2m_sde``).
+        solver_type: the order-2 update's x̂₀' term: 'heun' (the expansion above, 2h²φ₂(−2h)·x̂₀';
+            diffusers' and k-diffusion's ``solver_type='heun'``) or 'midpoint' (½(1 − e^{−2h})·h·x̂₀',
+            the default of diffusers and of k-diffusion's ``sample_dpmpp_2m_sde``). Order 3 uses the
+            expansion's x̂₀' weight, as k-diffusion's 3M SDE.
+        variant_3m: 'reference' (k-diffusion, default) or 'taylor' (the full expansion weight on x̂₀'').
     """
 
     solver_order: int = 2
@@ -170,6 +173,7 @@ class DPMSolverPPSDE:
     lower_order_final: bool = True
     warmup: str = "lower_order"
     solver_type: str = "heun"
+    variant_3m: str = "reference"
 
     order: ClassVar[float] = 1.0
     nfe_per_step: ClassVar[int] = 1
@@ -180,8 +184,9 @@ class DPMSolverPPSDE:
     conventions: ClassVar[dict] = ON_GRID
 
     def __post_init__(self) -> None:
-        multistep.check_multistep(self, orders=(1, 2), predictions=("data",), warmups=("lower_order",))
+        multistep.check_multistep(self, orders=(1, 2, 3), predictions=("data",), warmups=("lower_order",))
         check_choice(type(self).__name__, "solver_type", self.solver_type, ("heun", "midpoint"))
+        check_choice(type(self).__name__, "variant_3m", self.variant_3m, ("taylor", "reference"))
 
     check = multistep.check
     init = multistep.init
@@ -195,10 +200,12 @@ class DPMSolverPPSDE:
         terms = lambda_derivatives(lams, outs)
         x_next = expand_like(sigma_n / sigma_t * torch.exp(-h), x) * x
         for k, d in enumerate(terms):
-            if k == 1 and self.solver_type == "midpoint":
+            if k == 1 and self.solver_type == "midpoint" and len(terms) == 2:
                 weight = -torch.expm1(-2 * h) * h / 2
             else:
                 weight = 2 * h ** (k + 1) * phi(k + 1, -2 * h)
+            if k == 2 and self.variant_3m == "reference":
+                weight = weight / 2
             x_next = x_next + expand_like(alpha_n * weight, x) * d
         z = noise.increment(t, t_next, x.shape, dtype=x.dtype, device=x.device)
         return x_next + expand_like(sigma_n * (-torch.expm1(-2 * h)).sqrt(), x) * z
