@@ -83,7 +83,8 @@ def test_order_3_is_multistep_dpm_solver_3_and_order_2_is_not_2m():
 
     # Every step third order (singlestep warm-up, no lower-order final steps): the same steps.
     opts = dict(solver_order=3, warmup="singlestep", lower_order_final=False)
-    torch.testing.assert_close(run("deis", **opts), run("dpm_solver", method="multistep", **opts), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(run("deis", **opts), run("dpm_solver", method="multistep", **opts),
+                               rtol=1e-10, atol=1e-12)
     d2, m2 = run("deis", solver_order=2), run("dpm_solver", solver_order=2, method="multistep")
     assert (d2 - m2).abs().max() > 1e-6
     torch.testing.assert_close(run("deis", solver_order=1), run("ddim"), rtol=1e-10, atol=1e-12)
