@@ -19,13 +19,15 @@ __all__ = ["DEIS"]
 @dataclass(frozen=True)
 class DEIS:
     """DEIS-AB-p in log ρ: x_next/α_next = x/α_t + ∫_{ρ_t}^{ρ_next} P(log ρ) dρ, with ρ = σ/α (σ_ve) and
-    P the Lagrange polynomial through the last p noise predictions (log ρ_j, ε̂_j) (Zhang & Chen 2023,
-    Eq. 14 with ε̂ as the extrapolated quantity; the coefficients are the exact integrals
-    ∫ ℓ_j(log ρ) dρ). Since log ρ = −λ and dρ = −e^{−λ} dλ, this is the noise-prediction exponential
-    integrator x_next = (α_next/α_t) x − σ_next Σ_k h^{k+1} φ_{k+1}(h) P^{(k)}(λ_t) with the λ-derivatives
-    of the same polynomial (:func:`solvers.exp_integrator.lambda_derivatives`), which is how it is
-    computed here. p = 1 is DDIM; p = 3 steps coincide with multistep DPM-Solver-3 steps with noise prediction, while
-    p = 2 differs from DPM-Solver-2M (exact h²φ₂(h) weight on ε̂', where 2M takes ½ h φ₁(h)).
+    P the Lagrange polynomial through the last p noise predictions (log ρ_j, ε̂_j): the exponential
+    integrator in ρ with ε̂ extrapolated by Adams–Bashforth (Zhang & Chen 2023, §4), with diffusers'
+    choice of log ρ as the interpolation variable; the coefficients are the exact integrals ∫ ℓ_j(log ρ) dρ.
+
+    Since log ρ = −λ and dρ = −e^{−λ} dλ, this is the noise-prediction exponential integrator
+    x_next = (α_next/α_t) x − σ_next Σ_k h^{k+1} φ_{k+1}(h) P^{(k)}(λ_t), with the λ-derivatives of the
+    same polynomial (:func:`solvers.exp_integrator.lambda_derivatives`), which is how it is computed
+    here. p = 1 is DDIM; a p = 3 step is a multistep DPM-Solver-3 step with noise prediction, while
+    p = 2 differs from DPM-Solver-2M (the exact h²φ₂(h) weight on ε̂', where 2M takes ½ h φ₁(h)).
 
     The model output is ε̂ = −σ s; diffusers converts the network's output to x̂₀ and back to
     ε̂ = (x − α x̂₀)/σ (the same ε̂ without thresholding, which the harness does not apply).
