@@ -20,6 +20,7 @@ from solvers.adaptive import IntegralController
 from solvers.adm import ADMAncestral
 from solvers.base import PROTOCOL, Problem, Solution, SolveStats, Status, Step, declared
 from solvers.ddim import DDIM
+from solvers.deis import DEIS
 from solvers.denoise import DEFAULT_DENOISE, DENOISE, tweedie
 from solvers.denoiser import Denoiser
 from solvers.dpm_adaptive import DPMSolverAdaptive
@@ -64,6 +65,7 @@ SAMPLERS: dict[str, type] = {
     "dpm_solver_pp_sde": DPMSolverPPSDE,
     "dpm_solver_adaptive": DPMSolverAdaptive,
     "unipc": UniPC,
+    "deis": DEIS,
     "ipndm": IPNDM,
     "lms": LMS,
     "adm_ancestral": ADMAncestral,
@@ -159,5 +161,5 @@ __all__ = [
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
     "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "DPMSolverAdaptive",
-    "UniPC", "IPNDM", "LMS", "ADMAncestral",
+    "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral",
 ]
