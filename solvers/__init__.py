@@ -18,6 +18,7 @@ import importlib
 
 from solvers.adaptive import IntegralController
 from solvers.adm import ADMAncestral
+from solvers.ancestral import DPMSolverPP2SAncestral
 from solvers.base import PROTOCOL, Problem, Solution, SolveStats, Status, Step, declared
 from solvers.ddim import DDIM
 from solvers.deis import DEIS
@@ -63,6 +64,7 @@ SAMPLERS: dict[str, type] = {
     "dpm_solver": DPMSolver,
     "dpm_solver_pp": DPMSolverPP,
     "dpm_solver_pp_sde": DPMSolverPPSDE,
+    "dpm_solver_pp_2s_ancestral": DPMSolverPP2SAncestral,
     "dpm_solver_adaptive": DPMSolverAdaptive,
     "unipc": UniPC,
     "deis": DEIS,
@@ -160,6 +162,7 @@ __all__ = [
     "AncestralSampling", "PredictorCorrector", "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler",
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
-    "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "DPMSolverAdaptive",
+    "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
+    "DPMSolverPP2SAncestral", "DPMSolverAdaptive",
     "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral",
 ]

@@ -96,6 +96,7 @@ PAIRS = {
                                                       solver_type="midpoint")),
     "sample_dpmpp_2m_sde_heun": ("dpm_solver_pp_sde", dict(solver_order=2, lower_order_final=False)),
     "sample_dpmpp_3m_sde": ("dpm_solver_pp_sde", dict(solver_order=3, lower_order_final=False)),
+    "sample_dpmpp_2s_ancestral": ("dpm_solver_pp_2s_ancestral", {}),
 }
 KDIFFUSION_OPTIONS = {"sample_lms": {"order": 4}, "sample_dpmpp_2m_sde_heun": {"solver_type": "heun"}}
 N_STEPS = 8
