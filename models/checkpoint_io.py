@@ -26,6 +26,7 @@ from models.sde import make_sde
 from models.unet import build_network
 
 __all__ = [
+    "load_weights_only",
     "FORMAT",
     "VERSION",
     "CheckpointError",
@@ -90,6 +91,19 @@ class ModelSpec:
         if missing:
             raise CheckpointError(f"checkpoint spec lacks {missing}")
         return cls(**{**d, "data_range": tuple(d["data_range"]), "shape": tuple(d["shape"])})
+
+
+def load_weights_only(path: str | Path, what: str = "a torch checkpoint"):
+    """``torch.load(path, weights_only=True)`` on the CPU, memory-mapped where the file allows (a large
+    checkpoint then costs little to inspect). ValueError naming the file and ``what`` it was read as
+    when it is empty, truncated, not a torch file, or holds objects the safe loader refuses."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip archive: no memory map
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read as {what} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
 
 
 def save_checkpoint(

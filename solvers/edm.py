@@ -28,12 +28,17 @@ __all__ = ["EDMHeun", "EDMStochastic", "Euler", "CHURN_DRAWS"]
 CHURN_DRAWS = ("every_step", "in_range")  # EDM's edm_sampler, EDM2's
 
 
+def _slope(D: Denoiser, x_ve: Tensor, sigma: Tensor, t: Tensor) -> Tensor:
+    """dx_ve/dσ = (x_ve − D(x_ve; σ))/σ at (x_ve, σ) (1 denoiser call), [B, ...]."""
+    return (x_ve - D(x_ve, sigma, t)) / expand_like(sigma, x_ve)
+
+
 def _heun(D: Denoiser, x_ve: Tensor, sigma: Tensor, t: Tensor, sigma_next: Tensor, t_next: Tensor) -> Tensor:
     """One Heun step of dx_ve/dσ = (x_ve − D)/σ from σ to σ_next > 0 (2 denoiser calls), [B, ...]."""
-    d = (x_ve - D(x_ve, sigma, t)) / expand_like(sigma, x_ve)
+    d = _slope(D, x_ve, sigma, t)
     dsigma = expand_like(sigma_next - sigma, x_ve)
     x_euler = x_ve + dsigma * d
-    d_next = (x_euler - D(x_euler, sigma_next, t_next)) / expand_like(sigma_next, x_ve)
+    d_next = _slope(D, x_euler, sigma_next, t_next)
     return x_ve + dsigma * 0.5 * (d + d_next)
 
 
@@ -95,7 +100,7 @@ class Euler:
         D = Denoiser(problem)
         sigma, sigma_next = D.sigma(t), D.sigma(t_next)
         x_ve = D.to_ve(x, t)
-        x_ve = x_ve + expand_like(sigma_next - sigma, x_ve) * (x_ve - D(x_ve, sigma, t)) / expand_like(sigma, x_ve)
+        x_ve = x_ve + expand_like(sigma_next - sigma, x_ve) * _slope(D, x_ve, sigma, t)
         x = D.from_ve(x_ve, t_next)
         return Step(x, x, state)
 

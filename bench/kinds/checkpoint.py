@@ -60,7 +60,7 @@ def peek(path: Path, kind: str) -> dict:
     ('checkpoint': the project's format, 'official': score_sde's): an empty, garbage or other-kind file
     is a ValueError naming the right kind. Read with ``weights_only=True``, tensors memory-mapped
     where the file allows, so a large official checkpoint costs little; only the spec is kept."""
-    from models.checkpoint_io import FORMAT, CheckpointError, read_checkpoint
+    from models.checkpoint_io import FORMAT, CheckpointError, load_weights_only, read_checkpoint
 
     key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, kind)
     if key in _PEEKED:
@@ -71,14 +71,7 @@ def peek(path: Path, kind: str) -> dict:
         except CheckpointError as e:
             raise ValueError(f"{e}{'; use kind: official' if 'official score_sde' in str(e) else ''}") from e
     else:
-        try:
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # not a zip archive: no memory map
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # empty, truncated, not a torch file, or objects outside the allowed set
-            raise ValueError(f"{path}: cannot read as a torch checkpoint "
-                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+        ckpt = load_weights_only(path)
         if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
             raise ValueError(f"{path} is a scorebench checkpoint, not an official score_sde one; use kind: checkpoint "
                              f"with path: {path}")

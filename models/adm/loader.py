@@ -24,6 +24,7 @@ from models.adm.flags import classifier_flags, classifier_kwargs, model_flags, r
 from models.adm.schedule import adm_path
 from models.adm.score import ADMScore
 from models.adm.unet import EncoderUNetModel, UNetModel
+from models.checkpoint_io import load_weights_only
 
 __all__ = ["read_state_dict", "check_state_dict", "unet_for", "classifier_for", "load_adm", "load_classifier",
            "model_num_classes", "classifier_num_classes"]
@@ -41,14 +42,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         ValueError: not a torch file, objects outside the allowed set, or not a flat dict of tensors.
     """
     path = Path(path)
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # not a zip archive: no memory map
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # empty, truncated, not a torch file, or objects the safe loader refuses
-        raise ValueError(f"{path}: cannot read as an ADM state_dict ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:200]})") from e
+    state = load_weights_only(path, "an ADM state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         got = type(state).__name__ if not isinstance(state, dict) else "a dict holding non-tensors"
         raise ValueError(f"{path}: an ADM checkpoint is a state_dict (a flat dict of tensors), got {got}")
