@@ -10,7 +10,9 @@ so the score, the log-density at any t (t = 0 and the terminal T included) and e
 all available in closed form. Everything is computed in float64 and returned in the input's dtype.
 
 :class:`ClassConditionalMixture` is the class-conditional version: class k is component k, so the
-score of a sample asked for class k is the exact score of N(α_t μ_k, α_t² s_k² + σ_t²).
+score of a sample asked for class k is the exact score of N(α_t μ_k, α_t² s_k² + σ_t²); the null class K
+(:meth:`ClassConditionalMixture.null_condition`) has the full mixture's score, so classifier-free guidance
+on it has an exact answer: (1 − w) ∇log p_t(x) + w ∇log p_t(x | k).
 """
 
 from __future__ import annotations
@@ -191,9 +193,15 @@ class ClassConditionalMixture:
         m = self.mixture
         return GaussianMixture(m.means[k : k + 1], m.stds[k : k + 1], m.sde, data_range=m.data_range)
 
+    def null_condition(self, n: int) -> Tensor:
+        """n null labels [n]: the class index K (= ``label_dim``), whose score is the full mixture's (the
+        unconditional model, what classifier-free guidance's unconditional branch evaluates)."""
+        return torch.full((n,), self.label_dim, dtype=torch.int64)
+
     def conditioned(self, labels: Tensor) -> ClassConditionalMixture:
+        """Row i asks for class ``labels[i]`` in 0..K − 1, or for the null class K (the full mixture)."""
         new = ClassConditionalMixture(self.mixture)
-        new.row_labels = class_indices(labels, self.label_dim, type(self).__name__)
+        new.row_labels = class_indices(labels, self.label_dim + 1, type(self).__name__)
         return new
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
@@ -206,5 +214,10 @@ class ClassConditionalMixture:
         mu, var, _ = m._components(t)  # [B, K, D]
         rows = torch.arange(x.shape[0], device=x.device)
         k = k.to(x.device)
-        diff = x.reshape(x.shape[0], -1).to(torch.float64) - mu[rows, k]
-        return (-diff / var[rows, k]).reshape(x.shape).to(x.dtype)
+        null = k == self.label_dim
+        kk = torch.where(null, torch.zeros_like(k), k)
+        diff = x.reshape(x.shape[0], -1).to(torch.float64) - mu[rows, kk]
+        score = (-diff / var[rows, kk]).reshape(x.shape).to(x.dtype)
+        if bool(null.any()):  # null rows: the full mixture's score
+            score[null] = m(x[null], t[null])
+        return score

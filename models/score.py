@@ -39,6 +39,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from models.conditions import take_rows
 from models.sde import SDE, expand_like
 
 __all__ = ["ScoreModel", "NetworkScore", "CountingScore", "TIME_LABELS", "conditioned", "select_rows",
@@ -58,7 +59,8 @@ class ScoreModel(Protocol):
 
 def conditioned(model, labels: Tensor):
     """``model`` conditioned on per-sample class labels: ``labels`` [B] (int64 class indices; EDM models
-    also take [B, label_dim] label vectors), row i of every batch the result is called on asking for
+    also take [B, label_dim] label vectors; text models a mapping of [B, ...] tensors — the forms of
+    :mod:`models.conditions`), row i of every batch the result is called on asking for
     class ``labels[i]``. Looked up on the model's class, never forwarded to an inner model: a wrapper
     that cannot rebuild itself around the conditioned model is refused rather than bypassed."""
     method = getattr(type(model), "conditioned", None)
@@ -71,7 +73,7 @@ def select_rows(model, idx: Tensor | slice):
     """``model`` for rows ``idx`` ([k] indices or a slice) of the batch it is conditioned on: the model
     itself when it holds no per-sample state, else the same stack conditioned on ``row_labels[idx]``."""
     labels = getattr(model, "row_labels", None)  # the innermost model's, through the wrappers
-    return model if labels is None else conditioned(model, labels[idx])
+    return model if labels is None else conditioned(model, take_rows(labels, idx))
 
 
 def class_indices(labels, label_dim: int, owner: str) -> Tensor:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from models.adm.score import AncestralTerms
 from models.paths import expand_like
 from models.score import class_indices, conditioned
+from models.tally import CountedModel, Tally
 
 __all__ = ["ClassifierGuidance"]
 
@@ -58,6 +59,23 @@ class ClassifierGuidance:
         self.label_dim = self.model_label_dim or int(classifier.out_channels)
         self.row_labels: Tensor | None = None  # [B] the classes asked for, once conditioned
         self._tally = {"classifier_nfe": 0, "classifier_rows": 0}  # shared with the conditioned views
+        self.tally: Tally | None = None  # per-network counts (counted())
+
+    def with_scale(self, scale: float) -> ClassifierGuidance:
+        """The same networks guided at another ``scale`` (the ``guidance: {kind: classifier}`` axis)."""
+        if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale >= 0:
+            raise ValueError(f"classifier guidance: scale must be a number >= 0, got {scale!r}")
+        new = copy.copy(self)
+        new.scale = float(scale)
+        return new
+
+    def counted(self, tally: Tally) -> ClassifierGuidance:
+        """The same guided model with its denoiser counted as 'denoiser' and the classifier's forwards and
+        backwards as 'classifier' and 'classifier_backward' in ``tally`` (:mod:`models.tally`)."""
+        new = copy.copy(self)
+        new.model = CountedModel(self.model, tally, "denoiser")
+        new.tally = tally
+        return new
 
     @property
     def classifier_nfe(self) -> int:
@@ -85,6 +103,9 @@ class ClassifierGuidance:
                              f"(models.score.conditioned)")
         self._tally["classifier_nfe"] += 1
         self._tally["classifier_rows"] += x.shape[0]
+        if self.tally is not None:  # one forward and one backward of B rows
+            self.tally.add("classifier", rows=x.shape[0])
+            self.tally.add("classifier_backward", rows=x.shape[0])
         param = next(self.classifier.parameters(), None)
         with torch.enable_grad():
             x_in = x.detach().to(param.dtype if param is not None else x.dtype).requires_grad_(True)
