@@ -22,6 +22,8 @@ diffusers = pytest.importorskip("diffusers", reason="optional extra scorebench[d
 pytest.importorskip("transformers", reason="optional extra scorebench[diffusers] not installed")
 
 from models.diffusers_pipelines import load_pipeline  # noqa: E402
+from models.guidance import make_guidance  # noqa: E402
+from models.tally import CountedModel, Tally  # noqa: E402
 from solvers import Problem, SeededNoise, make_sampler  # noqa: E402
 from tests import tiny_pipelines  # noqa: E402
 
@@ -60,8 +62,8 @@ def rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-def diffusers_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor):
-    """(final latents, denoiser calls) of diffusers' own pipeline, no CFG (guidance_scale 1)."""
+def diffusers_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float = 1.0):
+    """(final latents, denoiser calls) of diffusers' own pipeline at ``guidance_scale`` (1: no CFG)."""
     pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True, text_encoder_3=None,
                                                        tokenizer_3=None) if name.startswith("sd3") else \
         diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
@@ -80,23 +82,28 @@ def diffusers_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor):
                 return decode(z, *a, **k)
 
             pipe.vae.decode = keep
-            pipe([3, 7], num_inference_steps=steps, guidance_scale=1.0,
+            pipe([3, 7], num_inference_steps=steps, guidance_scale=scale,
                  generator=torch.Generator().manual_seed(1), output_type="pt")
             return seen["z"] * pipe.vae.config.scaling_factor, len(calls)
-        out = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=1.0, latents=x_T.clone(), output_type="latent",
+        out = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=scale, latents=x_T.clone(), output_type="latent",
                    **kwargs)
     return out.images, len(calls)
 
 
-def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor):
-    """(final latents, NFE, the model's tally) of the harness on the same folder from the same x_T."""
+def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float | None = None):
+    """(final latents, NFE, the model's tally, the model, the run's tally) of the harness on the same folder
+    from the same x_T; with ``scale``: classifier-free guidance (models.guidance), the denoiser counted."""
     model = load_pipeline(folder)
     cond = torch.tensor([3, 7]) if name.startswith("dit") else model.encode_prompts(PROMPTS)
     solver, options = CASES[name][2]
     sampler = make_sampler(solver, n_steps=steps, **options)
+    tally = Tally()
+    score = CountedModel(model, tally, "denoiser")
+    if scale is not None:
+        score = make_guidance("cfg", score, scale)
     with torch.no_grad():
-        sol = sampler.sample(Problem(model).conditioned(cond), x_T.clone(), SeededNoise(range(2)))
-    return sol.x, sol.stats.nfe, model.tally.snapshot(), model
+        sol = sampler.sample(Problem(score).conditioned(cond), x_T.clone(), SeededNoise(range(2)))
+    return sol.x, sol.stats.nfe, model.tally.snapshot(), model, tally.snapshot()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -104,7 +111,7 @@ def test_latents_match_diffusers_pipeline(name, folders):
     steps = CASES[name][3]
     x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))  # DiTPipeline's draw with seed 1
     ref, calls = diffusers_latents(name, folders[name], steps, x_T)
-    x, nfe, tally, model = harness_latents(name, folders[name], steps, x_T)
+    x, nfe, tally, model, _ = harness_latents(name, folders[name], steps, x_T)
     err = rel(x, ref)
     print(f"| `{name}` | max rel. latent error {err:.1e} | NFE harness {nfe} | diffusers {calls} |")
     row = doc_rows()[name]
@@ -115,6 +122,23 @@ def test_latents_match_diffusers_pipeline(name, folders):
     assert tally.get("text_encoder", {"calls": 0})["calls"] == encoders
     if encoders:
         assert tally["text_encoder"]["rows"] == encoders * len(PROMPTS)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_cfg_latents_match_diffusers_pipeline(name, folders):
+    """Classifier-free guidance at scale 4: the pipeline's CFG (negative "" / null class, one batched call of
+    2B rows per step) against the harness's wrapper (models.guidance, one forward of 2B rows per guided
+    evaluation) around the same model: latents within the table's bound, NFE equal, the denoiser's rows 2B."""
+    steps = CASES[name][3]
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref, calls = diffusers_latents(name, folders[name], steps, x_T, scale=4.0)
+    x, nfe, _, _, networks = harness_latents(name, folders[name], steps, x_T, scale=4.0)
+    err = rel(x, ref)
+    print(f"| `{name}_cfg4` | max rel. latent error {err:.1e} | NFE harness {nfe} | diffusers {calls} |")
+    row = doc_rows()[f"{name}_cfg4"]
+    assert err <= row["bound"] <= 1e-4
+    assert nfe == calls == row["nfe_harness"] == row["nfe_diffusers"] == steps
+    assert networks["denoiser"] == {"calls": steps, "rows": 2 * 2 * steps}
 
 
 def test_decoded_images_match_the_pipeline(folders):
@@ -141,10 +165,10 @@ def test_null_conditions_are_the_pipelines_negative_branch(folders):
     """null_condition: DiT's null class (num_embeds_ada_norm), the SD pipeline's embedding of no negative
     prompt, SD3's negative (prompt) embeddings and pooled projections — as each pipeline's CFG uses them."""
     dit = load_pipeline(folders["dit_dpmpp_2m"])
-    assert dit.null_condition(3).tolist() == [10, 10, 10]
-    dit.conditioned(torch.tensor([10, 0]))  # the null class is a valid condition row
-    with pytest.raises(ValueError, match=r"class indices in 0..10"):
-        dit.conditioned(torch.tensor([11]))
+    assert dit.null_condition(3).tolist() == [1000, 1000, 1000]
+    dit.conditioned(torch.tensor([1000, 0]))  # the null class is a valid condition row
+    with pytest.raises(ValueError, match=r"class indices in 0..1000"):
+        dit.conditioned(torch.tensor([1001]))
     for name, n_enc in (("sd_ddim", 1), ("sd3_flow_euler", 2)):
         model = load_pipeline(folders[name])
         null = model.null_condition(2)

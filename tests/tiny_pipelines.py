@@ -86,12 +86,13 @@ def sd_pipeline(folder: Path, scheduler: str = "DDIMScheduler", prediction_type:
 
 
 def dit_pipeline(folder: Path) -> Path:
-    """A DiT pipeline: DiTTransformer2DModel (8×8 latents, learned σ, 10 classes), VAE, DPM-Solver scheduler."""
+    """A DiT pipeline: DiTTransformer2DModel (8×8 latents, learned σ, 1000 classes: DiTPipeline's null class
+    is 1000), VAE, DPM-Solver scheduler."""
     import diffusers
 
     torch.manual_seed(0)
     net = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                          num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10,
+                                          num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
                                           norm_num_groups=8).eval()
     perturb(net, 2)
     sched = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", num_train_timesteps=1000)
