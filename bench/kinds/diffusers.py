@@ -1,9 +1,14 @@
-"""``kind: diffusers`` — a saved diffusers pipeline folder (``unet/`` + ``scheduler/``) or
-``UNet2DModel`` folder (:func:`models.diffusers_adapter.load_diffusers`, offline): ``path``,
-``scheduler`` (entries overriding the saved scheduler config, e.g. ``prediction_type``; a model
-folder's whole schedule), ``label`` (a UNet with ``num_class_embeds``), ``time_mapping`` (how the
-network gets its timestep: a key of :data:`models.discrete.TIME_MAPPINGS`; default 'log_sigma', for
-flow-matching models 'flow'; written into the section, so every record states it)."""
+"""``kind: diffusers`` — a saved diffusers folder, offline: a ``UNet2DModel`` pipeline or model folder
+(:func:`models.diffusers_adapter.load_diffusers`), or a conditional / latent pipeline folder — Stable
+Diffusion 1.x/2.x/XL, DiT, PixArt, SD3, FLUX (:func:`models.diffusers_pipelines.load_pipeline`).
+
+Keys: ``path``; ``scheduler`` (entries overriding the saved scheduler config, e.g. ``prediction_type``;
+a model folder's whole schedule); ``label`` (a class-conditional UNet or DiT); ``time_mapping`` (how
+the network gets its timestep: a key of :data:`models.discrete.TIME_MAPPINGS`; default 'log_sigma',
+for flow-matching models 'flow'; written into the section, so every record states it); ``prompts``
+(a text-to-image pipeline's prompts file, :mod:`bench.prompts`; required there, refused elsewhere);
+``distilled_guidance`` (FLUX.1-dev's guidance-distilled ``guidance`` input, a condition; default 3.5);
+``decode_batch`` (latent rows per VAE decoder call; default 8)."""
 
 from __future__ import annotations
 
@@ -13,10 +18,18 @@ import torch
 
 from bench.kinds.base import ModelFacts, ModelKind, check_label, resolve_folder, where_env
 
-KEYS = ("path", "scheduler", "label", "time_mapping")
+KEYS = ("path", "scheduler", "label", "time_mapping", "prompts", "distilled_guidance", "decode_batch")
+
+
+def _pipeline(folder: Path | None) -> dict | None:
+    """The configs' facts of a conditional / latent pipeline folder, None for a UNet2DModel folder."""
+    from models.diffusers_pipelines import is_pipeline, pipeline_facts
+
+    return pipeline_facts(folder) if folder is not None and is_pipeline(folder) else None
 
 
 def check(section: dict, files: bool = True) -> None:
+    from bench.prompts import check_prompts_section, read_prompts
     from models.diffusers_adapter import class_label_dim, model_spec, unet_config, unet_folder
 
     path = section.get("path")
@@ -30,10 +43,38 @@ def check(section: dict, files: bool = True) -> None:
         raise FileNotFoundError(f"diffusers folder {path!r} not found{where_env()}; save one with internet: "
                                 f"DDPMPipeline.from_pretrained('google/ddpm-cifar10-32').save_pretrained({path!r})")
     check_label(section)
+    if "prompts" in section:
+        check_prompts_section(section["prompts"])
+    batch = section.get("decode_batch", 8)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"field 'decode_batch' (latent rows per VAE decoder call) must be an integer >= 1, "
+                         f"got {batch!r}")
+    guidance = section.get("distilled_guidance")
+    if guidance is not None and (not isinstance(guidance, int | float) or isinstance(guidance, bool) or guidance < 0):
+        raise ValueError(f"field 'distilled_guidance' must be a number >= 0, got {guidance!r}")
     model_spec(_config(folder, overrides), section.get("time_mapping"), where=f"diffusers folder {path!r}")
-    if folder is not None:
-        where = f"the UNet in diffusers folder {path!r}"
+    if folder is None:
+        return
+    facts = _pipeline(folder)
+    where = f"the denoiser in diffusers folder {path!r}"
+    if facts is None:
         check_label(section, class_label_dim(unet_config(unet_folder(folder)), where), where)
+        if "prompts" in section:
+            raise ValueError(f"field 'prompts' given, but diffusers folder {path!r} holds a UNet2DModel, which takes "
+                             f"no text; remove 'prompts'")
+        return
+    check_label(section, facts["label_dim"], where)
+    if facts["text"] and "prompts" not in section:
+        raise ValueError(f"diffusers folder {path!r} is a text-to-image pipeline ({facts['class']}): field 'prompts' "
+                         f"is required, e.g. prompts: {{file: captions.txt}} (one prompt per line)")
+    if not facts["text"] and "prompts" in section:
+        raise ValueError(f"field 'prompts' given, but diffusers folder {path!r} ({facts['class']}) has no text "
+                         f"encoder; remove 'prompts'")
+    if guidance is not None and facts["family"] != "flux":
+        raise ValueError(f"field 'distilled_guidance' applies to FLUX pipelines; diffusers folder {path!r} holds a "
+                         f"{facts['class']}; remove it")
+    if "prompts" in section:
+        read_prompts(section["prompts"])
 
 
 def _config(folder: Path | None, overrides: dict) -> dict:
@@ -47,9 +88,12 @@ def _config(folder: Path | None, overrides: dict) -> dict:
 
 
 def resolve(section: dict, files: bool = True) -> dict:
-    """The section with its time mapping written in (the model's default where not given)."""
+    """The section with its time mapping (the model's default where not given) and its prompts' pick
+    written in."""
     from models.diffusers_adapter import model_spec
 
+    if "prompts" in section:
+        section = {**section, "prompts": {"pick": "index", **section["prompts"]}}
     if "time_mapping" in section or not files:
         return section
     folder = resolve_folder(section["path"])
@@ -58,26 +102,42 @@ def resolve(section: dict, files: bool = True) -> dict:
 
 
 def describe(section: dict, files: bool = True) -> ModelFacts | None:
-    """Sample shape (the UNet's config) and path (its scheduler config) without loading the weights."""
+    """The shape of what the metrics see (a latent model's decoded image) and the path (its scheduler
+    config), without loading the weights."""
     from models.diffusers_adapter import model_spec, sample_shape, unet_config, unet_folder
 
     folder = resolve_folder(section["path"]) if files else None
     if folder is None:
         return None
     spec = model_spec(_config(folder, section.get("scheduler", {})), section.get("time_mapping"))
+    facts = _pipeline(folder)
+    if facts is not None:
+        return ModelFacts(tuple(facts["image_shape"] or facts["shape"]), spec["path"])
     return ModelFacts(sample_shape(unet_config(unet_folder(folder))), spec["path"])
 
 
 def load(section: dict, device: str, dtype: torch.dtype):
     from models.diffusers_adapter import load_diffusers
+    from models.diffusers_pipelines import is_pipeline, load_pipeline
 
-    return load_diffusers(resolve_folder(section["path"]), scheduler=section.get("scheduler"),
-                          time_mapping=section.get("time_mapping"), device=device, dtype=dtype)
+    folder = resolve_folder(section["path"])
+    if is_pipeline(folder):
+        return load_pipeline(folder, scheduler=section.get("scheduler"), time_mapping=section.get("time_mapping"),
+                             device=device, dtype=dtype, distilled_guidance=section.get("distilled_guidance"),
+                             decode_batch=section.get("decode_batch", 8))
+    return load_diffusers(folder, scheduler=section.get("scheduler"), time_mapping=section.get("time_mapping"),
+                          device=device, dtype=dtype)
 
 
 def model_files(section: dict) -> dict[str, Path]:
+    from bench.prompts import prompts_file
+
     folder = resolve_folder(section["path"]) if isinstance(section.get("path"), str) else None
-    return {"checkpoint": folder} if folder is not None else {}
+    files = {"checkpoint": folder} if folder is not None else {}
+    prompts = prompts_file(section["prompts"]) if isinstance(section.get("prompts"), dict) else None
+    if prompts is not None:
+        files["prompts"] = prompts
+    return files
 
 
 KIND = ModelKind(KEYS, check, load, describe, model_files, resolve)
