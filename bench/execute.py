@@ -27,11 +27,12 @@ from types import SimpleNamespace
 import torch
 
 from bench.grid import RunSpec
-from bench.models import DTYPES, RunScore, accelerate, batch_labels, load_score_model, run_sde
+from bench.models import DTYPES, RunScore, batch_labels, load_score_model, run_model, run_sde
 from bench.records import canonical, now
 from bench.seeds import SeedRanges
 from bench.shard_state import ShardState
 from bench.shards import BPD, Shard, merge_record, run_shards, shard_state
+from models.tally import Tally
 
 __all__ = ["execute_shard", "execute_unit", "execute_run", "merge_states", "merge_or_fail", "build_metrics",
            "resolve_device", "RunTimeout"]
@@ -112,7 +113,8 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
     model = None
     phase = f"loading model {run.model_name!r}"
     try:
-        model = accelerate(load_score_model(run.model, device, run.dtype), run.accel)
+        tally = Tally()
+        model = run_model(run, device, tally)
         sde = run_sde(model, run.T, run.eps)
         info = state.info
         info.update(sde=sde_to_dict(sde), device_name=device_name(device), data_range=list(model.data_range),
@@ -123,6 +125,8 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
         if run.prior.get("kind") == "oracle":
             info["prior_note"] = "ORACLE prior: held-out data diffused to T (uses data)"
         problem = Problem(RunScore(model, sde), prior)
+        if run.guidance:
+            info["guidance"] = {k: v for k, v in run.guidance.items() if k != "guide_model"}
         if run.model.get("label") is not None:
             info["labels"] = {"label": run.model["label"], "label_dim": int(getattr(model, "label_dim", 0) or 0),
                               "seed_to_label": "solvers.noise.seed_labels" if run.model["label"] == "random"
@@ -163,6 +167,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 # Network passes of a fitted prior are not score calls: counted apart from NFE.
                 state.prior_network_calls += getattr(prior, "network_calls", 0)
                 guide0 = _classifier_counts(model)
+                networks0 = tally.snapshot()
                 sol = sampler.sample(batch_problem, x_init, noise)
                 synchronize(device)
                 sampling_s += time.perf_counter() - t0
@@ -170,6 +175,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                     calls, rows = (b - a for a, b in zip(guide0, _classifier_counts(model), strict=True))
                     sol.stats.extra.update(classifier_nfe=calls, classifier_nfe_per_sample=rows / B)
                 state.add_batch(sol.stats, B)
+                state.add_networks(tally.since(networks0))  # every network's calls and rows in this batch
                 if sol.status != Status.OK:
                     state.status = str(sol.status.value)
                     state.message = (f"batch {first_batch + j} (seeds {batch_seeds[0]}-{batch_seeds[-1]}): "

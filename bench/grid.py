@@ -28,7 +28,7 @@ from bench.seeds import SeedRanges
 from solvers import SAMPLERS, declared, make_sampler, sampler_class, sampler_options
 
 __all__ = ["GridError", "EvalSpec", "GridSpec", "RunSpec", "load_grid", "parse_grid", "expand", "METRIC_NAMES",
-           "canonical"]
+           "canonical", "guidance_label"]
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "eval", "metrics", "sweeps")
 EVAL_KEYS = ("num_samples", "batch_size", "seeds", "device", "dtype", "metrics", "timeout_s", "save_samples",
@@ -39,7 +39,8 @@ MODEL_KEYS = ("kind", "name", "metrics", "data")  # plus the kind's own keys (be
 DATA_KEYS = ("dataset", "root", "split", "fid_split", "res", "mode", "ref_path", "inception", "bpd_samples",
              "bpd_batch_size", "bpd_repeats")  # plus each metric's own keys (its registry entry's ``keys``)
 # Any other sweep key is a solver option.
-RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "likelihood")
+RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "likelihood", "guidance")
+GUIDANCE_KEYS = ("kind", "scale", "sigma_lo", "sigma_hi", "guide")  # models.guidance
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
                     "max_steps", "h_init")
@@ -147,6 +148,9 @@ class RunSpec:
     likelihood: dict = field(default_factory=dict)  # ProbabilityFlowLikelihood options for 'bpd'
     # {role: sha256} of every file the result depends on (bench.hashing.run_inputs): part of the identity.
     inputs: dict = field(default_factory=dict)
+    # models.guidance: {kind, scale, sigma_lo, sigma_hi, guide (a model name), guide_model (its section)};
+    # empty: unguided. Part of the identity (the guide's files are in ``inputs`` as 'guide:<role>').
+    guidance: dict = field(default_factory=dict)
     # False: the sampler couples the samples of a batch, so the batch composition (batch_size, seeds)
     # is part of the result; True: sample i is the same at any batch size.
     batch_invariant: bool = True
@@ -166,6 +170,7 @@ class RunSpec:
         autocast = self.accel.get("autocast", "none")
         return ({"autocast": autocast} if autocast != "none" else {}) | (
                 {"inputs": self.inputs} if self.inputs else {}) | (
+                {"guidance": self.guidance} if self.guidance else {}) | (
                 {} if self.batch_invariant else {"batch_invariant": False}) | {
                 "model": self.model, "data": self.data if uses_data else {}, "solver": self.solver,
                 "options": self.options, "T": self.T, "eps": self.eps, "prior": self.prior,
@@ -528,8 +533,27 @@ def _check_path(where: _Where, name: str, solver: str, sampler, sde, T: Any, eps
         raise where.error(f"solver {solver!r} cannot run on model {name!r}: {why}")
 
 
+def _guidance_cells(where: _Where, v: Any) -> list:
+    """A ``guidance`` value as the list of its cells: one mapping, or a list of them, each expanded over
+    its own list-valued keys (``scale: [1, 2, 4]`` is an axis like any list-valued sweep key)."""
+    out = []
+    for g in v if isinstance(v, list) else [v]:
+        if not isinstance(g, dict):
+            out.append(g)  # refused with its reason by _parse_guidance
+            continue
+        axes = {k: x for k, x in g.items() if isinstance(x, list)}
+        for k, x in axes.items():
+            if not x:
+                raise where.error(f"field 'guidance.{k}' is an empty list")
+        out += [{**g, **dict(zip(axes, combo))} for combo in itertools.product(*axes.values())]
+    return out
+
+
 def expand_entry(where: _Where, entry: dict) -> list[dict]:
-    """The cartesian product of an entry's list-valued keys (``metrics`` is not an axis)."""
+    """The cartesian product of an entry's list-valued keys (``metrics`` is not an axis; a ``guidance``
+    mapping's list-valued keys are: :func:`_guidance_cells`)."""
+    if "guidance" in entry:
+        entry = {**entry, "guidance": _guidance_cells(where, entry["guidance"])}
     axes = {k: v for k, v in entry.items() if isinstance(v, list) and k != "metrics"}
     for k, v in axes.items():
         if not v:
@@ -539,6 +563,92 @@ def expand_entry(where: _Where, entry: dict) -> list[dict]:
     for combo in itertools.product(*axes.values()):
         cells.append({**fixed, **dict(zip(axes, combo))})
     return cells
+
+
+def guidance_label(g: dict | None) -> str:
+    """A run's guidance in a few characters ('' unguided): 'cfg w=2', 'interval w=2 σ∈(0.1,2]',
+    'autoguidance w=2 guide=xs', 'cfg w=1.4 uncond=xs_uncond', 'classifier s=1'."""
+    if not g:
+        return ""
+    kind = g["kind"]
+    text = f"{kind} {'s' if kind == 'classifier' else 'w'}={g['scale']:g}"
+    if kind == "interval":
+        text += f" σ∈({g['sigma_lo']:g},{g['sigma_hi']:g}]"
+    if g.get("guide"):
+        text += f" {'guide' if kind == 'autoguidance' else 'uncond'}={g['guide']}"
+    return text
+
+
+def _conditional(section: dict) -> bool:
+    """Whether a model section asks for conditioned samples (class labels, or text prompts)."""
+    return section.get("label") is not None or section.get("prompts") is not None
+
+
+def _parse_guidance(where: _Where, v: Any, name: str, models: dict, facts: dict | None) -> dict:
+    """A run's ``guidance`` for model ``name``, validated (:mod:`models.guidance`): the canonical dict
+    {kind, scale[, sigma_lo, sigma_hi][, guide, guide_model]} (empty: unguided)."""
+    from bench.kinds import MODEL_KINDS
+    from models.guidance import GUIDANCE_KINDS
+    from models.sde import sde_to_dict
+
+    if v is None:
+        return {}
+    g = dict(where.keys(v, GUIDANCE_KEYS, "guidance"))
+    kind = where.choice("guidance kind", g.get("kind"), GUIDANCE_KINDS)
+    scale = g.get("scale")
+    if not _is_number(scale) or not 0 <= scale < math.inf:
+        raise where.error(f"field 'guidance.scale' must be a number >= 0, got {scale!r}")
+    out = {"kind": kind, "scale": float(scale)}
+    section = models[name]
+    if kind == "interval":
+        for k in ("sigma_lo", "sigma_hi"):
+            if not _is_number(g.get(k)) or not 0 <= g[k] < math.inf:
+                raise where.error(f"field 'guidance.{k}' must be a number >= 0 (guidance kind 'interval'), "
+                                  f"got {g.get(k)!r}")
+        if not g["sigma_lo"] < g["sigma_hi"]:
+            raise where.error(f"guidance interval: sigma_lo ({g['sigma_lo']!r}) must be below sigma_hi "
+                              f"({g['sigma_hi']!r})")
+        out.update(sigma_lo=float(g["sigma_lo"]), sigma_hi=float(g["sigma_hi"]))
+    elif "sigma_lo" in g or "sigma_hi" in g:
+        raise where.error(f"fields 'guidance.sigma_lo'/'sigma_hi' belong to guidance kind 'interval', not {kind!r}")
+    if kind == "autoguidance" and g.get("guide") is None:
+        raise where.error(f"guidance kind 'autoguidance' needs 'guide': another model of the grid; expected one of: "
+                          f"{', '.join(m for m in models if m != name)}")
+    if kind == "classifier":
+        if "guide" in g:
+            raise where.error("guidance kind 'classifier' takes no 'guide' (the classifier is the model section's)")
+        if section["kind"] != "adm" or not isinstance(section.get("classifier"), dict):
+            raise where.error(f"guidance kind 'classifier' needs an adm model with a 'classifier' section; model "
+                              f"{name!r} (kind {section['kind']!r}) has none")
+    if kind != "autoguidance" and not _conditional(section):
+        raise where.error(f"guidance kind {kind!r} needs a conditional model; model {name!r} is unconditional "
+                          f"(no 'label' or 'prompts')")
+    guide = g.get("guide")
+    if guide is not None:
+        if not isinstance(guide, str) or guide not in models or guide == name:
+            raise where.error(f"field 'guidance.guide' must name another model of the grid's models section; "
+                              f"got {guide!r}, expected one of: {', '.join(m for m in models if m != name)}")
+        gsec = models[guide]
+        if kind in ("cfg", "interval") and _conditional(gsec):
+            raise where.error(f"guidance kind {kind!r}: guide {guide!r} stands for the unconditional branch and must "
+                              f"be unconditional (no 'label'); a conditional guide is kind 'autoguidance'")
+        if kind == "autoguidance" and _conditional(gsec) and not _conditional(section):
+            raise where.error(f"guidance kind 'autoguidance': guide {guide!r} is conditional but model {name!r} "
+                              f"is not")
+        main, other = (facts or {}).get(name), (facts or {}).get(guide)
+        if main is not None and other is not None:
+            if tuple(main.shape) != tuple(other.shape):
+                raise where.error(f"guide {guide!r} draws samples of shape {list(other.shape)}, model {name!r} of "
+                                  f"{list(main.shape)}; expected equal")
+            if sde_to_dict(main.sde) != sde_to_dict(other.sde):
+                raise where.error(f"guide {guide!r} is on another path than model {name!r} "
+                                  f"({sde_to_dict(other.sde)} vs {sde_to_dict(main.sde)}); expected the same")
+        out.update(guide=guide, guide_model={k: x for k, x in gsec.items() if k not in ("metrics", "data", "label")})
+    if kind in ("cfg", "interval") and guide is None and not MODEL_KINDS[section["kind"]].null_condition:
+        raise where.error(f"guidance kind {kind!r} on model {name!r}: a {section['kind']} network has no null "
+                          f"condition it was trained with; give 'guide': an unconditional model of the grid (EDM2's "
+                          f"CFG guides by an unconditional network)")
+    return out
 
 
 def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, ev: EvalSpec,
@@ -597,6 +707,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         else:
             metrics = ev.metrics
         model = {k: v for k, v in section.items() if k not in ("metrics", "data")}
+        guidance = _parse_guidance(where, cell.get("guidance"), name, models, facts)
         fact = (facts or {}).get(name)
         if fact is not None:
             _check_run_time(where, name, fact.sde, T, eps)
@@ -610,7 +721,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                             options=options, T=None if T is None else float(T),
                             eps=None if eps is None else float(eps), prior=prior, num_samples=ev.num_samples,
                             batch_size=ev.batch_size, seeds=ev.seeds, dtype=ev.dtype, metrics=metrics,
-                            likelihood=likelihood if "bpd" in metrics else {}, device=ev.device,
+                            likelihood=likelihood if "bpd" in metrics else {}, device=ev.device, guidance=guidance,
                             batch_invariant=batch_invariant,
                             timeout_s=ev.timeout_s, save_samples=ev.save_samples,
                             threads=ev.threads, accel=ev.accel, shard_size=ev.shard_size))
@@ -675,8 +786,11 @@ def _with_inputs(runs: tuple[RunSpec, ...], facts: dict) -> tuple[RunSpec, ...]:
     out, seen = [], set()
     for run in runs:
         fact = facts.get(run.model_name)
-        run = run.replace(inputs=run_inputs(run.model, run.data, run.prior, run.metrics,
-                                            None if fact is None else fact.shape))
+        inputs = run_inputs(run.model, run.data, run.prior, run.metrics, None if fact is None else fact.shape)
+        if run.guidance.get("guide_model"):  # the guide network's files are part of the run's identity
+            inputs |= {f"guide:{role}": sha for role, sha in
+                       run_inputs(run.guidance["guide_model"], {}, {"kind": "gaussian"}, ()).items()}
+        run = run.replace(inputs=dict(sorted(inputs.items())))
         if run.run_id not in seen:
             seen.add(run.run_id)
             out.append(run)

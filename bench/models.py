@@ -17,7 +17,7 @@ import torch
 from bench.kinds import MODEL_KINDS, model_files
 from bench.kinds.base import RANDOM_LABEL, check_label
 
-__all__ = ["load_score_model", "batch_labels", "RunScore", "run_sde", "accelerate", "DTYPES"]
+__all__ = ["load_score_model", "batch_labels", "RunScore", "run_sde", "accelerate", "run_model", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -115,3 +115,28 @@ def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32")
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = MODEL_KINDS[section["kind"]].load(section, str(device), DTYPES[dtype])
     return _CACHE[key]
+
+
+def run_model(run, device: str, tally):
+    """The model a run samples: loaded (cached), accelerated, every network counted in ``tally``
+    (:class:`models.tally.CountedModel`: 'denoiser', 'guide'; an ADM classifier's forward and backward),
+    and guided as ``run.guidance`` says (:func:`models.guidance.make_guidance`; the guide model loaded,
+    cached, beside the main one). One call of the result is one guided denoiser evaluation (one NFE)."""
+    from models.guidance import make_guidance
+    from models.tally import CountedModel
+
+    g = run.guidance or {}
+    base = load_score_model(run.model, device, run.dtype)
+    if callable(getattr(base, "counted", None)):  # an ADM model with its guiding classifier
+        if g.get("kind") == "classifier":
+            base = make_guidance("classifier", base, g["scale"])
+        return accelerate(base.counted(tally), run.accel)
+    model = CountedModel(accelerate(base, run.accel), tally, "denoiser")
+    if not g:
+        return model
+    guide = None
+    if g.get("guide_model"):
+        guide_base = load_score_model(g["guide_model"], device, run.dtype)
+        guide = CountedModel(accelerate(guide_base, run.accel), tally, "guide")
+    return make_guidance(g["kind"], model, g["scale"], guide=guide, sigma_lo=g.get("sigma_lo"),
+                         sigma_hi=g.get("sigma_hi"))

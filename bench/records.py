@@ -52,6 +52,7 @@ def run_skeleton(run, device: str, status: str = "running", message: str = "") -
             "T": run.T, "eps": run.eps, "prior": run.prior, "num_samples": run.num_samples,
             "batch_size": run.batch_size, "seeds": run.seeds, "dtype": run.dtype, "device": device,
             "metrics_requested": list(run.metrics), "spec": run.to_dict(), "created": now(),
+            "guidance": {k: v for k, v in (run.guidance or {}).items() if k != "guide_model"},
             "status": status, "message": message, **ShardState.empty_record(), "metrics": {}, **environment()}
 
 

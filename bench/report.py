@@ -13,6 +13,10 @@ Writes into the results folder (every name made safe by :mod:`bench.filenames`; 
   (fewest NFE to reach quality targets), and the same two tables as ``tables.md`` / ``tables.tex``;
 * ``plots/<metric>_vs_nfe_<model>.png`` and ``plots/wall_vs_nfe_<model>.png`` — small multiples by
   sampler group with intervals (:mod:`bench.report_plots`);
+* with guided runs, ``plots/<metric>_vs_forwards_<model>.png`` too: the same against network forwards
+  per sample (the diff-sampler convention), beside the default axis of guided denoiser evaluations,
+  and a table of every network's calls and forwards per sample. ``--nfe-axis forwards`` makes network
+  forwards the axis of the tables as well. The two conventions are never mixed on one axis.
 * ``samples/<run_id>.png`` — a sample grid (or a 2-D histogram for points) per run.
 
 Tables are pandas DataFrames (:mod:`bench.report_tables`).
@@ -36,12 +40,14 @@ from bench.report_tables import (
     BUDGETS,
     COLUMNS,
     LOWER_IS_BETTER,
+    NFE_AXES,
     budget_table,
     budget_wide,
     default_targets,
     family,
     flatten,
     format_value,
+    nfe_axis_frame,
     nfe_to_reach,
     pareto_front,
     pareto_table,
@@ -130,8 +136,27 @@ def _pareto_html(front: pd.DataFrame, metric: str) -> str:
     return table(shown)
 
 
+_PLOT_STEM = {"guided": "nfe", "forwards": "forwards"}  # plots/<metric>_vs_<stem>_<model>.png
+
+
+def _networks_table(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """Each run's NFE in both conventions and every network's calls and forwards per sample (None when
+    no run of these was guided or called another network than the denoiser)."""
+    nets = [c[: -len("_forwards_per_sample")] for c in rows.columns if c.endswith("_forwards_per_sample")]
+    if not (rows["guidance"].fillna("") != "").any() and set(nets) <= {"denoiser"}:
+        return None
+    shown = pd.DataFrame({"sampler": rows["family"], "run_id": rows["run_id"],
+                          "NFE (guided denoiser evaluations)": rows["guided_nfe"],
+                          "network forwards per sample (denoiser + guide)": rows["forwards_per_sample"]})
+    for name in nets:
+        shown[f"{name}: forwards per sample"] = rows[f"{name}_forwards_per_sample"]
+        shown[f"{name}: calls"] = rows[f"{name}_calls"]
+    return shown.sort_values(["sampler", "NFE (guided denoiser evaluations)"]).reset_index(drop=True)
+
+
 def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
-                 targets: dict[str, list[float]] | None = None, starmap: Callable = itertools.starmap) -> dict:
+                 targets: dict[str, list[float]] | None = None, starmap: Callable = itertools.starmap,
+                 nfe_axis: str = "guided") -> dict:
     """Write report.html, the CSV / Markdown / LaTeX tables, plots and sample grids for the records under ``out``.
 
     Args:
@@ -140,6 +165,9 @@ def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
         targets: quality targets per metric for the NFE-to-reach table (default: :func:`default_targets`).
         starmap: draws the figures, ``starmap(figure_png, [args, ...])`` (default here, one after
             another; the sweep passes its executor's, which spreads them over its worker processes).
+        nfe_axis: the NFE convention of the tables and main plots: 'guided' (guided denoiser
+            evaluations, a CFG step = 1) or 'forwards' (network forwards per sample, a CFG step = 2);
+            with guided runs the plots of the other convention are drawn too, each axis labelled.
     """
     from bench.report_html import page, table
     from bench.report_plots import curve_styles, figure_png
@@ -151,8 +179,13 @@ def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
     metrics = _metric_names(records)
     runs = runs_frame(records, metrics)
     _write_csv(out / "runs.csv", runs)
-    ok = runs[runs["status"] == "ok"]
-    summary = summary_frame(runs, metrics)
+    if nfe_axis not in NFE_AXES:
+        raise ValueError(f"unknown NFE axis {nfe_axis!r}; expected one of: {', '.join(NFE_AXES)}")
+    guided = bool((runs["guidance"].fillna("") != "").any())
+    axes = [nfe_axis] + ([a for a in NFE_AXES if a != nfe_axis] if guided else [])
+    frames = {a: nfe_axis_frame(runs[runs["status"] == "ok"], a) for a in axes}
+    ok = frames[nfe_axis]
+    summary = summary_frame(nfe_axis_frame(runs, nfe_axis), metrics)
     if len(summary):
         _write_csv(out / "summary.csv", summary)
     else:
@@ -161,22 +194,33 @@ def build_report(out: str | Path, budgets: tuple[int, ...] = BUDGETS,
     if len(sets):
         _write_csv(out / "seed_sets.csv", sets)
     styles = curve_styles(ok) if len(ok) else {}
-    jobs = [(model, m, "wall-clock per run (s)" if m == "wall_time_s" else m)
-            for model in sorted(ok["model"].unique()) for m in metrics + ["wall_time_s"]]
-    pngs = starmap(figure_png, [(ok[ok["model"] == model], model, m, label, styles) for model, m, label in jobs])
-    drawn = dict(zip(((model, m) for model, m, _ in jobs), pngs, strict=True))
+    jobs = [(model, m, "wall-clock per run (s)" if m == "wall_time_s" else m, a)
+            for a in axes for model in sorted(ok["model"].unique()) for m in metrics + ["wall_time_s"]
+            if a == nfe_axis or m not in ("wall_time_s", "bpd")]
+    pngs = starmap(figure_png, [(frames[a][frames[a]["model"] == model], model, m, label, styles, a)
+                                for model, m, label, a in jobs])
+    drawn = dict(zip(((model, m, a) for model, m, _, a in jobs), pngs, strict=True))
     plots, models, fronts, budget_rows, reach_rows, md, tex = [], [], [], [], [], [], []
     for model in sorted(ok["model"].unique()):
         mrows = ok[ok["model"] == model]
         figures, sections = [], []
-        for m in metrics + ["wall_time_s"]:
-            label = "wall-clock per run (s)" if m == "wall_time_s" else m
-            png = drawn[(model, m)]
-            if png is not None:
-                p = output_path(out, "plots", f"{'wall' if m == 'wall_time_s' else m}_vs_nfe_{model}", suffix=".png")
+        for model_, m, label, a in jobs:
+            png = drawn[(model_, m, a)]
+            if model_ == model and png is not None:
+                stem = f"{'wall' if m == 'wall_time_s' else m}_vs_{_PLOT_STEM[a]}_{model}"
+                p = output_path(out, "plots", stem, suffix=".png")
                 atomic_write(p, lambda f, png=png: f.write(png))  # concurrent report rebuilds never mix files
                 plots.append(p)
-                figures.append((p, f"{model}: {label} vs NFE"))
+                versus = "NFE" if a == "guided" or m == "bpd" else "network forwards per sample"
+                figures.append((p, f"{model}: {label} vs {versus}" + (f" ({NFE_AXES[a][1]})" if guided else "")))
+        networks = _networks_table(mrows) if guided or "guide_calls" in mrows else None
+        if networks is not None:
+            sections.append(("Every network counted apart: NFE = guided denoiser evaluations (a CFG step = 1); "
+                             "network forwards per sample = the diff-sampler convention (a CFG step = 2, a step "
+                             "outside the guidance interval = 1, autoguidance = main + guide); a classifier, text "
+                             "encoder or VAE decoder is listed apart, never added to either"
+                             + (f". The tables above read NFE as {NFE_AXES[nfe_axis][1]}" if guided else ""),
+                             table(networks)))
         for m in metrics:
             front = pareto_table(mrows, m)
             if front.empty or m == "bpd":  # bits/dim has its own table: it rates the model, not the sampler
@@ -256,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="NFE budgets of the budget table, comma-separated (default: %(default)s)")
     p.add_argument("--target", action="append", default=[], metavar="METRIC=V1,V2",
                    help="quality targets of the NFE-to-reach table for one metric (repeatable)")
+    p.add_argument("--nfe-axis", choices=tuple(NFE_AXES), default="guided",
+                   help="the NFE convention of the tables and main plots: guided denoiser evaluations (a CFG "
+                        "step = 1) or network forwards per sample (a CFG step = 2); default %(default)s")
     args = p.parse_args(argv)
     try:
         budgets = tuple(int(b) for b in args.budgets.split(",") if b.strip())
@@ -269,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        made = build_report(args.results, budgets, targets)
+        made = build_report(args.results, budgets, targets, nfe_axis=args.nfe_axis)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.report_tables import nfe_column, pareto_table
+from bench.report_tables import NFE_AXES, nfe_column, pareto_table
 
 __all__ = ["GROUPS", "GROUP_ORDER", "MAX_CURVES", "group_of", "curve_styles", "panels", "figure_png",
            "spans_a_decade"]
@@ -89,13 +89,17 @@ def _fixed_layout(fig, ncol: int, nrow: int) -> None:
                         wspace=m["wspace"] / panel_w, hspace=m["hspace"] / panel_h)
 
 
-def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[str, tuple[str, str]]) -> bytes | None:
+def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[str, tuple[str, str]],
+               nfe_axis: str = "guided") -> bytes | None:
     """The small-multiples figure of ``y`` against NFE for one model's successful runs, as PNG bytes.
 
     Args:
-        df: the model's rows of the runs frame (``status == 'ok'``).
+        df: the model's rows of the runs frame (``status == 'ok'``), ``nfe`` in the convention
+            ``nfe_axis`` (:func:`bench.report_tables.nfe_axis_frame`).
         y: a metric name or ``'wall_time_s'``; metrics get error bars from ``<y>_lo`` / ``<y>_hi``.
         styles: from :func:`curve_styles` over the whole report.
+        nfe_axis: which NFE convention the x axis is in ('guided' or 'forwards'; :data:`NFE_AXES`),
+            named on the axis and in the title.
 
     Returns:
         The PNG, or None when no run has a finite value.
@@ -149,12 +153,15 @@ def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[s
         ax.set_visible(False)
     for k, ax in enumerate(axes.flat[:len(groups)]):
         if k + ncol >= len(groups):  # no visible panel below: its x axis is labelled
-            ax.set_xlabel("NFE of the likelihood solve" if y == "bpd" else "NFE (score evaluations per batch)")
+            guided = "guidance" in df and (df["guidance"].fillna("") != "").any()
+            label = NFE_AXES[nfe_axis][1] if guided or nfe_axis != "guided" else "NFE (score evaluations per batch)"
+            ax.set_xlabel("NFE of the likelihood solve" if y == "bpd" else label)
             ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     what = "95 % intervals" if is_metric else "one run each"
-    fig.suptitle(f"{model}: {ylabel} vs NFE ({what})", fontsize=11, y=1 - 0.1 / fig.get_figheight())
+    versus = "network forwards per sample" if nfe_axis == "forwards" and y != "bpd" else "NFE"
+    fig.suptitle(f"{model}: {ylabel} vs {versus} ({what})", fontsize=11, y=1 - 0.1 / fig.get_figheight())
     _fixed_layout(fig, ncol, nrow)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

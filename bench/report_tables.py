@@ -24,19 +24,49 @@ from bench.metrics import METRICS
 
 __all__ = ["LOWER_IS_BETTER", "BUDGETS", "COLUMNS", "family", "flatten", "pareto_front", "runs_frame",
            "summary_frame", "seed_sets_frame", "pareto_table", "budget_table", "nfe_to_reach", "default_targets",
-           "nfe_column", "format_value", "to_markdown", "to_latex"]
+           "nfe_column", "format_value", "to_markdown", "to_latex", "NFE_AXES", "nfe_axis_frame", "network_columns"]
 
 # The direction of every record column a metric writes (the registry's entries).
 LOWER_IS_BETTER = {column: lower for entry in METRICS.values() for column, lower in entry.columns().items()}
 BUDGETS = (10, 20, 50, 100, 1000)
 COLUMNS = ("run_id", "grid", "model", "solver", "family", "options", "T", "eps", "prior", "status", "message", "nfe",
-           "nfe_total", "nfe_per_sample_mean", "n_steps", "n_accepted", "n_rejected", "bpd_nfe", "num_samples",
+           "nfe_total", "nfe_per_sample_mean", "forwards_per_sample", "guidance", "n_steps", "n_accepted", "n_rejected",
+           "bpd_nfe", "num_samples",
            "batch_size", "seeds", "dtype", "wall_time_s", "sampling_time_s", "metric_time_s", "peak_memory_mb",
            "device", "device_name", "executor", "threads", "git_revision", "torch", "created")
 
 
+# The two NFE conventions the report can put on its NFE axis, never on one axis together
+# (docs/guidance.md): the column of the runs frame each reads, and how an axis says which it is.
+NFE_AXES = {"guided": ("nfe", "NFE (guided denoiser evaluations per batch)"),
+            "forwards": ("forwards_per_sample", "network forwards per sample (denoiser + guide)")}
+
+
+def nfe_axis_frame(df: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The runs frame with ``nfe`` read in the convention ``axis`` (:data:`NFE_AXES`): 'guided' keeps
+    it (one guided call = 1, whatever it forwards), 'forwards' puts each run's network forwards per
+    sample there (a CFG step = 2, a step outside the guidance interval = 1, autoguidance = main +
+    guide); the guided count stays in ``guided_nfe``. Runs without per-network counts get no point."""
+    if axis not in NFE_AXES:
+        raise ValueError(f"unknown NFE axis {axis!r}; expected one of: {', '.join(NFE_AXES)}")
+    out = df.assign(guided_nfe=df["nfe"])
+    if axis == "forwards":
+        out["nfe"] = pd.to_numeric(out["forwards_per_sample"], errors="coerce")
+    out.attrs["nfe_axis"] = axis
+    return out
+
+
+def network_columns(record: dict) -> dict:
+    """``<network>_calls`` and ``<network>_forwards_per_sample`` of every network the record counted."""
+    row = {}
+    for name, entry in (record.get("networks") or {}).items():
+        row[f"{name}_calls"] = entry.get("calls")
+        row[f"{name}_forwards_per_sample"] = entry.get("forwards_per_sample")
+    return row
+
+
 def family(record: dict) -> str:
-    """Curve label: the solver, its categorical options, and T / prior where set."""
+    """Curve label: the solver, its categorical options, the guidance, and T / prior where set."""
     parts = []
     for k, v in sorted(record.get("options", {}).items()):
         if isinstance(v, bool):
@@ -49,6 +79,10 @@ def family(record: dict) -> str:
     prior = record.get("prior") or {}
     if set(prior) - {"kind"}:
         parts.append("prior=" + ",".join(f"{k}:{v}" for k, v in sorted(prior.items()) if k != "kind"))
+    if record.get("guidance"):
+        from bench.grid import guidance_label
+
+        parts.append(guidance_label(record["guidance"]))
     return record["solver"] + (f"({', '.join(parts)})" if parts else "")
 
 
@@ -71,6 +105,10 @@ def flatten(record: dict, metrics: list[str]) -> dict:
     row["options"] = json.dumps(record.get("options", {}), sort_keys=True)
     row["prior"] = json.dumps(record.get("prior", {}), sort_keys=True)
     row["torch"] = (record.get("versions") or {}).get("torch")
+    from bench.grid import guidance_label
+
+    row["guidance"] = guidance_label(record.get("guidance"))
+    row.update(network_columns(record))
     for m in metrics:
         entry = record.get("metrics", {}).get(m) or {}
         row[m] = entry.get("value")

@@ -160,14 +160,18 @@ def dry_run_table(grid: GridSpec, out: Path) -> str:
     from bench.records import read_records
 
     records = read_records(out)
+    from bench.grid import guidance_label
+
     labelled = any(r.model.get("label") is not None for r in grid.runs)  # class-conditional models: a column
-    rows = [("run_id", "model", *(("label",) if labelled else ()), "solver", "options", "T", "metrics", "samples",
-             "batch", "batch_invariant", "status")]
+    guided = any(r.guidance for r in grid.runs)
+    rows = [("run_id", "model", *(("label",) if labelled else ()), *(("guidance",) if guided else ()), "solver",
+             "options", "T", "metrics", "samples", "batch", "batch_invariant", "status")]
     for r in grid.runs:
         opts = " ".join(f"{k}={v}" for k, v in sorted(r.options.items()))
         rec = records.get(r.run_id)
         label = (("" if r.model.get("label") is None else str(r.model["label"])),) if labelled else ()
-        rows.append((r.run_id, r.model_name, *label, r.solver, opts, "" if r.T is None else f"{r.T:g}",
+        guidance = (guidance_label(r.guidance),) if guided else ()
+        rows.append((r.run_id, r.model_name, *label, *guidance, r.solver, opts, "" if r.T is None else f"{r.T:g}",
                      ",".join(r.metrics), str(r.num_samples), str(r.batch_size),
                      "true" if r.batch_invariant else "false", rec["status"] if rec else "todo"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

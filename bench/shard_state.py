@@ -37,6 +37,9 @@ class ShardState:
             sizes): sum and extremes.
         stats_extra: other per-batch statistics a sampler reports.
         prior_network_calls: network passes of a fitted prior (not NFE).
+        networks: ``name -> {"calls", "rows"}`` summed over batches, per network of the run
+            (:data:`models.tally.NETWORKS`: the denoiser, a guide, a classifier forward and backward, ...);
+            NFE stays the guided denoiser evaluations the solver's counter sees.
         sampling_time_s, metric_time_s, wall_time_s: seconds, summed.
         peak_memory_mb, peak_memory_kind: the largest peak, and what was measured.
         oom_splits: the most batch splits out of memory forced.
@@ -62,6 +65,7 @@ class ShardState:
     nfe_per_sample_max: float | None = None
     stats_extra: list = field(default_factory=list)
     prior_network_calls: int = 0
+    networks: dict = field(default_factory=dict)
     sampling_time_s: float = 0.0
     metric_time_s: float = 0.0
     wall_time_s: float = 0.0
@@ -93,6 +97,16 @@ class ShardState:
         if extra:
             self.stats_extra.append(extra)
 
+    def add_networks(self, counts: dict) -> None:
+        """Add one batch's per-network ``{name: {"calls", "rows"}}`` (:meth:`models.tally.Tally.since`)."""
+        self._sum_networks(counts)
+
+    def _sum_networks(self, counts: dict) -> None:
+        for name, entry in counts.items():
+            mine = self.networks.setdefault(name, {"calls": 0, "rows": 0})
+            mine["calls"] += int(entry["calls"])
+            mine["rows"] += int(entry["rows"])
+
     # --- merging -----------------------------------------------------------------------------------
     def merge(self, other: ShardState) -> ShardState:
         """Fold ``other``'s statistics into this one (lists concatenated: merge shards in index order)."""
@@ -107,6 +121,7 @@ class ShardState:
             self.nfe_per_sample_min = min(self.nfe_per_sample_min or math.inf, other.nfe_per_sample_min)
             self.nfe_per_sample_max = max(self.nfe_per_sample_max or -math.inf, other.nfe_per_sample_max)
         self.prior_network_calls += int(other.prior_network_calls)
+        self._sum_networks(other.networks or {})
         self.sampling_time_s += float(other.sampling_time_s)
         self.metric_time_s += float(other.metric_time_s)
         self.wall_time_s += float(other.wall_time_s)
@@ -120,7 +135,7 @@ class ShardState:
     def empty_record() -> dict:
         """The count fields of a record before any batch (a failed run's record keeps these)."""
         return {"nfe": None, "nfe_total": None, "nfe_per_batch": [], "batch_sizes": [], "steps_per_batch": [],
-                "n_accepted": 0, "n_rejected": 0, "stats_extra": []}
+                "n_accepted": 0, "n_rejected": 0, "stats_extra": [], "networks": {}, "forwards_per_sample": None}
 
     def summary(self) -> dict:
         """The record's statistics: the per-batch lists, and the run-level NFE and step summaries."""
@@ -133,10 +148,27 @@ class ShardState:
                 "n_steps": (sum(steps) / len(steps) if len(set(steps)) > 1 else steps[0]) if steps else None,
                 "nfe_per_sample_mean": self.nfe_rows / done if done and per_sample else None,
                 "nfe_per_sample_min": self.nfe_per_sample_min, "nfe_per_sample_max": self.nfe_per_sample_max,
-                "prior_network_calls": self.prior_network_calls, "sampling_time_s": self.sampling_time_s,
+                "prior_network_calls": self.prior_network_calls, **self.network_summary(done),
+                "sampling_time_s": self.sampling_time_s,
                 "metric_time_s": self.metric_time_s, "wall_time_s": self.wall_time_s,
                 "peak_memory_mb": self.peak_memory_mb, "peak_memory_kind": self.peak_memory_kind,
                 "oom_splits": self.oom_splits}
+
+    def network_summary(self, done: int) -> dict:
+        """``networks``: per network its calls and rows summed over the batches, calls per batch (mean)
+        and forwards per sample (rows / samples: the diff-sampler convention, a CFG step = 2); and
+        ``forwards_per_sample``: the denoiser's and the guide's together (the report's second NFE axis;
+        a classifier, text encoder and VAE decoder are listed apart, never added to it)."""
+        from models.tally import NETWORKS
+
+        batches = len(self.batch_sizes)
+        order = sorted(self.networks, key=lambda n: NETWORKS.index(n) if n in NETWORKS else len(NETWORKS))
+        out = {name: {"calls": e["calls"], "rows": e["rows"],
+                      "calls_per_batch": e["calls"] / batches if batches else None,
+                      "forwards_per_sample": e["rows"] / done if done else None}
+               for name, e in ((n, self.networks[n]) for n in order)}
+        main = [out[n]["forwards_per_sample"] for n in ("denoiser", "guide") if n in out]
+        return {"networks": out, "forwards_per_sample": sum(main) if main and done else None}
 
     # --- the stored form ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -188,6 +188,28 @@ class ClassConditionalMixture:
         self.label_dim = mixture.means.shape[0]
         self.row_labels: Tensor | None = None
 
+    # The data distribution's exact quantities are the full mixture's (what the exact metrics compare
+    # samples with): the distribution of samples whose classes are drawn with the mixture's weights.
+    @property
+    def means(self) -> Tensor:
+        return self.mixture.means
+
+    @property
+    def dim(self) -> int:
+        return self.mixture.dim
+
+    def mean(self, t: float = 0.0) -> Tensor:
+        return self.mixture.mean(t)
+
+    def covariance(self, t: float = 0.0) -> Tensor:
+        return self.mixture.covariance(t)
+
+    def log_prob_data(self, x: Tensor) -> Tensor:
+        return self.mixture.log_prob_data(x)
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.mixture.sample_data(n, generator)
+
     def component(self, k: int) -> GaussianMixture:
         """Component k alone as a :class:`GaussianMixture` (the unconditional model of class k)."""
         m = self.mixture

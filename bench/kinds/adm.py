@@ -150,4 +150,4 @@ def model_files(section: dict) -> dict[str, Path]:
     return out
 
 
-KIND = ModelKind(KEYS, check, load, describe, model_files)
+KIND = ModelKind(KEYS, check, load, describe, model_files, null_condition=False)

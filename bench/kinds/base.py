@@ -50,6 +50,10 @@ class ModelKind:
         resolve: ``resolve(section, files) -> section``: the checked section with the defaults the
             model's files decide written in, so that every record states them (e.g. a diffusers
             model's time mapping).
+        null_condition: whether its conditional models may carry the null condition they were trained
+            with (``null_condition(n)``: classifier-free guidance without a separate unconditional
+            network, :mod:`models.guidance`); False refuses ``guidance: {kind: cfg}`` without a guide
+            at grid load (the loaded model is checked again when the run starts).
     """
 
     keys: tuple[str, ...]
@@ -58,6 +62,7 @@ class ModelKind:
     describe: Callable[[dict, bool], ModelFacts | None] | None = None
     files: Callable[[dict], dict[str, Path]] = lambda section: {}
     resolve: Callable[[dict, bool], dict] = lambda section, files: section
+    null_condition: bool = True
 
 
 def resolve_path(path: str, env: str | None = None) -> Path | None:

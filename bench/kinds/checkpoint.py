@@ -83,4 +83,4 @@ def peek(path: Path, kind: str) -> dict:
     return _PEEKED[key]
 
 
-KIND = ModelKind(KEYS, check, load, describe, model_files)
+KIND = ModelKind(KEYS, check, load, describe, model_files, null_condition=False)

@@ -84,4 +84,4 @@ def model_files(section: dict) -> dict[str, Path]:
     return {"checkpoint": path} if path is not None else {}
 
 
-KIND = ModelKind(KEYS, check, load, files=model_files)
+KIND = ModelKind(KEYS, check, load, files=model_files, null_condition=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bench.kinds.base import ModelKind
+from bench.kinds.base import CKPT_ENV, ModelFacts, ModelKind, resolve_path
 from bench.kinds.edm import KEYS, check_snapshot, load_snapshot, model_files
 
 POSTHOC_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/"
@@ -32,4 +32,23 @@ def load(section: dict, device: str, dtype: torch.dtype):
     return load_snapshot(section, device, dtype, load_edm2)
 
 
-KIND = ModelKind(KEYS, check, load, files=model_files)
+def describe(section: dict, files: bool = True) -> ModelFacts | None:
+    """Sample shape and path from the snapshot's stored constructor arguments (tensors unread; None
+    without ``files``): what a guide model is checked against at grid load."""
+    import math
+    from types import SimpleNamespace
+
+    from models.edm.loader import sde_for
+    from models.edm.unpickle import plain, read_snapshot
+
+    found = resolve_path(section["path"], CKPT_ENV) if files else None
+    if found is None:
+        return None
+    record = read_snapshot(found, tensors=False)[section.get("key", "ema")]
+    kwargs = plain(record.init_kwargs)
+    res, channels = int(kwargs["img_resolution"]), int(kwargs["img_channels"])
+    net = SimpleNamespace(kind="edm", sigma_min=0.0, sigma_max=math.inf)  # EDM2's Precond: no σ range of its own
+    return ModelFacts((channels, res, res), sde_for(net, section.get("sigma_min"), section.get("sigma_max")))
+
+
+KIND = ModelKind(KEYS, check, load, describe, model_files, null_condition=False)

@@ -59,4 +59,4 @@ def model_files(section: dict) -> dict[str, Path]:
     return {"checkpoint": path} if path is not None else {}
 
 
-KIND = ModelKind(KEYS, check, load, describe, model_files)
+KIND = ModelKind(KEYS, check, load, describe, model_files, null_condition=False)
