@@ -27,11 +27,13 @@ from types import SimpleNamespace
 import torch
 
 from bench.grid import RunSpec
+from bench.latent import decode, encode_shard_prompts, image_view
 from bench.models import DTYPES, RunScore, batch_labels, load_score_model, run_model, run_sde
 from bench.records import canonical, now
 from bench.seeds import SeedRanges
 from bench.shard_state import ShardState
 from bench.shards import BPD, Shard, merge_record, run_shards, shard_state
+from models.conditions import take_rows
 from models.tally import Tally
 
 __all__ = ["execute_shard", "execute_unit", "execute_run", "merge_states", "merge_or_fail", "build_metrics",
@@ -108,6 +110,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
     kept_labels: list[torch.Tensor] = []
     t_start = time.perf_counter()
     sampling_s = metric_s = 0.0
+    peak_mb = 0.0  # CUDA peak before a decode resets the statistics
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
     model = None
@@ -119,6 +122,13 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
         info = state.info
         info.update(sde=sde_to_dict(sde), device_name=device_name(device), data_range=list(model.data_range),
                     shape=list(model.shape))
+        base = load_score_model(run.model, device, run.dtype)  # the loaded model (cached): its encoder, its VAE
+        latent = getattr(base, "decoder", None) is not None
+        own = getattr(base, "tally", None)  # text encoder and VAE decoder calls
+        own0 = own.snapshot() if own is not None else {}
+        if latent:  # the metrics and saved samples are the decoded images
+            info.update(shape=list(base.image_shape), latent_shape=list(base.shape), data_range=[-1.0, 1.0],
+                        decode={"vae": "diffusers AutoencoderKL", "decode_batch": base.decoder.chunk})
         phase = "building the prior"
         prior = build_prior(run.prior, model, sde, run.data, device, model_key=canonical(run.model))
         info["prior_class"] = type(prior).__name__
@@ -143,8 +153,15 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
             state.bpd_value, state.bpd_protocol, state.status = value, protocol, "ok"
         else:
             phase = "building the metrics"
-            metrics = build_metrics(run, model, device)
+            metrics = build_metrics(run, image_view(base) if latent else model, device)
             seeds = SeedRanges.parse(run.seeds)
+            text = None
+            if "prompts" in run.model:  # encoded once for the shard; each batch takes its rows
+                phase = f"encoding the prompts of samples {shard.start}-{shard.stop - 1}"
+                text, prompt_idx, state.text_encode_time_s = encode_shard_prompts(
+                    run.model["prompts"], base, range(shard.start, shard.stop),
+                    seeds.slice(shard.start, shard.stop), run.batch_size, device)
+                info["prompts"] = {**run.model["prompts"], "first_prompt_indices": prompt_idx[:8]}
             starts = range(shard.start, shard.stop, run.batch_size)
             first_batch = shard.start // run.batch_size
             n_batches = math.ceil(run.num_samples / run.batch_size)
@@ -160,7 +177,11 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                          f"{run.dtype}, one generator each)")
                 noise = SeededNoise(batch_seeds, device=device)
                 labels = batch_labels(run.model, model, batch_seeds)  # [B] classes, or None (unconditional)
-                batch_problem = problem if labels is None else problem.conditioned(labels.to(device))
+                if text is not None:  # the batch's rows of the shard's encoded prompts
+                    rows = take_rows(text, slice(lo - shard.start, lo - shard.start + B))
+                    batch_problem = problem.conditioned({k: v.to(device) for k, v in rows.items()})
+                else:
+                    batch_problem = problem if labels is None else problem.conditioned(labels.to(device))
                 synchronize(device)
                 t0 = time.perf_counter()
                 x_init = problem.prior_sample(B, noise, dtype=dtype, device=device)
@@ -181,18 +202,29 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                     state.message = (f"batch {first_batch + j} (seeds {batch_seeds[0]}-{batch_seeds[-1]}): "
                                         f"{sol.message or sol.status.value}")
                     break
+                x = sol.x
+                if latent:  # decoded by the model's VAE: timed apart, counted as vae_decoder, not NFE
+                    phase = f"decoding batch {first_batch + j} with the VAE"
+                    if device.startswith("cuda") and torch.cuda.is_available():
+                        peak_mb = max(peak_mb, torch.cuda.max_memory_allocated(device) / 2**20)
+                    x, seconds, decode_mb = decode(base, x, device)
+                    state.decode_time_s += seconds
+                    if decode_mb is not None:
+                        state.decode_peak_memory_mb = max(state.decode_peak_memory_mb or 0.0, decode_mb)
                 phase = f"updating the metrics on batch {first_batch + j}"
                 t0 = time.perf_counter()
                 ids = torch.tensor(batch_seeds, dtype=torch.int64)
                 for metric in metrics.values():
-                    metric.update(sol.x, ids)
+                    metric.update(x, ids)
                 metric_s += time.perf_counter() - t0
                 room = run.save_samples - lo  # keep the samples at positions < save_samples
                 if room > 0:
-                    kept.append(sol.x[:room].detach().float().cpu())
+                    kept.append(x[:room].detach().float().cpu())
                     if labels is not None:
                         kept_labels.append(labels[:room])
             bar.close()
+            if own is not None:  # the text encoder's and the VAE decoder's calls during the shard
+                state.add_networks(own.since(own0))
             if state.status == "running":
                 state.metrics = {name: m.state() for name, m in metrics.items()}
                 state.status = "ok"
@@ -216,6 +248,7 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
     state.wall_time_s, state.finished = time.perf_counter() - t_start, now()
     state.oom_splits = getattr(model, "splits", 0)
     state.peak_memory_mb, state.peak_memory_kind = _peak_memory(device)
+    state.peak_memory_mb = max(state.peak_memory_mb, peak_mb)
     return state.to_dict()
 
 

@@ -414,6 +414,18 @@ def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) 
     return out
 
 
+def _check_prompt_counts(where: _Where, models: dict, num_samples: int) -> None:
+    """A prompts file with ``pick: index`` needs one prompt per sample (bench.prompts)."""
+    from bench.prompts import check_enough
+
+    for name, section in models.items():
+        if isinstance(section.get("prompts"), dict):
+            try:
+                check_enough(section["prompts"], num_samples)
+            except ValueError as e:
+                raise where.at(f"models.{name}" if len(models) > 1 else "model").error(str(e)) from e
+
+
 def _model_facts(where: _Where, models: dict, files: bool) -> dict:
     """name -> bench.kinds.ModelFacts (shape, SDE) where known without loading a network."""
     from bench.kinds import describe_model
@@ -768,6 +780,8 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None, fi
     ev = parse_eval(where, eval_raw, overrides)
     data = _parse_data(where.at("data"), raw.get("data"))
     models = _parse_models(where, raw, data, files)
+    if files:
+        _check_prompt_counts(where, models, ev.num_samples)
     sweeps = raw.get("sweeps")
     if not isinstance(sweeps, list) or not sweeps:
         raise where.at("sweeps").error("must be a non-empty list of sweep entries")

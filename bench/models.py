@@ -104,11 +104,12 @@ def batch_labels(section: dict, model, seeds) -> torch.Tensor | None:
 
 
 def load_score_model(section: dict, device: str = "cpu", dtype: str = "float32"):
-    """Load (once per process) the model of a section, on ``device`` in ``dtype``; label-free (the
-    section's ``label`` is applied per batch, :func:`batch_labels`)."""
+    """Load (once per process) the model of a section, on ``device`` in ``dtype``; label- and prompt-free (the
+    section's ``label`` is applied per batch, :func:`batch_labels`; its ``prompts`` per shard,
+    :func:`bench.latent.encode_shard_prompts`)."""
     from bench.records import canonical
 
-    section = {k: v for k, v in section.items() if k != "label"}
+    section = {k: v for k, v in section.items() if k not in ("label", "prompts")}  # applied per shard / batch
     key = (canonical(section), _file_state(section), str(device), dtype)
     if key not in _CACHE:
         if len(_CACHE) >= 2:  # a worker keeps at most two models in memory

@@ -41,6 +41,8 @@ class ShardState:
             (:data:`models.tally.NETWORKS`: the denoiser, a guide, a classifier forward and backward, ...);
             NFE stays the guided denoiser evaluations the solver's counter sees.
         sampling_time_s, metric_time_s, wall_time_s: seconds, summed.
+        text_encode_time_s, decode_time_s: seconds encoding the prompts and decoding latents with the VAE
+            (latent models), summed, apart from sampling; decode_peak_memory_mb: the decode's CUDA peak.
         peak_memory_mb, peak_memory_kind: the largest peak, and what was measured.
         oom_splits: the most batch splits out of memory forced.
         metrics: ``name -> accumulator state()`` of the sample metrics.
@@ -69,6 +71,9 @@ class ShardState:
     sampling_time_s: float = 0.0
     metric_time_s: float = 0.0
     wall_time_s: float = 0.0
+    text_encode_time_s: float = 0.0
+    decode_time_s: float = 0.0
+    decode_peak_memory_mb: float | None = None
     peak_memory_mb: float | None = None
     peak_memory_kind: str | None = None
     oom_splits: int = 0
@@ -125,6 +130,10 @@ class ShardState:
         self.sampling_time_s += float(other.sampling_time_s)
         self.metric_time_s += float(other.metric_time_s)
         self.wall_time_s += float(other.wall_time_s)
+        self.text_encode_time_s += float(other.text_encode_time_s)
+        self.decode_time_s += float(other.decode_time_s)
+        if other.decode_peak_memory_mb is not None:
+            self.decode_peak_memory_mb = max(self.decode_peak_memory_mb or 0.0, other.decode_peak_memory_mb)
         if other.peak_memory_mb is not None and other.peak_memory_mb >= (self.peak_memory_mb or -1.0):
             self.peak_memory_mb, self.peak_memory_kind = other.peak_memory_mb, other.peak_memory_kind
         self.oom_splits = max(self.oom_splits, int(other.oom_splits))
@@ -151,6 +160,8 @@ class ShardState:
                 "prior_network_calls": self.prior_network_calls, **self.network_summary(done),
                 "sampling_time_s": self.sampling_time_s,
                 "metric_time_s": self.metric_time_s, "wall_time_s": self.wall_time_s,
+                "text_encode_time_s": self.text_encode_time_s, "decode_time_s": self.decode_time_s,
+                "decode_peak_memory_mb": self.decode_peak_memory_mb,
                 "peak_memory_mb": self.peak_memory_mb, "peak_memory_kind": self.peak_memory_kind,
                 "oom_splits": self.oom_splits}
 

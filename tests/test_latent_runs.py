@@ -1,0 +1,129 @@
+"""Text-to-image and latent runs through the CLI on tiny random-weight pipelines (tests/tiny_pipelines.py):
+prompts read from a file and encoded once per shard by the pipeline's own text encoder, latents
+decoded by its VAE before metrics and saved samples, the decode and the encoding timed apart from
+sampling, text encoder and VAE decoder calls counted apart from NFE, the prompts file in the run's
+identity, and classifier-free guidance (``guidance: {kind: cfg}``) on a text model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("diffusers", reason="optional extra scorebench[diffusers] not installed")
+pytest.importorskip("transformers", reason="optional extra scorebench[diffusers] not installed")
+
+import bench.models  # noqa: E402
+from bench.grid import load_grid  # noqa: E402
+from bench.records import read_records  # noqa: E402
+from bench.run import main  # noqa: E402
+from models.diffusers_pipelines import load_pipeline  # noqa: E402
+from solvers import Problem, SeededNoise, make_sampler  # noqa: E402
+from tests import tiny_pipelines  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "two dog sitting on the grass", "a red car", "the blue table"]
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipes")
+    return {"sd": tiny_pipelines.sd_pipeline(root / "sd"), "dit": tiny_pipelines.dit_pipeline(root / "dit")}
+
+
+def grid(tmp_path, model: dict, sweeps=None, **eval_) -> str:
+    doc = {"name": "latent", "model": model,
+           "eval": {"num_samples": 4, "batch_size": 2, "device": "cpu", "metrics": [], "save_samples": 4, **eval_},
+           "sweeps": sweeps or [{"solver": "ddim", "n_steps": 3, "schedule": "leading", "steps_offset": 1}]}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_text_to_image_run_records_encode_decode_and_networks(tmp_path, pipes):
+    bench.models._CACHE.clear()
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    model = {"kind": "diffusers", "path": str(pipes["sd"]), "prompts": {"file": str(tmp_path / "p.txt")}}
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model), "--out", str(out), "--no-progress"]) == 0
+    (r,) = read_records(out).values()
+    assert r["status"] == "ok", r["message"]
+    assert r["nfe"] == 3 and r["batch_sizes"] == [2, 2]
+    # prompts: one text-encoder call per batch-sized chunk of the shard; the VAE: one call per batch (decode_batch 8)
+    assert r["networks"]["text_encoder"] == {"calls": 2, "rows": 4, "calls_per_batch": 1.0,
+                                             "forwards_per_sample": 1.0}
+    assert r["networks"]["vae_decoder"]["calls"] == 2 and r["networks"]["vae_decoder"]["rows"] == 4
+    assert r["networks"]["denoiser"]["calls"] == 2 * 3 and r["forwards_per_sample"] == 3
+    assert r["decode_time_s"] > 0 and r["text_encode_time_s"] > 0
+    assert r["spec"]["inputs"]["prompts"] and r["model_section"]["prompts"]["pick"] == "index"
+    assert r["prompts"]["first_prompt_indices"] == [0, 1, 2, 3]
+    # the saved samples are decoded images, as the harness's sampler and the VAE give them by hand, prompt i
+    # for sample i
+    (saved,) = (out / "runs").glob("*.samples.pt")
+    samples = torch.load(saved, weights_only=True)
+    pipe = load_pipeline(pipes["sd"])
+    cond = pipe.encode_prompts(PROMPTS[:2])
+    sampler = make_sampler("ddim", n_steps=3, schedule="leading", steps_offset=1)
+    problem = Problem(pipe)
+    noise = SeededNoise(range(2))
+    with torch.no_grad():
+        x = sampler.sample(problem.conditioned(cond), problem.prior_sample(2, noise), noise).x
+        images = pipe.decoder(x)
+    assert images.shape == (2, 3, 16, 16) and samples.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(samples[:2].float(), images, rtol=1e-4, atol=1e-5)
+
+
+def test_prompts_file_is_part_of_the_run_identity(tmp_path, pipes):
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    model = {"kind": "diffusers", "path": str(pipes["sd"]), "prompts": {"file": str(tmp_path / "p.txt")}}
+    (a,) = load_grid(grid(tmp_path, model)).runs
+    (tmp_path / "p.txt").write_text("\n".join(reversed(PROMPTS)) + "\n")
+    (b,) = load_grid(grid(tmp_path, model)).runs
+    assert a.run_id != b.run_id and a.inputs["prompts"] != b.inputs["prompts"]
+    assert a.inputs["checkpoint"] == b.inputs["checkpoint"]
+
+
+def test_pick_by_seed_and_csv_column(tmp_path, pipes):
+    """pick: seed draws each sample's prompt by its seed alone (two prompts serve four samples); a CSV
+    column is read by name."""
+    from bench.prompts import prompt_indices, read_prompts
+
+    (tmp_path / "p.csv").write_text("id,caption\n1,a photo of a cat\n2,a red car\n")
+    spec = {"file": str(tmp_path / "p.csv"), "column": "caption", "pick": "seed"}
+    assert read_prompts(spec) == ("a photo of a cat", "a red car")
+    idx = prompt_indices(spec, range(0, 4), [10, 11, 12, 13], 2)
+    assert idx[2:].tolist() == prompt_indices(spec, range(0, 2), [12, 13], 2).tolist()  # the seed decides
+    model = {"kind": "diffusers", "path": str(pipes["sd"]), "prompts": spec}
+    bench.models._CACHE.clear()
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model), "--out", str(out), "--no-progress"]) == 0
+    (r,) = read_records(out).values()
+    assert r["status"] == "ok" and r["networks"]["text_encoder"]["rows"] == 4
+
+
+def test_cfg_sweep_on_a_text_model(tmp_path, pipes):
+    """guidance: {kind: cfg, scale: [1, 4]} on a text pipeline: the null condition is the pipeline's empty
+    prompt; a guided step is one denoiser call of 2B rows (forwards per sample 2 per step)."""
+    bench.models._CACHE.clear()
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    model = {"kind": "diffusers", "path": str(pipes["sd"]), "prompts": {"file": str(tmp_path / "p.txt")}}
+    sweeps = [{"solver": "ddim", "n_steps": 3, "schedule": "leading", "steps_offset": 1,
+               "guidance": {"kind": "cfg", "scale": [1.0, 4.0]}}]
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model, sweeps), "--out", str(out), "--no-progress"]) == 0
+    records = sorted(read_records(out).values(), key=lambda r: r["guidance"]["scale"])
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    for r in records:
+        assert r["nfe"] == 3 and r["networks"]["denoiser"]["rows"] == 2 * 2 * 3 * 2
+        assert r["forwards_per_sample"] == 6
+
+
+def test_dit_latent_run_with_labels(tmp_path, pipes):
+    bench.models._CACHE.clear()
+    model = {"kind": "diffusers", "path": str(pipes["dit"]), "label": "random"}
+    sweeps = [{"solver": "dpm_solver_pp", "n_steps": 4, "schedule": "linspace_n1"}]
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model, sweeps), "--out", str(out), "--no-progress"]) == 0
+    (r,) = read_records(out).values()
+    assert r["status"] == "ok", r["message"]
+    assert r["shape"] == [3, 16, 16] and r["latent_shape"] == [4, 8, 8]
+    assert "text_encoder" not in r["networks"] and r["networks"]["vae_decoder"]["rows"] == 4
