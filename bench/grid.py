@@ -414,7 +414,7 @@ def _parse_models(where: _Where, raw: dict, top_data: dict, files: bool = True) 
     return out
 
 
-def _check_prompt_counts(where: _Where, models: dict, num_samples: int) -> None:
+def _check_prompt_counts(where: _Where, models: dict, num_samples: int, named: bool) -> None:
     """A prompts file with ``pick: index`` needs one prompt per sample (bench.prompts)."""
     from bench.prompts import check_enough
 
@@ -423,7 +423,7 @@ def _check_prompt_counts(where: _Where, models: dict, num_samples: int) -> None:
             try:
                 check_enough(section["prompts"], num_samples)
             except ValueError as e:
-                raise where.at(f"models.{name}" if len(models) > 1 else "model").error(str(e)) from e
+                raise where.at(f"models.{name}" if named else "model").error(str(e)) from e
 
 
 def _model_facts(where: _Where, models: dict, files: bool) -> dict:
@@ -781,7 +781,7 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None, fi
     data = _parse_data(where.at("data"), raw.get("data"))
     models = _parse_models(where, raw, data, files)
     if files:
-        _check_prompt_counts(where, models, ev.num_samples)
+        _check_prompt_counts(where, models, ev.num_samples, "models" in raw)
     sweeps = raw.get("sweeps")
     if not isinstance(sweeps, list) or not sweeps:
         raise where.at("sweeps").error("must be a non-empty list of sweep entries")

@@ -416,3 +416,45 @@ def test_inherited_ignored_signal(tmp_path, sig, stops):
     else:
         assert proc.returncode == 0 and "12 ran (12 ok" in lines[0], err
         assert len(read_records(out)) == 12
+
+
+# --- text-to-image pipelines: prompts files (issue 26) ----------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_pipes(tmp_path_factory):
+    """A tiny Stable-Diffusion-like text pipeline and a DiT (class) pipeline, saved outside each test's tmp_path."""
+    pytest.importorskip("diffusers", reason="optional extra scorebench[diffusers] not installed")
+    pytest.importorskip("transformers", reason="optional extra scorebench[diffusers] not installed")
+    from tests.tiny_pipelines import dit_pipeline, sd_pipeline
+
+    root = tmp_path_factory.mktemp("pipes")
+    return {"sd": sd_pipeline(root / "sd"), "dit": dit_pipeline(root / "dit")}
+
+
+PROMPT_CASES = {
+    # case: (prompts file content or None (absent), prompts section beyond 'file', model, needles)
+    "prompts file missing": (None, {}, "sd", ["prompts file", "p.txt", "not found"]),
+    "prompts file empty": ("\n  \n", {}, "sd", ["prompts file", "holds no prompts"]),
+    "prompts file not UTF-8": (b"a cat\n\xff\xfe dog\n", {}, "sd", ["prompts file", "not UTF-8", "0xff"]),
+    "fewer prompts than samples": ("a cat\ntwo dog\n", {}, "sd", ["has 2 prompts, fewer than num_samples 4",
+                                                                  "prompts.pick: seed"]),
+    "csv without the column": ("id,text\n1,a cat\n", {"column": "caption"}, "sd",
+                               ["no column 'caption'", "expected one of: id, text"]),
+    "unknown pick": ("a cat\n", {"pick": "random"}, "sd", ["field 'prompts.pick' must be one of: index, seed"]),
+    "text pipeline without prompts": (None, None, "sd", ["text-to-image pipeline", "field 'prompts' is required"]),
+    "prompts for a class-conditional DiT": ("a cat\n", {}, "dit", ["field 'prompts' given", "no text encoder"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PROMPT_CASES))
+def test_prompts_refused_at_load(capsys, tmp_path, tiny_pipes, case):
+    """Exit 2 at load, one line naming the file and the field, nothing written."""
+    content, extra, pipe, needles = PROMPT_CASES[case]
+    prompts = tmp_path / ("p.csv" if "column" in (extra or {}) else "p.txt")
+    if content is not None:
+        prompts.write_bytes(content if isinstance(content, bytes) else content.encode())
+    model = {"kind": "diffusers", "path": str(tiny_pipes[pipe]), **({"label": 1} if pipe == "dit" else {})}
+    if extra is not None:
+        model["prompts"] = {"file": str(prompts), **extra}
+    grid = write_grid(tmp_path / "g.yaml", models={"m": model},
+                      sweeps=[{"solver": "ddim", "n_steps": 3, "schedule": "leading"}])
+    assert_refused(capsys, tmp_path, grid, "models.m", *needles)
