@@ -29,6 +29,7 @@ import torch
 from bench.grid import RunSpec
 from bench.latent import decode, encode_shard_prompts, image_view
 from bench.models import DTYPES, RunScore, batch_labels, load_score_model, run_model, run_sde
+from bench.prompts import read_prompts
 from bench.records import canonical, now
 from bench.seeds import SeedRanges
 from bench.shard_state import ShardState
@@ -162,6 +163,8 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                     run.model["prompts"], base, range(shard.start, shard.stop),
                     seeds.slice(shard.start, shard.stop), run.batch_size, device)
                 info["prompts"] = {**run.model["prompts"], "first_prompt_indices": prompt_idx[:8]}
+                texts = read_prompts(run.model["prompts"])
+                shard_prompts = [texts[i] for i in prompt_idx]
             starts = range(shard.start, shard.stop, run.batch_size)
             first_batch = shard.start // run.batch_size
             n_batches = math.ceil(run.num_samples / run.batch_size)
@@ -215,7 +218,10 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
                 t0 = time.perf_counter()
                 ids = torch.tensor(batch_seeds, dtype=torch.int64)
                 for metric in metrics.values():
-                    metric.update(x, ids)
+                    if text is not None and getattr(metric, "takes_prompts", False):  # CLIP score: each sample's prompt
+                        metric.update(x, ids, prompts=shard_prompts[lo - shard.start:lo - shard.start + B])
+                    else:
+                        metric.update(x, ids)
                 metric_s += time.perf_counter() - t0
                 room = run.save_samples - lo  # keep the samples at positions < save_samples
                 if room > 0:

@@ -726,7 +726,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
             _check_path(where, name, solver, sampler, fact.sde, T, eps)
         for m in metrics:
             why = _metric_applies(m, model["kind"], None if fact is None else fact.shape,
-                                  model.get("label") is not None)
+                                  "text" if "prompts" in model else model.get("label") is not None)
             if why is not None:
                 raise where.error(f"metric {m!r} cannot apply to model {name!r}: {why}")
         runs.append(RunSpec(grid=grid, entry=i, model_name=name, model=model, data=section["data"], solver=solver,

@@ -127,3 +127,29 @@ def test_dit_latent_run_with_labels(tmp_path, pipes):
     assert r["status"] == "ok", r["message"]
     assert r["shape"] == [3, 16, 16] and r["latent_shape"] == [4, 8, 8]
     assert "text_encoder" not in r["networks"] and r["networks"]["vae_decoder"]["rows"] == 4
+
+
+def test_clip_score_of_a_text_to_image_run(tmp_path, pipes):
+    """clip_score applies to a run with prompts and scores each decoded image against its own prompt: the
+    record's value is the metric on the saved images with prompts 0..3 of the file."""
+    from bench.metrics import make_metric
+    from tests.test_clip_score import tiny_clip
+
+    bench.models._CACHE.clear()
+    clip = tiny_clip(tmp_path / "openai-tiny-clip")
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    model = {"kind": "diffusers", "path": str(pipes["sd"]), "prompts": {"file": str(tmp_path / "p.txt")},
+             "data": {"clip": str(clip)}}
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model, metrics=["clip_score"]), "--out", str(out), "--no-progress"]) == 0
+    (r,) = read_records(out).values()
+    assert r["status"] == "ok", r["message"]
+    (saved,) = (out / "runs").glob("*.samples.pt")
+    ref = make_metric("clip_score", clip=clip, data_range=(-1.0, 1.0))
+    ref.update(torch.load(saved, weights_only=True), torch.arange(4), prompts=PROMPTS)
+    assert abs(r["metrics"]["clip_score"]["value"] - ref.compute()[0]) < 1e-9
+    # without prompts the grid refuses it
+    dit = {"kind": "diffusers", "path": str(pipes["dit"]), "label": 1, "data": {"clip": str(clip)}}
+    sweeps = [{"solver": "dpm_solver_pp", "n_steps": 4}]
+    assert main(["--grid", grid(tmp_path, dit, sweeps, metrics=["clip_score"]), "--out", str(tmp_path / "o2"),
+                 "--no-progress"]) == 2

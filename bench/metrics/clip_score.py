@@ -13,9 +13,9 @@ local folder only; the record names it and the hash of its weights. The backbone
 
 The state is mergeable sums (n, Σ score, and per seed group for the jackknife). Sample i's prompt is
 ``prompts[seed_i mod len(prompts)]`` of the list the metric is built with (a prompts file, one per
-line, cycled over the seeds), or given with the batch (``update(samples, ids, prompts=[...])``). Runs
-with prompts come with text-conditioned models: until then the grid refuses the metric, and it is
-used and tested directly.
+line, cycled over the seeds), or given with the batch (``update(samples, ids, prompts=[...])``). In a
+run of a text-to-image model (``prompts`` in its model section) the executor passes each batch's own
+prompts (``takes_prompts``); the grid refuses the metric for models without prompts.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bench.metrics.assets import MissingAssetError, cache_dir
 from bench.metrics.feature_fd import check_state
 from bench.metrics.grouped_mean import GroupedMean
 from bench.metrics.inception import file_sha256, quantize_uint8
-from bench.metrics.registry import MetricEntry, RunFacts
+from bench.metrics.registry import MetricEntry, RunFacts, image_shape
 
 __all__ = ["ENTRY", "ClipScore", "find_clip"]
 
@@ -68,6 +68,7 @@ class ClipScore:
     """
 
     name = "clip_score"
+    takes_prompts = True  # the executor passes each batch's prompts to update()
 
     def __init__(self, *, clip: str | Path | None = None, device: str | torch.device = "cpu",
                  data_range: tuple[float, float] = (0.0, 1.0), rounding: str = "round", batch_size: int = 64,
@@ -141,8 +142,10 @@ def _options(facts: RunFacts) -> dict:
             "seeds": facts.seeds}
 
 
-def _applies(kind: str, shape: tuple[int, ...] | None, conditional: bool) -> str | None:
-    return "it needs a text prompt per sample, and no model kind gives runs with prompts yet"
+def _applies(kind: str, shape: tuple[int, ...] | None, conditional: bool | str) -> str | None:
+    if conditional != "text":
+        return "it needs a text prompt per sample: a text-to-image model with a prompts file (model 'prompts')"
+    return image_shape(kind, shape, conditional)
 
 
 ENTRY = MetricEntry(

@@ -137,7 +137,8 @@ class MetricEntry:
         build: the accumulator's factory, ``build(**options) -> Metric``.
         options: the factory's options for a run, ``options(RunFacts) -> dict``.
         lower_is_better: its direction (Pareto fronts, budgets, targets of the report).
-        applies: ``applies(model kind, sample shape or None, conditional) -> reason or None``.
+        applies: ``applies(model kind, sample shape or None, conditional) -> reason or None``; conditional is
+            False, True (class labels) or ``"text"`` (a model with a prompts file).
         files: ``files(data section) -> {role: path}`` of every file it reads (hashed into the run's
             identity as ``<name>:<role>``); raises ``FileNotFoundError`` (a ``MissingAssetError``) naming
             the missing one and how to get it.
