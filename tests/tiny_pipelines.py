@@ -13,7 +13,7 @@ import torch
 WORDS = ("a", "photo", "of", "cat", "dog", "red", "blue", "car", "on", "the", "grass", "two", "sitting", "table")
 
 
-def tokenizer(folder: Path):
+def tokenizer(folder: Path, max_length: int = 12):
     """A CLIPTokenizer over :data:`WORDS` (byte-level BPE with no merges beyond whole words)."""
     from transformers import CLIPTokenizer
 
@@ -32,16 +32,17 @@ def tokenizer(folder: Path):
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>",
-                         model_max_length=12)
+                         model_max_length=max_length)
 
 
-def clip_text(vocab_size: int, projection: bool = False, seed: int = 0):
+def clip_text(vocab_size: int, projection: bool = False, seed: int = 0, hidden: int = 16, layers: int = 2,
+              max_length: int = 12):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=12, projection_dim=16,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=max_length,
+                         projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 
