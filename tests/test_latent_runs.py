@@ -153,3 +153,46 @@ def test_clip_score_of_a_text_to_image_run(tmp_path, pipes):
     sweeps = [{"solver": "dpm_solver_pp", "n_steps": 4}]
     assert main(["--grid", grid(tmp_path, dit, sweeps, metrics=["clip_score"]), "--out", str(tmp_path / "o2"),
                  "--no-progress"]) == 2
+
+
+@pytest.mark.fixtures
+def test_edm2_latent_run_decoded_by_a_vae(tmp_path):
+    """kind edm2 with ``vae``: the fixture's network made a latent model (a StabilityVAEEncoder record of 3
+    channels, as the network has), its latents decoded as EDM2 does — (x − bias)/scale per channel, then
+    the VAE decoder — before the saved samples; the record's shape is the image's."""
+    import numpy as np
+
+    from models.edm.unpickle import Persistent, read_snapshot
+    from models.edm2 import load_edm2
+    from tests.conftest import require_fixture
+    from tests.edm2_pickles import dumps_snapshot
+
+    bench.models._CACHE.clear()
+    data = read_snapshot(require_fixture("edm2/P_img16_cond.pkl"))
+    scale, bias = np.float32([0.12, 0.11, 0.13]), np.float32([-0.7, -0.35, -0.02])
+    data["encoder"] = Persistent("StabilityVAEEncoder", {"vae_name": "stabilityai/sd-vae-ft-mse", "scale": scale,
+                                                         "bias": bias, "batch_size": 8, "_vae": None,
+                                                         "_init_args": (), "_init_kwargs": {}}, "")
+    pkl = tmp_path / "latent.pkl"
+    pkl.write_bytes(dumps_snapshot(data))
+    tiny_pipelines.vae(latent_channels=3).save_pretrained(tmp_path / "vae")
+    model = {"kind": "edm2", "path": str(pkl), "label": "random", "vae": str(tmp_path / "vae"), "decode_batch": 3}
+    sweeps = [{"solver": "edm_heun", "n_steps": 4}]
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model, sweeps), "--out", str(out), "--no-progress"]) == 0
+    (r,) = read_records(out).values()
+    assert r["status"] == "ok", r["message"]
+    assert r["shape"] == [3, 32, 32] and r["latent_shape"] == [3, 16, 16] and r["spec"]["inputs"]["vae"]
+    assert r["networks"]["vae_decoder"] == {"calls": 2, "rows": 4, "calls_per_batch": 1.0, "forwards_per_sample": 1.0}
+    # by hand: the same sampler on the same model, then EDM2's conversion and the VAE
+    from models.latent import load_vae
+    from solvers.noise import seed_labels
+
+    edm2 = load_edm2(pkl)
+    problem = Problem(edm2).conditioned(seed_labels(range(2), 4))
+    noise = SeededNoise(range(2))
+    with torch.no_grad():
+        x = make_sampler("edm_heun", n_steps=4).sample(problem, problem.prior_sample(2, noise), noise).x
+        images = load_vae(tmp_path / "vae").decode(edm2.latent_to_vae(x)).sample
+    (saved,) = (out / "runs").glob("*.samples.pt")
+    torch.testing.assert_close(torch.load(saved, weights_only=True)[:2], images, rtol=1e-4, atol=1e-5)
