@@ -36,6 +36,7 @@ from solvers.likelihood import LikelihoodResult, ProbabilityFlowLikelihood, bits
 from solvers.lms import LMS
 from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds, seed_labels
 from solvers.ode import ProbabilityFlowEuler, ProbabilityFlowHeun
+from solvers.restart import Restart
 from solvers.sampler import Sampler
 from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
@@ -71,6 +72,7 @@ SAMPLERS: dict[str, type] = {
     "ipndm": IPNDM,
     "lms": LMS,
     "adm_ancestral": ADMAncestral,
+    "restart": Restart,
 }
 
 
@@ -164,5 +166,5 @@ __all__ = [
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
     "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
     "DPMSolverPP2SAncestral", "DPMSolverAdaptive",
-    "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral",
+    "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral", "Restart",
 ]
