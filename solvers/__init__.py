@@ -37,6 +37,7 @@ from solvers.lms import LMS
 from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds, seed_labels
 from solvers.ode import ProbabilityFlowEuler, ProbabilityFlowHeun
 from solvers.restart import Restart
+from solvers.sa_solver import SASolver
 from solvers.sampler import Sampler
 from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
@@ -73,6 +74,7 @@ SAMPLERS: dict[str, type] = {
     "lms": LMS,
     "adm_ancestral": ADMAncestral,
     "restart": Restart,
+    "sa_solver": SASolver,
 }
 
 
@@ -166,5 +168,5 @@ __all__ = [
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
     "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
     "DPMSolverPP2SAncestral", "DPMSolverAdaptive",
-    "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral", "Restart",
+    "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral", "Restart", "SASolver",
 ]
