@@ -223,7 +223,8 @@ def test_dpmpp_sde_same_brownian_path_as_kdiffusion(eta, s_noise, r):
         alpha0 = model.sde.marginal(grid[:1])[0]
         sol = sampler.sample(problem, x_ve * alpha0, noise)
     d = rel(sol.x, ref)
-    print(f"sample_dpmpp_sde eta={eta} s_noise={s_noise} r={r}: max rel diff {d:.1e}, NFE {sol.stats.nfe}/{inner.calls}")
+    print(f"sample_dpmpp_sde eta={eta} s_noise={s_noise} r={r}: max rel diff {d:.1e}, "
+          f"NFE {sol.stats.nfe}/{inner.calls}")
     assert sol.stats.nfe == inner.calls == 2 * (N_STEPS - 1) + 1
     assert len(noise.asked) == 2 * (N_STEPS - 1)
     assert d < 1e-6
