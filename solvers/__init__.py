@@ -18,7 +18,7 @@ import importlib
 
 from solvers.adaptive import IntegralController
 from solvers.adm import ADMAncestral
-from solvers.ancestral import DPMSolverPP2SAncestral
+from solvers.ancestral import DPMSolverPP2SAncestral, DPMSolverPP2SSDE
 from solvers.base import PROTOCOL, Problem, Solution, SolveStats, Status, Step, declared
 from solvers.ddim import DDIM
 from solvers.deis import DEIS
@@ -36,6 +36,8 @@ from solvers.likelihood import LikelihoodResult, ProbabilityFlowLikelihood, bits
 from solvers.lms import LMS
 from solvers.noise import BrownianNoise, RecordedNoise, SeededNoise, parse_seeds, seed_labels
 from solvers.ode import ProbabilityFlowEuler, ProbabilityFlowHeun
+from solvers.restart import Restart
+from solvers.sa_solver import SASolver
 from solvers.sampler import Sampler
 from solvers.scipy_ode import ScipyProbabilityFlow
 from solvers.sde import AncestralSampling, EulerMaruyama, ReverseDiffusion
@@ -65,12 +67,15 @@ SAMPLERS: dict[str, type] = {
     "dpm_solver_pp": DPMSolverPP,
     "dpm_solver_pp_sde": DPMSolverPPSDE,
     "dpm_solver_pp_2s_ancestral": DPMSolverPP2SAncestral,
+    "dpm_solver_pp_2s_sde": DPMSolverPP2SSDE,
     "dpm_solver_adaptive": DPMSolverAdaptive,
     "unipc": UniPC,
     "deis": DEIS,
     "ipndm": IPNDM,
     "lms": LMS,
     "adm_ancestral": ADMAncestral,
+    "restart": Restart,
+    "sa_solver": SASolver,
 }
 
 
@@ -163,6 +168,6 @@ __all__ = [
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
     "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
-    "DPMSolverPP2SAncestral", "DPMSolverAdaptive",
-    "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral",
+    "DPMSolverPP2SAncestral", "DPMSolverPP2SSDE", "DPMSolverAdaptive",
+    "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral", "Restart", "SASolver",
 ]

@@ -74,12 +74,15 @@ def _has(sde, need: str) -> bool:
 
 
 def refusal(sampler, sde) -> str | None:
-    """Why ``sampler`` cannot run on the path ``sde`` (with its T and eps), or None."""
-    missing = [n for n in needs(sampler) if not _has(sde, n)]
-    if not missing:
-        return None
+    """Why ``sampler`` cannot run on the path ``sde`` (with its T and eps), or None: a need it lacks, or
+    the reason the method's own optional ``refusal(sde)`` gives (options that must fit the path's
+    range, as Restart's interval)."""
     composed = hasattr(sampler, "controller")  # a solvers.sampler.Sampler: named by its method
     method = sampler.method if composed else sampler
+    missing = [n for n in needs(sampler) if not _has(sde, n)]
+    if not missing:
+        own = getattr(method, "refusal", None)
+        return own(sde) if callable(own) else None
     why = "; ".join(NEEDS[n] for n in missing)
     hint = ""
     if "alpha_T" in missing:
