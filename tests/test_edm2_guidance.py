@@ -179,3 +179,25 @@ def test_autoguidance_refuses_a_guide_of_another_shape():
     b = ClassConditionalMixture(GaussianMixture(torch.zeros(2, 4), 0.5, VESDE()))
     with pytest.raises(ValueError, match="shape"):
         Autoguidance(a, b, 2.0)
+
+
+def test_imagenet512_edm2_grid_dry_run_and_offline_error(tmp_path, monkeypatch, capsys):
+    """grids/imagenet512_edm2.yaml: 17 guided runs (autoguidance by EDM2-XS, CFG by XS-uncond, the
+    interval), validated without its files; run without them, one line names the missing snapshot."""
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("SCOREBENCH_CKPT_DIR", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    path = ROOT / "grids" / "imagenet512_edm2.yaml"
+    assert main(["--grid", str(path), "--dry-run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " edm2_img512_s_" in line]
+    assert len(rows) == 17
+    assert sum("autoguidance w=2.1 guide=edm2_img512_xs_guide" in r for r in rows) == 7
+    assert sum(" cfg w=" in r and "uncond=edm2_img512_xs_uncond" in r for r in rows) == 3
+    assert sum(" interval w=" in r for r in rows) == 4
+    out = tmp_path / "results"
+    assert main(["--grid", str(path), "--out", str(out)]) == 2
+    assert not out.exists()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "EDM2 snapshot 'edm2-img512-s-2147483-0.070.pkl' not found" in lines[0]
+    assert "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img512-s-2147483-0.070.pkl" in lines[0]
