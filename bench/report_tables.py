@@ -180,11 +180,14 @@ def pareto_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 def summary_frame(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Successful runs per model and sampler, by NFE: metrics with stderr, wall-clock, Pareto flags."""
     ok = df[df["status"] == "ok"]
-    cols = ["model", "family", "solver", "run_id", "nfe", "nfe_per_sample_mean", "n_steps"]
+    cols = ["model", "family", "solver", "run_id", "nfe", "nfe_per_sample_mean", "n_steps", "guided_nfe",
+            "forwards_per_sample"]
     for m in metrics:
         cols += [m, f"{m}_stderr"]
     cols += ["wall_time_s", "sampling_time_s", "num_samples", "device"]
     out = ok[[c for c in cols if c in ok]].copy()
+    if "nfe_axis" in df.attrs:  # which convention the 'nfe' column is in (nfe_axis_frame)
+        out.insert(out.columns.get_loc("nfe") + 1, "nfe_axis", df.attrs["nfe_axis"])
     for m in metrics:
         on, overlap = set(), set()
         for _, g in ok.groupby("model"):  # the front among the model's runs that have the metric

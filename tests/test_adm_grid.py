@@ -50,6 +50,20 @@ def write_grid(path, raw):
     return path
 
 
+CLASSIFIER_FLAGS = {"classifier_width": 64, "classifier_depth": 1, "classifier_attention_resolutions": "8",
+                    "classifier_channel_mult": "1,1"}
+
+
+def write_classifier(path, num_classes: int = 4) -> dict:
+    """A classifier built by the project's EncoderUNetModel for the 16×16 fixture model, saved as ADM
+    saves one (a state_dict); returns its flags."""
+    torch.manual_seed(0)
+    net = EncoderUNetModel(**classifier_kwargs(classifier_flags({"image_size": 16, **CLASSIFIER_FLAGS}),
+                                               num_classes=num_classes))
+    torch.save(net.state_dict(), path)
+    return dict(CLASSIFIER_FLAGS)
+
+
 def section(**extra) -> dict:
     return {"kind": "adm", "path": str(require_fixture(f"{F}.pt")), "flags": flags(), "label": "random", **extra}
 
@@ -107,11 +121,7 @@ def test_classifier_guided_grid_records_classifier_calls(tmp_path):
     """A classifier built by the project's EncoderUNetModel for the 16×16 fixture model (4 classes),
     saved as ADM saves one: the records carry classifier_nfe per batch beside the denoiser's NFE."""
     bench.models._CACHE.clear()
-    clf_flags = {"classifier_width": 64, "classifier_depth": 1, "classifier_attention_resolutions": "8",
-                 "classifier_channel_mult": "1,1"}
-    torch.manual_seed(0)
-    net = EncoderUNetModel(**classifier_kwargs(classifier_flags({"image_size": 16, **clf_flags}), num_classes=4))
-    torch.save(net.state_dict(), tmp_path / "clf.pt")
+    clf_flags = write_classifier(tmp_path / "clf.pt")
     model = section(classifier={"path": str(tmp_path / "clf.pt"), "scale": 2.0, "flags": clf_flags})
     grid = write_grid(tmp_path / "guided.yaml", {
         "name": "adm-guided", "model": model,
@@ -133,6 +143,32 @@ def test_classifier_guided_grid_records_classifier_calls(tmp_path):
         "eval": {"num_samples": 2, "batch_size": 2, "seeds": "0-1"}, "sweeps": [{"solver": "ddim", "n_steps": 3}]})
     assert main(["--grid", str(bad), "--out", str(tmp_path / "bad_out")]) == 2
     assert not (tmp_path / "bad_out").exists()
+
+
+def test_classifier_guidance_is_a_swept_guidance_kind(tmp_path):
+    """``guidance: {kind: classifier, scale: [...]}`` (models.guidance's axis): one run per scale on the
+    same loaded networks, the scale reaching the gradient, the classifier's forwards and backwards
+    counted per network beside the denoiser's calls (one guided evaluation = one NFE)."""
+    bench.models._CACHE.clear()
+    clf_flags = write_classifier(tmp_path / "clf.pt")
+    grid = write_grid(tmp_path / "axis.yaml", {
+        "name": "adm-axis", "model": section(classifier={"path": str(tmp_path / "clf.pt"), "flags": clf_flags}),
+        "eval": {"num_samples": 4, "batch_size": 2, "seeds": "0-3", "dtype": "float32", "threads": 1},
+        "sweeps": [{"solver": "ddim", "n_steps": 5, "schedule": "adm_ddim",
+                    "guidance": {"kind": "classifier", "scale": [0.0, 4.0]}}]})
+    out = tmp_path / "out"
+    assert main(["--grid", str(grid), "--out", str(out), "--no-progress", "--no-report"]) == 0
+    records = sorted(read_records(out).values(), key=lambda r: r["guidance"]["scale"])
+    assert [r["guidance"] for r in records] == [{"kind": "classifier", "scale": s} for s in (0.0, 4.0)]
+    samples = []
+    for r in records:
+        assert r["status"] == "ok", r["message"]
+        assert r["nfe_per_batch"] == [5, 5]
+        assert r["networks"] == {name: {"calls": 10, "rows": 20, "calls_per_batch": 5.0, "forwards_per_sample": 5.0}
+                                 for name in ("denoiser", "classifier", "classifier_backward")}
+        assert r["forwards_per_sample"] == 5.0  # the classifier is listed apart, never added to it
+        samples.append(torch.load(out / "runs" / f"{r['run_id']}.samples.pt", weights_only=True))
+    assert not torch.allclose(samples[0], samples[1])  # the swept scale reached the gradient
 
 
 def test_imagenet64_adm_grid_dry_run_and_offline_error(tmp_path, monkeypatch, capsys):

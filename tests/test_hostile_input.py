@@ -243,6 +243,49 @@ def test_checkable_at_load(capsys, tmp_path, case):
     assert_refused(capsys, tmp_path, grid, entry, *needles)
 
 
+COND = {**MIXTURE, "conditional": True, "label": "random"}  # class k = component k (models.guidance's ground truth)
+GUIDANCE_CASES = {
+    "cfg on an unconditional model": (dict(), {"kind": "cfg", "scale": 2.0},
+                                      ["guidance kind 'cfg' needs a conditional model; model 'm' is unconditional"]),
+    "interval on an unconditional model": (dict(), {"kind": "interval", "scale": 2.0, "sigma_lo": 0.1, "sigma_hi": 1.0},
+                                           ["guidance kind 'interval' needs a conditional model"]),
+    "unknown guidance kind": (dict(m=COND), {"kind": "cgf", "scale": 2.0},
+                              ["invalid guidance kind 'cgf'",
+                               "expected one of: cfg, interval, autoguidance, classifier"]),
+    "unknown guidance key": (dict(m=COND), {"kind": "cfg", "scale": 2.0, "w": 3},
+                             ["unknown key 'w' in guidance; expected one of: kind, scale, sigma_lo, sigma_hi, guide"]),
+    "negative scale": (dict(m=COND), {"kind": "cfg", "scale": [1.0, -2.0]},
+                       ["field 'guidance.scale' must be a number >= 0, got -2.0"]),
+    "interval without sigma_hi": (dict(m=COND), {"kind": "interval", "scale": 2.0, "sigma_lo": 0.1},
+                                  ["field 'guidance.sigma_hi' must be a number >= 0"]),
+    "empty interval": (dict(m=COND), {"kind": "interval", "scale": 2.0, "sigma_lo": 1.0, "sigma_hi": 0.5},
+                       ["sigma_lo (1.0) must be below sigma_hi (0.5)"]),
+    "autoguidance without a guide": (dict(m=COND), {"kind": "autoguidance", "scale": 2.0},
+                                     ["guidance kind 'autoguidance' needs 'guide'"]),
+    "guide not in the grid": (dict(m=COND), {"kind": "autoguidance", "scale": 2.0, "guide": "xs"},
+                              ["field 'guidance.guide' must name another model", "got 'xs'"]),
+    "guide of another shape": (dict(m=COND, g={**COND, "means": [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]}),
+                               {"kind": "autoguidance", "scale": 2.0, "guide": "g"},
+                               ["guide 'g' draws samples of shape [3], model 'm' of [2]"]),
+    "guide on another path": (dict(m=COND, g={**COND, "sde": {"kind": "ve"}}),
+                              {"kind": "autoguidance", "scale": 2.0, "guide": "g"},
+                              ["guide 'g' is on another path than model 'm'"]),
+    "conditional guide for cfg": (dict(m=COND, g=COND), {"kind": "cfg", "scale": 2.0, "guide": "g"},
+                                  ["guide 'g' stands for the unconditional branch and must be unconditional"]),
+    "classifier guidance without a classifier": (dict(m=COND), {"kind": "classifier", "scale": 1.0},
+                                                 ["needs an adm model with a 'classifier' section"]),
+}
+
+
+@pytest.mark.parametrize("case", list(GUIDANCE_CASES))
+def test_guidance_refused_at_load(capsys, tmp_path, case):
+    """Guidance (models.guidance) that cannot run: exit 2 at load, one line naming the field, nothing written."""
+    models, guidance, needles = GUIDANCE_CASES[case]
+    grid = write_grid(tmp_path / "g.yaml", models=models or None,
+                      sweeps=[{"model": "m", "solver": "euler", "n_steps": 3, "guidance": guidance}])
+    assert_refused(capsys, tmp_path, grid, "sweeps[0]", *needles)
+
+
 @pytest.mark.parametrize("content, kind, needle", [
     (b"", "checkpoint", "cannot read as a torch checkpoint"),
     (b"\x00garbage\xff" * 100, "checkpoint", "cannot read as a torch checkpoint"),

@@ -7,8 +7,10 @@ Keys: ``path`` (the ``.pt``; relative paths are also looked up under ``$SCOREBEN
 them: :mod:`models.adm.flags`), ``label`` (class-conditional networks, or a classifier's classes:
 :func:`bench.kinds.base.check_label`), ``clip_denoised`` (default true, ADM's sampling default: x̂₀
 clamped to [−1, 1]), ``classifier`` (classifier guidance: ``{path, scale, flags}`` with ADM's
-``classifier_defaults()`` keys; its gradient evaluations are counted apart from the NFE as
-``classifier_nfe``: :mod:`models.adm.guidance`).
+``classifier_defaults()`` keys; ``scale`` defaults to ADM's 1.0, and a sweep's ``guidance: {kind:
+classifier, scale: [...]}`` replaces it, one run per scale; its gradient evaluations are counted apart
+from the NFE as ``classifier_nfe`` and per network as 'classifier' and 'classifier_backward':
+:mod:`models.adm.guidance`).
 
 With ``files``, the checks read the checkpoint's keys and shapes (memory-mapped) against the network
 the flags build on the ``meta`` device: a mismatch names the first keys, before anything runs.
@@ -25,6 +27,7 @@ from bench.kinds.base import CKPT_ENV, ModelFacts, ModelKind, check_label, resol
 KEYS = ("path", "flags", "label", "clip_denoised", "classifier")
 CLASSIFIER_KEYS = ("path", "flags", "scale")
 PRETRAINED_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+DEFAULT_CLASSIFIER_SCALE = 1.0  # ADM's classifier_scale default (a sweep's guidance: {kind: classifier} replaces it)
 
 
 def _flags_source(value, field: str, files: bool):
@@ -81,13 +84,13 @@ def check(section: dict, files: bool = True) -> None:
         raise ValueError(f"field 'clip_denoised' must be true or false, got {section['clip_denoised']!r}")
     guide = section.get("classifier")
     if guide is not None:
-        if not isinstance(guide, dict) or "path" not in guide or "scale" not in guide:
-            raise ValueError(f"field 'classifier' must be a mapping with path, scale (and flags), got {guide!r}")
+        if not isinstance(guide, dict) or "path" not in guide:
+            raise ValueError(f"field 'classifier' must be a mapping with path (scale, flags), got {guide!r}")
         unknown = sorted(set(guide) - set(CLASSIFIER_KEYS))
         if unknown:
             raise ValueError(f"field 'classifier': unknown key(s) {', '.join(map(repr, unknown))}; expected one of: "
                              f"{', '.join(CLASSIFIER_KEYS)}")
-        scale = guide["scale"]
+        scale = guide.get("scale", DEFAULT_CLASSIFIER_SCALE)
         if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale >= 0:
             raise ValueError(f"field 'classifier.scale' must be a number >= 0, got {scale!r}")
     if not files or flags is None:
@@ -123,7 +126,7 @@ def load(section: dict, device: str, dtype: torch.dtype):
         return model
     classifier, _ = load_classifier(resolve_path(guide["path"], CKPT_ENV),
                                     _classifier_flags(section, flags["image_size"], True), device=device, dtype=dtype)
-    return ClassifierGuidance(model, classifier, guide["scale"])
+    return ClassifierGuidance(model, classifier, guide.get("scale", DEFAULT_CLASSIFIER_SCALE))
 
 
 def describe(section: dict, files: bool = True) -> ModelFacts | None:

@@ -40,3 +40,9 @@ def check_bound(what: str, ratio: float, bound: float) -> None:
 # default under load"): the one-process configuration was stopped unfinished at 200 s while the default
 # finished, i.e. a ratio well below 0.5. 0.8 fails a default that loses most of that advantage, not noise.
 LOAD_BOUND = 0.8
+
+# Guidance (tests/benchmarks/test_bench_guidance.py, issue 26): one classifier-free-guided denoiser
+# evaluation on B rows / one bare forward of the same 2B rows (the conditional and unconditional branches
+# batched), median of paired ratios; and per-network counting as a fraction of a guided run's network time.
+GUIDED_STEP_BOUND = 1.05
+COUNTING_BOUND = 0.02
