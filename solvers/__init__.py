@@ -25,6 +25,7 @@ from solvers.deis import DEIS
 from solvers.denoise import DEFAULT_DENOISE, DENOISE, tweedie
 from solvers.denoiser import Denoiser
 from solvers.dpm_adaptive import DPMSolverAdaptive
+from solvers.dpm_fast import DPMSolverFast, NFEBudget
 from solvers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPPSDE
 from solvers.edm import EDMHeun, EDMStochastic, Euler
 from solvers.fixed import FixedSteps
@@ -66,6 +67,7 @@ SAMPLERS: dict[str, type] = {
     "dpm_solver_pp_sde": DPMSolverPPSDE,
     "dpm_solver_pp_2s_ancestral": DPMSolverPP2SAncestral,
     "dpm_solver_adaptive": DPMSolverAdaptive,
+    "dpm_solver_fast": DPMSolverFast,
     "unipc": UniPC,
     "deis": DEIS,
     "ipndm": IPNDM,
@@ -163,6 +165,6 @@ __all__ = [
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
     "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
-    "DPMSolverPP2SAncestral", "DPMSolverAdaptive",
+    "DPMSolverPP2SAncestral", "DPMSolverAdaptive", "DPMSolverFast", "NFEBudget",
     "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral",
 ]

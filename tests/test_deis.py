@@ -16,11 +16,11 @@ from tests.test_diffusers_live import SCALED, X_T, diffusers_run, harness_run, n
 
 
 # ---- parity with diffusers 0.42.1 ---------------------------------------------------------------
-def deis_run(config: dict, n: int, x_T: torch.Tensor, float64_levels: bool):
-    """diffusers' DEISMultistepScheduler loop on ``network``; ``float64_levels``: its σ levels (which it
-    stores in float32, as computed from the float32 ᾱ) replaced by the same levels in float64, so that its
-    coefficients are float64 too (the harness's levels: models.discrete.train_sigmas)."""
-    sched = diffusers.DEISMultistepScheduler(**config)
+def deis_run(config: dict, n: int, x_T: torch.Tensor, float64_levels: bool, cls: str = "DEISMultistepScheduler"):
+    """diffusers' DEISMultistepScheduler loop (or ``cls``'s) on ``network``; ``float64_levels``: its σ levels
+    (which it stores in float32, as computed from the float32 ᾱ) replaced by the same levels in float64, so
+    that its coefficients are float64 too (the harness's levels: models.discrete.train_sigmas)."""
+    sched = getattr(diffusers, cls)(**config)
     sched.set_timesteps(n)
     if float64_levels:
         levels = train_sigmas(sched.alphas_cumprod)
