@@ -28,6 +28,7 @@ from solvers.dpm_adaptive import DPMSolverAdaptive
 from solvers.dpm_fast import DPMSolverFast, NFEBudget
 from solvers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPPSDE
 from solvers.edm import EDMHeun, EDMStochastic, Euler
+from solvers.edm_ablation import EDMAblation
 from solvers.fixed import FixedSteps
 from solvers.ggf import AdaptiveEM, AdaptiveImprovedEuler
 from solvers.grids import SCHEDULES, TimeGrid
@@ -62,6 +63,7 @@ SAMPLERS: dict[str, type] = {
     "edm_heun": EDMHeun,
     "edm_stochastic": EDMStochastic,
     "euler": Euler,
+    "edm_ablation": EDMAblation,
     "dpm_solver": DPMSolver,
     "dpm_solver_pp": DPMSolverPP,
     "dpm_solver_pp_sde": DPMSolverPPSDE,
@@ -136,8 +138,9 @@ def make_sampler(name: str, **options):
     groups = _groups(cls)
     given = {key: {k: v for k, v in options.items() if k in names} for key, names in groups.items()}
     if is_method(cls):
-        return Sampler(cls(**given["method"]), dataclasses.replace(cls.controller, **given["controller"]),
-                       given["denoise"].get("denoise", DEFAULT_DENOISE))
+        method = cls(**given["method"])  # a method may name its own default denoise (EDMAblation: 'none')
+        return Sampler(method, dataclasses.replace(cls.controller, **given["controller"]),
+                       given["denoise"].get("denoise", getattr(method, "default_denoise", DEFAULT_DENOISE)))
     nested = {key: dataclasses.replace(f.default, **given[key]) for key, f in _nested(cls).items() if given[key]}
     return cls(**given["own"], **nested)
 
@@ -164,7 +167,7 @@ __all__ = [
     "AncestralSampling", "PredictorCorrector", "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler",
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
-    "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
+    "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "EDMAblation", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
     "DPMSolverPP2SAncestral", "DPMSolverAdaptive", "DPMSolverFast", "NFEBudget",
     "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral",
 ]
