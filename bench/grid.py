@@ -43,10 +43,10 @@ RUN_KEYS = ("solver", "model", "T", "eps", "prior", "step_rule", "metrics", "lik
 GUIDANCE_KEYS = ("kind", "scale", "sigma_lo", "sigma_hi", "guide")  # models.guidance
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
-                    "max_steps", "h_init")
+                    "max_steps", "h_init", "nfe_budget")
 # Upper bounds on counts that size allocations (a time grid of 10^12 steps is 8 TB), checked at load.
 MAX_STEPS = 10**6
-COUNT_OPTIONS = ("n_steps", "steps_per_level", "corrector_steps", "num_scales")
+COUNT_OPTIONS = ("n_steps", "steps_per_level", "corrector_steps", "num_scales", "nfe_budget")
 MAX_SAMPLES = 10**8
 MAX_SEED = 2**63 - 1
 DEFAULT_EVAL = {"num_samples": 1000, "batch_size": 500, "seeds": None, "device": "auto", "dtype": "float32",
@@ -681,7 +681,7 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
         if k not in valid:
             raise where.error(f"unknown option {k!r} for solver {solver!r}; expected one of: {', '.join(valid)}")
         if k in POSITIVE_OPTIONS and v is not None:
-            if k in ("n_steps", "steps_per_level", "corrector_steps", "max_steps"):
+            if k in ("n_steps", "steps_per_level", "corrector_steps", "max_steps", "nfe_budget"):
                 where.positive_int(k, v, at_most=MAX_STEPS if k in COUNT_OPTIONS else None)
             else:
                 where.positive(k, v)

@@ -25,8 +25,10 @@ from solvers.deis import DEIS
 from solvers.denoise import DEFAULT_DENOISE, DENOISE, tweedie
 from solvers.denoiser import Denoiser
 from solvers.dpm_adaptive import DPMSolverAdaptive
+from solvers.dpm_fast import DPMSolverFast, NFEBudget
 from solvers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPPSDE
 from solvers.edm import EDMHeun, EDMStochastic, Euler
+from solvers.edm_ablation import EDMAblation
 from solvers.fixed import FixedSteps
 from solvers.ggf import AdaptiveEM, AdaptiveImprovedEuler
 from solvers.grids import SCHEDULES, TimeGrid
@@ -63,12 +65,14 @@ SAMPLERS: dict[str, type] = {
     "edm_heun": EDMHeun,
     "edm_stochastic": EDMStochastic,
     "euler": Euler,
+    "edm_ablation": EDMAblation,
     "dpm_solver": DPMSolver,
     "dpm_solver_pp": DPMSolverPP,
     "dpm_solver_pp_sde": DPMSolverPPSDE,
     "dpm_solver_pp_2s_ancestral": DPMSolverPP2SAncestral,
     "dpm_solver_pp_2s_sde": DPMSolverPP2SSDE,
     "dpm_solver_adaptive": DPMSolverAdaptive,
+    "dpm_solver_fast": DPMSolverFast,
     "unipc": UniPC,
     "deis": DEIS,
     "ipndm": IPNDM,
@@ -139,8 +143,9 @@ def make_sampler(name: str, **options):
     groups = _groups(cls)
     given = {key: {k: v for k, v in options.items() if k in names} for key, names in groups.items()}
     if is_method(cls):
-        return Sampler(cls(**given["method"]), dataclasses.replace(cls.controller, **given["controller"]),
-                       given["denoise"].get("denoise", DEFAULT_DENOISE))
+        method = cls(**given["method"])  # a method may name its own default denoise (EDMAblation: 'none')
+        return Sampler(method, dataclasses.replace(cls.controller, **given["controller"]),
+                       given["denoise"].get("denoise", getattr(method, "default_denoise", DEFAULT_DENOISE)))
     nested = {key: dataclasses.replace(f.default, **given[key]) for key, f in _nested(cls).items() if given[key]}
     return cls(**given["own"], **nested)
 
@@ -167,7 +172,7 @@ __all__ = [
     "AncestralSampling", "PredictorCorrector", "LangevinCorrector", "AnnealedLangevin", "ProbabilityFlowEuler",
     "ProbabilityFlowHeun", "TorchSDE", "ScipyProbabilityFlow", "TorchdiffeqProbabilityFlow", "AdaptiveImprovedEuler",
     "AdaptiveEM", "ProbabilityFlowLikelihood", "LikelihoodResult", "bits_per_dim_offset", "dequantize", "DDIM",
-    "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
-    "DPMSolverPP2SAncestral", "DPMSolverPP2SSDE", "DPMSolverAdaptive",
+    "Denoiser", "EDMHeun", "EDMStochastic", "Euler", "EDMAblation", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE",
+    "DPMSolverPP2SAncestral", "DPMSolverPP2SSDE", "DPMSolverAdaptive", "DPMSolverFast", "NFEBudget",
     "UniPC", "DEIS", "IPNDM", "LMS", "ADMAncestral", "Restart", "SASolver",
 ]

@@ -23,9 +23,20 @@ from solvers.base import Problem, Step
 from solvers.denoiser import Denoiser
 from solvers.fixed import ON_GRID, FixedSteps
 
-__all__ = ["EDMHeun", "EDMStochastic", "Euler", "CHURN_DRAWS"]
+__all__ = ["EDMHeun", "EDMStochastic", "Euler", "CHURN_DRAWS", "check_churn"]
 
 CHURN_DRAWS = ("every_step", "in_range")  # EDM's edm_sampler, EDM2's
+
+
+def check_churn(method) -> None:
+    """ValueError unless S_churn, S_tmin, S_tmax, S_noise are numbers >= 0 with S_tmin <= S_tmax."""
+    name = type(method).__name__
+    for key in ("S_churn", "S_tmin", "S_tmax", "S_noise"):
+        v = getattr(method, key)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
+            raise ValueError(f"{name}: {key} must be a number >= 0, got {v!r}")
+    if method.S_tmin > method.S_tmax:
+        raise ValueError(f"{name}: need S_tmin <= S_tmax, got {method.S_tmin} > {method.S_tmax}")
 
 
 def _slope(D: Denoiser, x_ve: Tensor, sigma: Tensor, t: Tensor) -> Tensor:
@@ -144,12 +155,7 @@ class EDMStochastic:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for key in ("S_churn", "S_tmin", "S_tmax", "S_noise"):
-            v = getattr(self, key)
-            if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
-                raise ValueError(f"{name}: {key} must be a number >= 0, got {v!r}")
-        if self.S_tmin > self.S_tmax:
-            raise ValueError(f"{name}: need S_tmin <= S_tmax, got {self.S_tmin} > {self.S_tmax}")
+        check_churn(self)
         if self.churn_draws not in CHURN_DRAWS:
             raise ValueError(f"{name}: churn_draws must be one of: {', '.join(CHURN_DRAWS)}; got {self.churn_draws!r}")
 

@@ -91,6 +91,37 @@ class TimeGrid:
         return TimeGrid._to_time(sigmas, T, eps, sde)
 
 
+def iddpm(n: int, T: float, eps: float, sde=None, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000) -> Tensor:
+    """EDM's iDDPM discretisation (Karras et al. 2022, Table 1; NVlabs/edm ``ablation_sampler``, read at commit
+    008a4e5): the noise levels u_0 > … > u_{M−1} of the improved-DDPM cosine schedule, u_M = 0 and
+    u_{j−1} = √((u_j² + 1)/max(ᾱ_{j−1}/ᾱ_j, C_1) − 1) with ᾱ_j = sin²(½π j/(M(C_2 + 1))); of those within
+    [σ_ve(eps), σ_ve(T)], n at the indices round(i (K − 1)/(n − 1)), i = 0 … n − 1 (K of them). The first is
+    u_8 = 80.20 (EDM's j_0 = 8) where σ_ve(T) ≥ 80.20 (ablation_sampler's default σ_max is 81), u_9 = 71.29 for
+    σ_ve(T) = 80. The ends are table values, not T and eps (the prior is still drawn at T)."""
+    s_max, s_min = TimeGrid._sigma_ends("iddpm", T, eps, sde)
+    alpha_bar = torch.sin(0.5 * math.pi * torch.arange(M + 1, dtype=torch.float64) / M / (C_2 + 1)) ** 2
+    u = torch.zeros(M + 1, dtype=torch.float64)
+    for j in range(M, 0, -1):
+        u[j - 1] = ((u[j] ** 2 + 1) / (alpha_bar[j - 1] / alpha_bar[j]).clamp(min=C_1) - 1).sqrt()
+    kept = u[(u >= s_min) & (u <= s_max)]
+    if len(kept) < n:
+        raise ValueError(f"schedule 'iddpm' has {len(kept)} levels in [{s_min:g}, {s_max:g}], fewer than n_steps={n}")
+    index = ((len(kept) - 1) / (n - 1) * torch.arange(n, dtype=torch.float64)).round().long()
+    return time_of_sigma(sde, kept[index])
+
+
+def edm_vp_ablation(n: int, T: float, eps: float, sde=None, epsilon_s: float = 1e-3) -> Tensor:
+    """EDM ``ablation_sampler``'s 'vp' discretisation: σ_vp(t_i) with t_i uniform from 1 to ε_s and
+    σ_vp(t) = √(exp(½ β_d t² + β_min t) − 1), β_d and β_min chosen so that σ_vp(1) = σ_ve(T), σ_vp(ε_s) =
+    σ_ve(eps) (the σ(t) of :class:`solvers.edm_ablation.AblationODE`). :meth:`TimeGrid.edm_vp` keeps β_d = 19.9,
+    β_min = 0.1 and moves τ's ends instead; on score_sde's VP SDE (eps = 1e-3) both are 'uniform'."""
+    s_max, s_min = TimeGrid._sigma_ends("edm_vp_ablation", T, eps, sde)
+    beta_d = 2 * (math.log1p(s_min**2) / epsilon_s - math.log1p(s_max**2)) / (epsilon_s - 1)
+    beta_min = math.log1p(s_max**2) - 0.5 * beta_d
+    t = torch.linspace(1.0, epsilon_s, n, dtype=torch.float64)
+    return TimeGrid._to_time(torch.expm1(0.5 * beta_d * t**2 + beta_min * t).sqrt(), T, eps, sde)
+
+
 SCHEDULES = {
     "uniform": TimeGrid.uniform,
     "quadratic": TimeGrid.quadratic,
@@ -98,4 +129,6 @@ SCHEDULES = {
     "karras": TimeGrid.karras,
     "karras_float32": TimeGrid.karras_float32,
     "edm_vp": TimeGrid.edm_vp,
+    "iddpm": iddpm,
+    "edm_vp_ablation": edm_vp_ablation,
 }
