@@ -76,9 +76,10 @@ def _has(sde, need: str) -> bool:
 def refusal(sampler, sde) -> str | None:
     """Why ``sampler`` cannot run on the path ``sde`` (with its T and eps), or None."""
     missing = [n for n in needs(sampler) if not _has(sde, n)]
-    if not missing:
-        return None
     composed = hasattr(sampler, "controller")  # a solvers.sampler.Sampler: named by its method
+    if not missing:  # a grid's own check against the path (a σ table's range)
+        own = getattr(sampler.controller, "path_refusal", None) if composed else None
+        return None if own is None else own(sde)
     method = sampler.method if composed else sampler
     why = "; ".join(NEEDS[n] for n in missing)
     hint = ""
