@@ -130,6 +130,7 @@ def cost_matrix(problem: Problem, traj: Tensor, ts: Tensor, metric: str = "dev")
     return cost
 
 
+@torch.no_grad()
 def gits_sigmas(problem: Problem, seeds, n: int, *, teacher: str = "ipndm", teacher_steps: int = 61,
                 base: str = "karras", rho: float | None = None, metric: str = "dev", coeff: float = 1.15,
                 dtype=torch.float32, device="cpu", batch_size: int = 256, condition=None) -> tuple[Tensor, dict]:
