@@ -177,6 +177,9 @@ class TimeGrid:
             raise ValueError(why)
         ts = time_of_sigma(sde, loglinear_interp(torch.tensor(values, dtype=torch.float64), n))
         ts[0] = T
+        s_min = float(ve_sigma(sde, torch.tensor([eps], dtype=torch.float64))[0])
+        if abs(values[-1] - s_min) <= _RANGE_RTOL * s_min:  # a table ending at σ_ve(eps) ends exactly at eps
+            ts[-1] = eps
         return ts.clamp(min=eps)
 
     @staticmethod
