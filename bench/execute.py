@@ -51,6 +51,24 @@ def _classifier_counts(model) -> tuple[int, int] | None:
     calls = getattr(model, "classifier_nfe", None)
     return None if calls is None else (int(calls), int(model.classifier_rows))
 
+def schedule_options(run: RunSpec) -> dict:
+    """The run's solver options, with schedule 'gits' given the σ values computed before dispatch
+    (bench.gits_cache.resolve); ValueError with the reason where they could not be computed."""
+    table = run.schedule_table
+    if "error" in table:
+        raise ValueError(table["error"])
+    return {**run.options, "sigmas": tuple(table["sigmas"])} if "sigmas" in table else run.options
+
+
+def schedule_record(sampler, sde) -> dict | None:
+    """The record's ``schedule``: name, parameters and the σ values of a fixed grid
+    (:meth:`solvers.fixed.FixedSteps.schedule_record`); None for adaptive and self-contained samplers."""
+    from solvers import FixedSteps
+
+    controller = getattr(sampler, "controller", None)
+    return controller.schedule_record(sde) if isinstance(controller, FixedSteps) else None
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,8 +160,10 @@ def execute_shard(run: RunSpec, shard: Shard, budget_s: float | None = None, pro
             info["labels"] = {"label": run.model["label"], "label_dim": int(getattr(model, "label_dim", 0) or 0),
                               "seed_to_label": "solvers.noise.seed_labels" if run.model["label"] == "random"
                               else "fixed"}
-        sampler = make_sampler(run.solver, **run.options)
+        phase = "building the sampler"
+        sampler = make_sampler(run.solver, **schedule_options(run))
         info["sampler"] = sampler_config(sampler)
+        info["schedule"] = schedule_record(sampler, sde)
         if shard.index == BPD:
             from bench.dataset_bpd import dataset_bpd
 

@@ -44,6 +44,7 @@ GUIDANCE_KEYS = ("kind", "scale", "sigma_lo", "sigma_hi", "guide")  # models.gui
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 POSITIVE_OPTIONS = ("n_steps", "rtol", "atol", "tol", "snr", "steps_per_level", "corrector_steps", "step_size",
                     "max_steps", "h_init", "nfe_budget")
+LIST_OPTIONS = ("sigmas",)  # solver options whose value is itself a list (of numbers)
 # Upper bounds on counts that size allocations (a time grid of 10^12 steps is 8 TB), checked at load.
 MAX_STEPS = 10**6
 COUNT_OPTIONS = ("n_steps", "steps_per_level", "corrector_steps", "num_scales", "nfe_budget")
@@ -161,6 +162,9 @@ class RunSpec:
     accel: dict = field(default_factory=dict)
     shard_size: int | None = None  # a shard holds whole batches, so its size never changes a result
     seed_set: int = 0  # which of the grid's eval.seed_sets (its seeds say which samples: they are the identity)
+    # Schedule 'gits': the σ values computed before dispatch (bench.gits_cache.resolve), or {'error': why};
+    # not part of the identity (inputs['gits_schedule'], the cache key, is).
+    schedule_table: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
         from bench.metrics import METRICS
@@ -561,12 +565,20 @@ def _guidance_cells(where: _Where, v: Any) -> list:
     return out
 
 
+def _is_axis(key: str, v: Any) -> bool:
+    """Whether a sweep entry's value is an axis: a list, except ``metrics`` and a σ table given as one flat
+    list of numbers (``sigmas: [80, 10, 1, 0.002]``; a list of tables or table names is an axis)."""
+    if not isinstance(v, list) or key == "metrics":
+        return False
+    return not (key in LIST_OPTIONS and v and all(_is_number(x) for x in v))
+
+
 def expand_entry(where: _Where, entry: dict) -> list[dict]:
-    """The cartesian product of an entry's list-valued keys (``metrics`` is not an axis; a ``guidance``
-    mapping's list-valued keys are: :func:`_guidance_cells`)."""
+    """The cartesian product of an entry's list-valued keys (:func:`_is_axis`; a ``guidance`` mapping's
+    list-valued keys are axes too: :func:`_guidance_cells`)."""
     if "guidance" in entry:
         entry = {**entry, "guidance": _guidance_cells(where, entry["guidance"])}
-    axes = {k: v for k, v in entry.items() if isinstance(v, list) and k != "metrics"}
+    axes = {k: v for k, v in entry.items() if _is_axis(k, v)}
     for k, v in axes.items():
         if not v:
             raise where.error(f"field {k!r} is an empty list")
@@ -687,6 +699,9 @@ def _run_from_cell(where: _Where, grid: str, i: int, cell: dict, models: dict, e
                 where.positive(k, v)
         if k in COUNT_OPTIONS and _is_number(v) and v > MAX_STEPS:
             where.positive_int(k, v, at_most=MAX_STEPS)
+    if options.get("schedule") == "gits" and options.get("sigmas") is not None:
+        raise where.error("field 'sigmas' cannot be given with schedule 'gits': GITS computes its σ values per model "
+                          "(bench.gits_cache); use schedule 'table' for a σ table of your own")
     try:
         sampler = make_sampler(solver, **options)
         batch_invariant = bool(declared(sampler)["batch_invariant"])
@@ -795,12 +810,16 @@ def parse_grid(raw: Any, path: str = "<grid>", overrides: dict | None = None, fi
 
 def _with_inputs(runs: tuple[RunSpec, ...], facts: dict) -> tuple[RunSpec, ...]:
     """Each run with the content hashes of the files it reads (bench.hashing; once per file)."""
+    from bench.gits_cache import gits_key
     from bench.hashing import run_inputs
 
     out, seen = [], set()
     for run in runs:
         fact = facts.get(run.model_name)
         inputs = run_inputs(run.model, run.data, run.prior, run.metrics, None if fact is None else fact.shape)
+        key = gits_key(run, inputs)  # schedule 'gits': its cache key (model files, options, seeds, teacher)
+        if key is not None:
+            inputs["gits_schedule"] = key
         if run.guidance.get("guide_model"):  # the guide network's files are part of the run's identity
             inputs |= {f"guide:{role}": sha for role, sha in
                        run_inputs(run.guidance["guide_model"], {}, {"kind": "gaussian"}, ()).items()}

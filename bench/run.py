@@ -101,6 +101,9 @@ def run_grid(grid: GridSpec, out: Path, executor: str = "local", address: str | 
         grid_bytes = Path(grid.path).read_bytes()  # atomic: concurrent invocations may copy it at once
         atomic_write(out / "grid.yaml", lambda f: f.write(grid_bytes))
     todo, skipped = select_runs(grid, out, retry_failed)
+    from bench.gits_cache import resolve
+
+    todo = resolve(todo, out, log=lambda msg: print(msg, file=sys.stderr))  # schedule 'gits': once per model
     counts = {"ran": 0, "ok": 0, "failed": 0, "skipped_ok": skipped["ok"], "skipped_failed": skipped["failed"],
               "shards_computed": 0}
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="run", disable=progress is False

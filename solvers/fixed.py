@@ -20,6 +20,15 @@ it ends: 'zero' (n grid points, then the Tweedie denoise: diffusers' last step t
 every grid time, on paths whose time runs in [0, 1] (flow matching: diffusers'
 ``FlowMatchEulerDiscreteScheduler`` samples uniform t shifted by its ``shift``).
 
+**Schedule parameters** (:data:`solvers.grids.SCHEDULE_PARAMS`) are fields too, so a grid sweeps them
+(``{schedule: karras, rho: [3, 5, 7]}``): ``rho`` (Karras' ρ, default 7; the polyexponential ρ,
+default 1), ``sigmas`` and ``table_interp`` (schedule 'table': a list of σ values or a published table
+of :data:`solvers.grids.SIGMA_TABLES`, interpolated log-linearly to ``n_steps`` values), and the
+``gits_*`` options of schedule 'gits' (GITS' dynamic programming on a teacher trajectory,
+:mod:`solvers.gits`; the harness computes its σ values once per model and caches them). A parameter
+given to a schedule that does not take it is refused. :meth:`FixedSteps.schedule_record` is what every
+record states: the schedule, its parameters and the σ values of the grid.
+
 A method names its default :class:`FixedSteps` (its ``controller``) and, in ``conventions``, the
 conventions it can walk with the final denoisings valid in each; :class:`solvers.sampler.Sampler`
 composes the two (grids give ``n_steps``, ``schedule`` and ``convention`` flat).
@@ -27,7 +36,9 @@ composes the two (grids give ``n_steps``, ``schedule`` and ``convention`` flat).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -35,17 +46,25 @@ from torch import Tensor
 from models.discrete import train_sigmas
 from solvers.base import Problem, SolveStats, Status, check_choice, check_positive
 from solvers.denoise import check_denoise, denoise_nfe
-from solvers.denoiser import time_of_sigma
-from solvers.grids import SCHEDULES
+from solvers.denoiser import time_of_sigma, ve_sigma
+from solvers.grids import SCHEDULE_PARAMS, SCHEDULES, TABLE_INTERP, check_table, table_refusal
 from solvers.solve import Attempt
 from solvers.spacing import FINAL_SIGMAS, SPACINGS, spacing_sigmas
 
-__all__ = ["FixedSteps", "FixedWalk", "CONVENTIONS", "GRID_DENOISE", "ON_GRID"]
+__all__ = ["FixedSteps", "FixedWalk", "CONVENTIONS", "GRID_DENOISE", "ON_GRID", "GITS_TEACHERS", "GITS_METRICS",
+           "GITS_BASES"]
 
 CONVENTIONS = ("grid", "score_sde")
 # The final denoisings each convention allows (a method's ``conventions`` maps its own to them).
 GRID_DENOISE = {"grid": ("tweedie", "ggf", "none"), "score_sde": ("x_mean", "none")}
 ON_GRID = {"grid": GRID_DENOISE["grid"]}  # what most methods declare: the 'grid' convention only
+# GITS (solvers/gits.py): the teacher solvers (registry names of fixed-grid ODE methods), the cost
+# metrics of the reference (zju-pi/diff-sampler gits-main), the teacher's base schedules.
+GITS_TEACHERS = ("ipndm", "euler", "edm_heun", "dpm_solver_pp", "unipc", "deis")
+GITS_METRICS = ("dev", "l1", "l2")
+GITS_BASES = ("karras", "log_snr", "polyexponential", "uniform")
+_GITS_DEFAULTS = {"gits_teacher": "ipndm", "gits_teacher_steps": 61, "gits_base": "karras", "gits_metric": "dev",
+                  "gits_coeff": 1.15, "gits_warmup": 256, "gits_warmup_seed": 10**9}
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,18 @@ class FixedSteps:
         steps_offset: diffusers' ``steps_offset`` (spacings 'leading' and 'leading_n1' only).
         final_sigma: 'zero' or 'sigma_min' (spacings only; module docstring).
         shift: SD3's time shift of the grid's times (> 0; 1: none).
+        rho: ρ of 'karras', 'karras_float32' (default 7) and 'polyexponential' (default 1), and of the
+            GITS teacher's base grid (gits_base 'karras' or 'polyexponential'); None: the default.
+        sigmas: schedule 'table': its σ values (σ_ve, decreasing, σ_ve(T) first) or the name of a
+            published table (:data:`solvers.grids.SIGMA_TABLES`); schedule 'gits': filled by the harness.
+        table_interp: 'loglinear' (another length than n_steps is interpolated as the AYS authors do)
+            or 'none' (the table must hold n_steps values).
+        gits_teacher, gits_teacher_steps, gits_base: GITS' teacher: the method, its grid points, the
+            schedule of its grid (reference: iPNDM on 61 points of Karras' ρ = 7 grid).
+        gits_metric, gits_coeff: GITS' cost of a coarse step ('dev', 'l1', 'l2') and the DP's weight of
+            later steps (reference: 'dev', 1.15).
+        gits_warmup, gits_warmup_seed: how many warm-up trajectories, and the seed of the first (one
+            seed each, from the prior as the run draws it).
     """
 
     n_steps: int = 1000
@@ -67,6 +98,16 @@ class FixedSteps:
     steps_offset: int = 0
     final_sigma: str = "zero"
     shift: float = 1.0
+    rho: float | None = None
+    sigmas: tuple[float, ...] | str | None = None
+    table_interp: str = "loglinear"
+    gits_teacher: str = "ipndm"
+    gits_teacher_steps: int = 61
+    gits_base: str = "karras"
+    gits_metric: str = "dev"
+    gits_coeff: float = 1.15
+    gits_warmup: int = 256
+    gits_warmup_seed: int = 10**9
 
     def __post_init__(self) -> None:
         check_positive("FixedSteps", "n_steps", self.n_steps, integer=True)
@@ -88,6 +129,91 @@ class FixedSteps:
         if self.convention == "score_sde" and self.schedule != "uniform":
             raise ValueError(f"FixedSteps: convention 'score_sde' uses the uniform grid; "
                              f"got schedule={self.schedule!r}")
+        self._check_schedule_params()
+
+    def _check_schedule_params(self) -> None:
+        """Each schedule parameter is valid and given only to a schedule that takes it."""
+        takes = SCHEDULE_PARAMS.get(self.schedule, {})
+        gits = self.schedule == "gits"
+        if self.rho is not None:
+            check_positive("FixedSteps", "rho", self.rho)
+            if not math.isfinite(self.rho):
+                raise ValueError(f"FixedSteps: rho must be a finite positive number, got {self.rho!r}")
+            if "rho" not in takes and not (gits and self.gits_base in ("karras", "polyexponential")):
+                raise ValueError(f"FixedSteps: field 'rho' applies to schedules karras, karras_float32, "
+                                 f"polyexponential (and gits with gits_base karras or polyexponential); "
+                                 f"got schedule={self.schedule!r}")
+        check_choice("FixedSteps", "table_interp", self.table_interp, TABLE_INTERP)
+        if self.table_interp != "loglinear" and self.schedule != "table":
+            raise ValueError(f"FixedSteps: field 'table_interp' applies to schedule 'table'; "
+                             f"got schedule={self.schedule!r}")
+        if self.schedule == "table":
+            if self.sigmas is None:
+                raise ValueError("FixedSteps: schedule 'table' needs field 'sigmas' (a list of σ values, σ_ve(T) "
+                                 "first, or a published table: see solvers.grids.SIGMA_TABLES)")
+            check_table(self.sigmas, self.n_steps, self.table_interp)
+        elif self.sigmas is not None:
+            if not gits:
+                raise ValueError(f"FixedSteps: field 'sigmas' applies to schedule 'table' (and 'gits', where the "
+                                 f"harness fills it); got schedule={self.schedule!r}")
+            values = check_table(self.sigmas, self.n_steps, "none")
+            object.__setattr__(self, "sigmas", values)
+        if isinstance(self.sigmas, list):
+            object.__setattr__(self, "sigmas", tuple(self.sigmas))
+        changed = [k for k, v in _GITS_DEFAULTS.items() if getattr(self, k) != v]
+        if changed and not gits:
+            raise ValueError(f"FixedSteps: field {changed[0]!r} applies to schedule 'gits'; "
+                             f"got schedule={self.schedule!r}")
+        check_choice("FixedSteps", "gits_teacher", self.gits_teacher, GITS_TEACHERS)
+        check_choice("FixedSteps", "gits_metric", self.gits_metric, GITS_METRICS)
+        check_choice("FixedSteps", "gits_base", self.gits_base, GITS_BASES)
+        check_positive("FixedSteps", "gits_coeff", self.gits_coeff)
+        check_positive("FixedSteps", "gits_warmup", self.gits_warmup, integer=True)
+        check_positive("FixedSteps", "gits_teacher_steps", self.gits_teacher_steps, integer=True)
+        if gits and self.gits_teacher_steps < self.n_steps:
+            raise ValueError(f"FixedSteps: field 'gits_teacher_steps' ({self.gits_teacher_steps}) must be at least "
+                             f"n_steps ({self.n_steps}): GITS picks the grid among the teacher's points")
+        seed = self.gits_warmup_seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63 - self.gits_warmup:
+            raise ValueError(f"FixedSteps: field 'gits_warmup_seed' must be an integer >= 0, got {seed!r}")
+
+    def schedule_params(self) -> dict:
+        """The parameters the schedule function takes, resolved (defaults filled in)."""
+        params = dict(SCHEDULE_PARAMS.get(self.schedule, {}))
+        if "rho" in params and self.rho is not None:
+            params["rho"] = float(self.rho)
+        if "sigmas" in params:
+            params["sigmas"] = self.sigmas
+        if "table_interp" in params:
+            params["table_interp"] = self.table_interp
+        return params
+
+    def gits_options(self) -> dict:
+        """What GITS' schedule depends on besides the model and the run's path (the cache key's options)."""
+        return {"n_steps": self.n_steps, "rho": self.rho, **{k: getattr(self, k) for k in _GITS_DEFAULTS}}
+
+    def path_refusal(self, sde) -> str | None:
+        """Why this grid cannot run on ``sde`` (its T and eps), or None: a σ table must start at σ_ve(T) and
+        stay within the model's σ range (:func:`solvers.grids.table_refusal`)."""
+        if self.sigmas is None or self.schedule not in ("table", "gits"):
+            return None
+        return table_refusal(check_table(self.sigmas), sde, float(sde.T), float(sde.eps))
+
+    def schedule_record(self, sde) -> dict:
+        """What a record states about the grid: the schedule's name, its parameters and the grid's σ_ve
+        values and times (lists of floats, from T; a score_sde grid's virtual point past eps left out)."""
+        ts = self.grid(SimpleNamespace(sde=sde))
+        if self.convention == "score_sde":
+            ts = ts[:-1]
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.schedule_params().items()}
+        if self.schedule == "gits":
+            params.update({k: v for k, v in self.gits_options().items() if k != "n_steps"})
+        elif self.schedule in SPACINGS:
+            params.update(steps_offset=self.steps_offset, final_sigma=self.final_sigma)
+        if self.shift != 1:
+            params["shift"] = self.shift
+        return {"name": self.schedule, "params": params, "n_points": len(ts),
+                "sigmas": ve_sigma(sde, ts).tolist(), "t": ts.tolist()}
 
     adaptive = False
 
@@ -133,7 +259,7 @@ class FixedSteps:
             ts = time_of_sigma(sde, spacing_sigmas(self.schedule, self.n_steps, sigmas, self.steps_offset,
                                                    self.final_sigma))
         else:
-            ts = SCHEDULES[self.schedule](self.n_steps, sde.T, sde.eps, sde=sde)
+            ts = SCHEDULES[self.schedule](self.n_steps, sde.T, sde.eps, sde=sde, **self.schedule_params())
         if self.shift != 1:
             ts = self.shift * ts / (1 + (self.shift - 1) * ts)
         if self.convention == "score_sde":  # the last step starts at eps

@@ -77,12 +77,16 @@ def refusal(sampler, sde) -> str | None:
     """Why ``sampler`` cannot run on the path ``sde`` (with its T and eps), or None: a need it lacks, or
     the reason the method's own optional ``refusal(sde)`` gives (options that must fit the path's
     range, as Restart's interval)."""
+    missing = [n for n in needs(sampler) if not _has(sde, n)]
     composed = hasattr(sampler, "controller")  # a solvers.sampler.Sampler: named by its method
     method = sampler.method if composed else sampler
-    missing = [n for n in needs(sampler) if not _has(sde, n)]
-    if not missing:
-        own = getattr(method, "refusal", None)
-        return own(sde) if callable(own) else None
+    if not missing:  # the grid's own check against the path (a σ table's range), then the method's
+        for own in (getattr(sampler.controller, "path_refusal", None) if composed else None,
+                    getattr(method, "refusal", None)):
+            why = own(sde) if callable(own) else None
+            if why is not None:
+                return why
+        return None
     why = "; ".join(NEEDS[n] for n in missing)
     hint = ""
     if "alpha_T" in missing:

@@ -45,9 +45,10 @@ class Attempt:
     kwargs: dict = field(default_factory=dict)  # what the controller adds (adaptive: h)
 
 
-def solve(method, controller, problem: Problem, x_init: Tensor, noise, denoise: str) -> Solution:
+def solve(method, controller, problem: Problem, x_init: Tensor, noise, denoise: str, on_step=None) -> Solution:
     """Run ``method`` under ``controller`` from the prior sample ``x_init`` [B, ...] at T down to
-    eps, then the final ``denoise`` (:mod:`solvers.denoise`). NFE is read from the problem's counter."""
+    eps, then the final ``denoise`` (:mod:`solvers.denoise`). NFE is read from the problem's counter.
+    ``on_step(x)``, where given, sees the state after every step (a teacher trajectory: solvers/gits.py)."""
     method.check(problem)  # before any score call
     counter = problem.counter
     nfe0 = counter.nfe
@@ -60,6 +61,8 @@ def solve(method, controller, problem: Problem, x_init: Tensor, noise, denoise: 
                               **attempt.kwargs)
             state = out.state
             x, x_mean = walk.judge(attempt, out)
+            if on_step is not None:
+                on_step(x)
         if walk.status == Status.OK:
             calls = counter.nfe
             x = final_denoise(problem, x, denoise, x_mean, t=walk.t_end)

@@ -135,3 +135,32 @@ def test_diffusers_pipeline_in_a_grid(tmp_path):
         assert not (tmp_path / name).exists()
         with pytest.raises(GridError, match=match):
             parse_grid(yaml.safe_load(grid.read_text()), str(grid))
+
+
+def test_cifar10_edm_fast_grid_dry_run_and_plan(tmp_path, monkeypatch, capsys):
+    """grids/cifar10_edm_fast.yaml: the 3–25 NFE comparison (issue 27) loads offline, every method on every
+    schedule, declared NFE within 3–25; Restart stays a comment until its sampler is registered."""
+    from bench.grid import load_grid
+    from solvers import SAMPLERS, make_sampler
+
+    monkeypatch.setenv("SCOREBENCH_CKPT_DIR", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    path = ROOT / "grids" / "cifar10_edm_fast.yaml"
+    assert main(["--grid", str(path), "--dry-run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " edm_vp " in line]
+    assert main(["--grid", str(path), "--plan"]) == 0
+    capsys.readouterr()
+    grid = load_grid(path, files=False)
+    assert len(rows) == len(grid.runs) == 235
+    methods = ("euler", "edm_heun", "dpm_solver_pp", "unipc", "deis", "ipndm")
+    for solver in methods:
+        runs = [r for r in grid.runs if r.solver == solver]
+        assert {r.options["schedule"] for r in runs} == {"karras", "log_snr", "table", "gits"}, solver
+        nfe = {make_sampler(r.solver, **r.options).expected_nfe for r in runs}
+        assert min(nfe) <= 4 and max(nfe) == 25 and all(3 <= n <= 25 for n in nfe), (solver, sorted(nfe))
+    assert {r.options.get("solver_order") for r in grid.runs if r.solver in ("dpm_solver_pp", "deis")} == {3}
+    assert all(r.inputs.get("gits_schedule") for r in grid.runs if r.options["schedule"] == "gits")
+    text = path.read_text()
+    assert "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl" in text
+    restart = "# - {solver: restart"
+    assert restart in text or "restart" in SAMPLERS  # enabled by the lead once Restart is merged

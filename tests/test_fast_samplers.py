@@ -90,8 +90,10 @@ def test_phi_series_and_closed_form_agree():
 @pytest.mark.parametrize("kind", SDES)
 def test_schedules_end_points_monotone_and_definitions(kind):
     sde = SDES[kind]
+    karras = tuple(ve_sigma(sde, SCHEDULES["karras"](9, sde.T, sde.eps, sde=sde)).tolist())
     for name, fn in SCHEDULES.items():
-        ts = fn(9, sde.T, sde.eps, sde=sde)
+        table = {"sigmas": karras} if name in ("table", "gits") else {}  # σ tables: tests/test_schedules.py
+        ts = fn(9, sde.T, sde.eps, sde=sde, **table)
         assert ts.dtype == torch.float64 and ts.shape == (9,), name
         if name == "karras_float32":  # EDM2's float32 σ grid: the ends within float32 rounding of σ
             torch.testing.assert_close(ve_sigma(sde, ts[[0, -1]]), ve_sigma(sde, torch.tensor([sde.T, sde.eps])),
