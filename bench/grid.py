@@ -661,9 +661,9 @@ def _parse_guidance(where: _Where, v: Any, name: str, models: dict, facts: dict 
                               f"is not")
         main, other = (facts or {}).get(name), (facts or {}).get(guide)
         if main is not None and other is not None:
-            if tuple(main.shape) != tuple(other.shape):
-                raise where.error(f"guide {guide!r} draws samples of shape {list(other.shape)}, model {name!r} of "
-                                  f"{list(main.shape)}; expected equal")
+            if tuple(main.sample_shape) != tuple(other.sample_shape):
+                raise where.error(f"guide {guide!r} draws samples of shape {list(other.sample_shape)}, model "
+                                  f"{name!r} of {list(main.sample_shape)}; expected equal")
             if sde_to_dict(main.sde) != sde_to_dict(other.sde):
                 raise where.error(f"guide {guide!r} is on another path than model {name!r} "
                                   f"({sde_to_dict(other.sde)} vs {sde_to_dict(main.sde)}); expected the same")

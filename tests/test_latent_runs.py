@@ -196,3 +196,38 @@ def test_edm2_latent_run_decoded_by_a_vae(tmp_path):
         images = load_vae(tmp_path / "vae").decode(edm2.latent_to_vae(x)).sample
     (saved,) = (out / "runs").glob("*.samples.pt")
     torch.testing.assert_close(torch.load(saved, weights_only=True)[:2], images, rtol=1e-4, atol=1e-5)
+    # autoguidance by the same snapshot without a VAE: the guide draws the main model's latents, not its
+    # decoded images, so the grid's shape check compares latents
+    guide = {"kind": "edm2", "path": str(pkl), "label": "random"}
+    guided = {"name": "latent", "models": {"main": model, "guide": guide},
+              "eval": {"num_samples": 2, "batch_size": 2, "device": "cpu", "metrics": []},
+              "sweeps": [{"model": "main", "solver": "edm_heun", "n_steps": 4,
+                          "guidance": {"kind": "autoguidance", "scale": 2.0, "guide": "guide"}}]}
+    (tmp_path / "guided.yaml").write_text(yaml.safe_dump(guided))
+    assert main(["--grid", str(tmp_path / "guided.yaml"), "--out", str(tmp_path / "g"), "--no-progress"]) == 0
+    (r,) = read_records(tmp_path / "g").values()
+    assert r["status"] == "ok", r["message"]
+    assert r["networks"]["guide"]["forwards_per_sample"] == r["networks"]["denoiser"]["forwards_per_sample"] == 7
+    assert r["networks"]["vae_decoder"]["forwards_per_sample"] == 1.0
+
+
+@pytest.mark.fixtures
+@pytest.mark.parametrize("change, says", [
+    ({"vae": "no_such_vae"}, "VAE folder 'no_such_vae' (field 'vae') not found"),
+    ({"decode_batch": 0}, "field 'decode_batch' (latent rows per VAE decoder call) must be an integer >= 1"),
+    ({"vae": "VAE"}, "samples pixels (encoder 'StandardRGBEncoder'"),
+])
+def test_edm2_vae_hostile_input(tmp_path, capsys, change, says):
+    """A missing VAE folder, a bad decode_batch, a VAE on a pixel snapshot: exit 2 at load, one line,
+    nothing written."""
+    from tests.conftest import require_fixture
+
+    tiny_pipelines.vae(latent_channels=3).save_pretrained(tmp_path / "VAE")
+    change = {k: str(tmp_path / v) if v == "VAE" else v for k, v in change.items()}
+    model = {"kind": "edm2", "path": str(require_fixture("edm2/P_img16_cond.pkl")), "label": "random",
+             "vae": str(tmp_path / "VAE"), **change}
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model, [{"solver": "edm_heun", "n_steps": 4}]), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+    assert not out.exists()

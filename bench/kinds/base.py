@@ -30,8 +30,13 @@ RANDOM_LABEL = "random"  # label: random — one class per seed (solvers.noise.s
 class ModelFacts:
     """What a model section determines before its network is loaded, for the checks at grid load."""
 
-    shape: tuple[int, ...]  # one sample
+    shape: tuple[int, ...]  # one sample, as the metrics see it (a latent model's decoded image)
     sde: object  # the model's own path (T, eps)
+    sampled: tuple[int, ...] | None = None  # what the sampler draws, where it differs from shape (latents)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape if self.sampled is None else self.sampled
 
 
 @dataclass(frozen=True)

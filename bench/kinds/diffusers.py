@@ -112,7 +112,7 @@ def describe(section: dict, files: bool = True) -> ModelFacts | None:
     spec = model_spec(_config(folder, section.get("scheduler", {})), section.get("time_mapping"))
     facts = _pipeline(folder)
     if facts is not None:
-        return ModelFacts(tuple(facts["image_shape"] or facts["shape"]), spec["path"])
+        return ModelFacts(tuple(facts["image_shape"] or facts["shape"]), spec["path"], tuple(facts["shape"]))
     return ModelFacts(sample_shape(unet_config(unet_folder(folder))), spec["path"])
 
 

@@ -42,6 +42,13 @@ def check(section: dict, files: bool = True) -> None:
         raise FileNotFoundError(f"VAE folder {vae!r} (field 'vae') not found{where_env()}; save one with internet: "
                                 f"AutoencoderKL.from_pretrained('stabilityai/sd-vae-ft-mse').save_pretrained({vae!r}) "
                                 f"({VAE_URL})")
+    if files and vae is not None:
+        from models.edm.unpickle import read_snapshot
+
+        encoder = read_snapshot(resolve_path(section["path"], CKPT_ENV), tensors=False).get("encoder")
+        if getattr(encoder, "class_name", None) != "StabilityVAEEncoder":
+            raise ValueError(f"field 'vae' given, but the EDM2 snapshot {section['path']!r} samples pixels (encoder "
+                             f"{getattr(encoder, 'class_name', None)!r}, not a StabilityVAEEncoder); remove 'vae'")
 
 
 def _vae_folder(vae: str) -> Path | None:
@@ -82,7 +89,7 @@ def describe(section: dict, files: bool = True) -> ModelFacts | None:
     kwargs = plain(record.init_kwargs)
     res, channels = int(kwargs["img_resolution"]), int(kwargs["img_channels"])
     net = SimpleNamespace(kind="edm", sigma_min=0.0, sigma_max=math.inf)  # EDM2's Precond: no σ range of its own
-    shape = (channels, res, res)
+    shape = latents = (channels, res, res)
     vae = _vae_folder(section["vae"]) if section.get("vae") is not None else None
     if vae is not None:  # what the metrics see: the decoded images
         import json
@@ -91,7 +98,7 @@ def describe(section: dict, files: bool = True) -> ModelFacts | None:
 
         config = json.loads((vae / "config.json").read_text())
         shape = (int(config["out_channels"]), res * vae_scale_factor(config), res * vae_scale_factor(config))
-    return ModelFacts(shape, sde_for(net, section.get("sigma_min"), section.get("sigma_max")))
+    return ModelFacts(shape, sde_for(net, section.get("sigma_min"), section.get("sigma_max")), latents)
 
 
 def model_files(section: dict) -> dict[str, Path]:
