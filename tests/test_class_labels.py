@@ -393,7 +393,7 @@ def test_diffusers_class_conditional_unet(tmp_path, capsys):
     bad = _grid(tmp_path / "bad.yaml", section, [{"solver": "ddim", "n_steps": 3}])
     assert main(["--grid", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert not (tmp_path / "o").exists()
-    assert "the UNet in diffusers folder" in capsys.readouterr().err
+    assert "the denoiser in diffusers folder" in capsys.readouterr().err
     grid = _grid(tmp_path / "g.yaml", {**section, "label": "random"}, [{"solver": "ddim", "n_steps": 3}])
     assert main(["--grid", str(grid), "--out", str(tmp_path / "o"), "--no-progress", "--no-report"]) == 0
     (rec,) = _records(tmp_path / "o")
