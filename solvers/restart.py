@@ -153,6 +153,10 @@ class Restart:
                              f"σ={float(sigmas[0]):.4g}; "
                              f"the reference restarts after a step lands there, so it would never restart: "
                              f"use more steps or a lower t_min")
+        if float(sigmas[index]) >= self.t_max:
+            raise ValueError(f"Restart: the grid point nearest t_min={self.t_min:g} is σ={float(sigmas[index]):.4g}, "
+                             f"not below t_max={self.t_max:g}: the forward re-noising needs σ < t_max; use more steps "
+                             f"or a higher t_max")
         return RestartState(index=index)
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state: RestartState, noise) -> Step:

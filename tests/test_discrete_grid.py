@@ -25,7 +25,7 @@ TABLE_SAMPLERS = {"reverse_diffusion", "ancestral_sampling", "pc", "annealed_lan
 OPTIONS = {  # a few steps each; adaptive ones with loose tolerances
     "adaptive_improved_euler": {"rtol": 0.5, "atol": 0.5}, "adaptive_em": {"rtol": 0.5, "atol": 0.5},
     "dpm_solver_adaptive": {"rtol": 0.5, "atol": 0.5}, "scipy_ode": {"rtol": 0.1, "atol": 0.1},
-    "torchdiffeq_ode": {"rtol": 0.1, "atol": 0.1},
+    "torchdiffeq_ode": {"rtol": 0.1, "atol": 0.1}, "dpm_solver_fast": {"nfe_budget": 6},
 }
 
 

@@ -98,6 +98,8 @@ def test_schedules_end_points_monotone_and_definitions(kind):
         if name == "karras_float32":  # EDM2's float32 σ grid: the ends within float32 rounding of σ
             torch.testing.assert_close(ve_sigma(sde, ts[[0, -1]]), ve_sigma(sde, torch.tensor([sde.T, sde.eps])),
                                        rtol=1e-5, atol=0)
+        elif name == "iddpm":  # EDM's iDDPM levels: table values inside [eps, T] (tests/test_edm_ablation.py)
+            assert sde.eps <= float(ts[-1]) and float(ts[0]) <= sde.T, name
         else:
             assert float(ts[0]) == sde.T and float(ts[-1]) == sde.eps, name
         assert (ts[1:] < ts[:-1]).all(), name
