@@ -163,6 +163,7 @@ def test_cifar10_edm_fast_grid_dry_run_and_plan(tmp_path, monkeypatch, capsys):
         nfe = {make_sampler(r.solver, **r.options).expected_nfe for r in runs}
         assert min(nfe) <= 4 and max(nfe) == 25 and all(3 <= n <= 25 for n in nfe), (solver, sorted(nfe))
     assert {r.options.get("solver_order") for r in grid.runs if r.solver in ("dpm_solver_pp", "deis")} == {3}
+    assert {r.options.get("basis") for r in grid.runs if r.solver == "deis"} == {"t"}  # tAB3, as the header says
     assert all(r.inputs.get("gits_schedule") for r in grid.runs if r.options["schedule"] == "gits")
     text = path.read_text()
     assert "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl" in text
