@@ -56,6 +56,12 @@ def test_the_tables_make_claims_about_registered_samplers():
     assert {name for name, _ in NFE_CLAIMS + ORDER_CLAIMS} <= set(SAMPLERS)
 
 
+def test_every_registered_sampler_has_a_row():
+    """Each name in SAMPLERS is in the name column of one of docs/api.md's sampler tables."""
+    documented = {n for row in _table_rows() if "name" in row for n in re.findall(r"`([a-z_0-9]+)`", row["name"])}
+    assert set(SAMPLERS) <= documented, sorted(set(SAMPLERS) - documented)
+
+
 @pytest.mark.parametrize("name, per_step", NFE_CLAIMS, ids=[n for n, _ in NFE_CLAIMS])
 def test_nfe_per_step_is_counted(name, per_step):
     """The sampler at its defaults, 20 steps, no final denoise: counted calls / steps."""

@@ -235,7 +235,7 @@ def test_matches_diffusers_singlestep(order, solver_type, nfe, algorithm):
 def test_diffusers_order_2_at_even_nfe_ends_with_two_first_order_steps(nfe):
     """diffusers' order-2 mix at even NFE is [2]·(NFE/2 − 1) + [1, 1] (``get_order_list``: [1, 2]·(n/2 − 1) +
     [1, 1], counted per call), the official one [2]·NFE/2: the harness follows the official code, and the
-    samples differ (measured 2026-12-07: 3e-2 – 1.2e-1 relative at 6–20 NFE on this network)."""
+    samples differ (measured 2026-12-07: 5.0e-2 relative at 6 NFE, 3.4e-2 at 20, on this network)."""
     cfg = {**SCALED, "prediction_type": "epsilon", "solver_order": 2, "lower_order_final": True,
            "final_sigmas_type": "sigma_min"}
     sched = diffusers.DPMSolverSinglestepScheduler(**cfg)
@@ -244,8 +244,10 @@ def test_diffusers_order_2_at_even_nfe_ends_with_two_first_order_steps(nfe):
     assert singlestep_orders(nfe, 2) == [2] * (nfe // 2)
     ref, calls = diffusers_singlestep(cfg, nfe, X_T)
     sol, ncalls = harness_fast({**SCALED, "prediction_type": "epsilon"}, nfe, X_T, solver_order=2, prediction="data")
+    d = rel(sol.x, ref)
+    print(f"order 2 at NFE {nfe}: diffusers' mix against the official one, max rel diff {d:.2e}")
     assert ncalls == calls == nfe
-    assert rel(sol.x, ref) > 1e-2
+    assert d > 1e-2
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))

@@ -12,7 +12,10 @@ from bench.grid import GridError, parse_grid
 from bench.records import read_records
 from bench.run import main
 from models.edm import load_edm
+from models.sde import VESDE
 from solvers import SAMPLERS, sampler_options
+from solvers.denoiser import ve_sigma
+from solvers.grids import SCHEDULES
 from tests.conftest import ROOT, require_fixture
 
 # Cheap options per sampler on the 16×16 fixture network; others get n_steps=4 if they take it.
@@ -139,7 +142,8 @@ def test_diffusers_pipeline_in_a_grid(tmp_path):
 
 def test_cifar10_edm_fast_grid_dry_run_and_plan(tmp_path, monkeypatch, capsys):
     """grids/cifar10_edm_fast.yaml: the 3–25 NFE comparison (issue 27) loads offline, every method on every
-    schedule, declared NFE within 3–25; Restart stays a comment until its sampler is registered."""
+    schedule, declared NFE within 3–25; Restart on karras and log_snr at 17–31 NFE (2·n_steps − 1 + 8), each
+    run's grid point nearest t_min below t_max."""
     from bench.grid import load_grid
     from solvers import SAMPLERS, make_sampler
 
@@ -151,7 +155,7 @@ def test_cifar10_edm_fast_grid_dry_run_and_plan(tmp_path, monkeypatch, capsys):
     assert main(["--grid", str(path), "--plan"]) == 0
     capsys.readouterr()
     grid = load_grid(path, files=False)
-    assert len(rows) == len(grid.runs) == 235
+    assert len(rows) == len(grid.runs) == 245
     methods = ("euler", "edm_heun", "dpm_solver_pp", "unipc", "deis", "ipndm")
     for solver in methods:
         runs = [r for r in grid.runs if r.solver == solver]
@@ -159,8 +163,20 @@ def test_cifar10_edm_fast_grid_dry_run_and_plan(tmp_path, monkeypatch, capsys):
         nfe = {make_sampler(r.solver, **r.options).expected_nfe for r in runs}
         assert min(nfe) <= 4 and max(nfe) == 25 and all(3 <= n <= 25 for n in nfe), (solver, sorted(nfe))
     assert {r.options.get("solver_order") for r in grid.runs if r.solver in ("dpm_solver_pp", "deis")} == {3}
+    assert {r.options.get("basis") for r in grid.runs if r.solver == "deis"} == {"t"}  # tAB3, as the header says
     assert all(r.inputs.get("gits_schedule") for r in grid.runs if r.options["schedule"] == "gits")
     text = path.read_text()
     assert "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl" in text
-    restart = "# - {solver: restart"
-    assert restart in text or "restart" in SAMPLERS  # enabled by the lead once Restart is merged
+    assert "restart" in SAMPLERS and "# - {solver: restart" not in text
+    row = next(line for line in (ROOT / "docs" / "grids.md").read_text().splitlines()
+               if line.startswith("| `cifar10_edm_fast.yaml` |"))
+    assert row.endswith(f"| {len(grid.runs)} runs, GPU cluster |"), "docs/grids.md states the run count"
+    restart = [r for r in grid.runs if r.solver == "restart"]
+    assert {r.options["schedule"] for r in restart} == {"karras", "log_snr"} and len(restart) == 10
+    assert {make_sampler(r.solver, **r.options).expected_nfe for r in restart} == {17, 19, 23, 27, 31}
+    sde = VESDE(sigma_min=0.002, sigma_max=80.0)  # the checkpoint's σ range, t = σ
+    for r in restart:
+        sampler = make_sampler(r.solver, **r.options).method
+        sigmas = ve_sigma(sde, SCHEDULES[r.options["schedule"]](r.options["n_steps"], sde.T, sde.eps, sde=sde))
+        j = int(torch.argmin((sigmas - sampler.t_min).abs()))
+        assert 0 < j and sigmas[j] < sampler.t_max, (r.options, sigmas.tolist())

@@ -1,6 +1,6 @@
 """docs/schedules.md's claims against a recomputation: the method × schedule table on the exact mixture
-(scripts/schedule_errors.py, about 10 s), its summary and prose, and the GITS-against-uniform table;
-the digits measurement's grid loads and plans."""
+and the order-mix table (scripts/schedule_errors.py, about 15 s), their summary and prose, and the
+GITS-against-uniform table; the digits measurement's grid loads and plans."""
 
 from __future__ import annotations
 
@@ -26,46 +26,51 @@ def _script():
 se = _script()
 
 
-def _generated() -> str:
+def _generated(begin: str = se.BEGIN, end: str = se.END) -> str:
     text = DOC.read_text()
-    return text.split(se.BEGIN, 1)[1].split(se.END, 1)[0]
+    return text.split(begin, 1)[1].split(end, 1)[0]
 
 
-def _doc_cells() -> dict[str, tuple[float, int] | None]:
+def _doc_cells(begin: str = se.BEGIN, end: str = se.END) -> dict[str, tuple[float, int] | None]:
+    """'label|schedule|budget' -> (error, NFE) or None, from the generated block between the markers."""
     cells = {}
-    for line in _generated().splitlines():
-        m = re.match(r"^\| `([a-z_0-9]+)` \| (.+?) \| (.+) \|$", line)
+    for line in _generated(begin, end).splitlines():
+        m = re.match(r"^\| `([a-z_0-9]+)`((?: [a-z_]+=[^ |]+)*) \| (.+?) \| (.+) \|$", line)
         if m is None:
             continue
-        name, schedule, rest = m.groups()
+        name, options, schedule, rest = m.groups()
         for budget, cell in zip(se.BUDGETS, rest.split(" | "), strict=True):
             value = re.match(r"^([0-9.e+-]+) \((\d+)\)$", cell)
-            cells[f"{name}|{schedule}|{budget}"] = None if value is None else (float(value[1]), int(value[2]))
+            cells[f"{name}{options}|{schedule}|{budget}"] = None if value is None else (float(value[1]), int(value[2]))
     return cells
+
+
+def _mix_cells() -> dict[str, tuple[float, int] | None]:
+    return _doc_cells(se.MIX_BEGIN, se.MIX_END)
 
 
 @pytest.fixture(scope="module")
 def recomputed():
-    import torch
+    return se.table()
 
-    threads = torch.get_num_threads()
-    try:
-        return se.table()
-    finally:
-        torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def recomputed_mix():
+    return se.order_mix_table()
 
 
 def test_the_doc_lists_every_deterministic_method(recomputed):
     documented = {key.split("|")[0] for key in _doc_cells()}
-    assert documented == set(se.deterministic_methods()), (
+    assert documented == set(se.row_groups()), (
         "docs/schedules.md is stale: rerun python scripts/schedule_errors.py --doc docs/schedules.md")
+    assert set(se.deterministic_methods()) <= documented and set(se.VARIANTS) <= documented
     assert {key.split("|")[1] for key in _doc_cells()} == set(se.SCHEDULES)
+    # Issue 27's deterministic methods and settings are rows.
+    assert {"edm_ablation", "deis basis=t", "deis basis=rho", "sa_solver tau=0",
+            "dpm_solver_pp_2s_sde eta=0"} <= documented
 
 
-def test_every_cell_is_reproduced(recomputed):
-    _, numbers = recomputed
-    doc = _doc_cells()
-    assert len(doc) >= 30 * len(se.BUDGETS)
+def _check_cells(doc: dict, numbers: dict) -> None:
     for key, cell in doc.items():
         got = numbers[key]
         if cell is None:
@@ -73,6 +78,35 @@ def test_every_cell_is_reproduced(recomputed):
             continue
         assert got[1] == cell[1], key  # counted NFE
         assert got[0] == pytest.approx(cell[0], rel=1e-3), key  # printed to 4 significant digits
+
+
+def test_every_cell_is_reproduced(recomputed):
+    _, numbers = recomputed
+    doc = _doc_cells()
+    assert len(doc) >= 30 * len(se.BUDGETS) and set(doc) == set(numbers)
+    _check_cells(doc, numbers)
+
+
+def test_order_mix_table(recomputed_mix):
+    """Every cell of the order-mix table, and the prose under it: the mix spends the budget, fixed order
+    3·⌊NFE/3⌋; the mix has the lower error in 10 of the 12 (schedule, budget) cells, all but karras at 10
+    NFE and uniform at 20; multistep DPM-Solver-3 has the lowest error of the three at 5 NFE on every
+    schedule, and at 10 and 20 NFE on log_snr and karras."""
+    _, numbers = recomputed_mix
+    doc = _mix_cells()
+    assert set(doc) == set(numbers) and len(doc) == len(se.ORDER_MIX) * len(se.MIX_SCHEDULES) * len(se.BUDGETS)
+    _check_cells(doc, numbers)
+    mix, fixed, multi = se.ORDER_MIX
+    fixed_better = set()
+    for schedule in se.MIX_SCHEDULES:
+        for budget in se.BUDGETS:
+            m, f, ms = (numbers[f"{label}|{schedule}|{budget}"] for label in (mix, fixed, multi))
+            assert (m[1], f[1], ms[1]) == (budget, 3 * (budget // 3), budget)
+            if f[0] < m[0]:
+                fixed_better.add((schedule, budget))
+            if budget == 5 or schedule in ("log_snr", "karras ρ=7"):
+                assert ms[0] < min(m[0], f[0]), (schedule, budget)
+    assert fixed_better == {("karras ρ=7", 10), ("uniform", 20)}
 
 
 def test_summary_and_prose(recomputed):
@@ -92,6 +126,12 @@ def test_summary_and_prose(recomputed):
     worst_rho3 = sum(worst(n, b) == "karras ρ=3" for n, b in best)
     assert worst_rho3 > len(best) / 2
     assert "0.2508" in DOC.read_text() and "0.01695" in DOC.read_text()
+    # The prose above the table: edm_ablation stopped at eps is edm_heun, and with σ, s = vp, vp pf_heun.
+    for label, same in (("edm_ablation", "edm_heun"), ("edm_ablation sigma_schedule=vp scaling=vp", "pf_heun")):
+        for s in se.SCHEDULES:
+            for b in se.BUDGETS:
+                a, c = numbers[f"{label}|{s}|{b}"], numbers[f"{same}|{s}|{b}"]
+                assert a[1] == c[1] and a[0] == pytest.approx(c[0], rel=1e-9), (label, s, b)
 
 
 def test_gits_against_uniform_table():
