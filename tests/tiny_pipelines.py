@@ -178,17 +178,18 @@ def sdxl_pipeline(folder: Path) -> Path:
     return folder
 
 
-def pixart_pipeline(folder: Path) -> Path:
-    """A PixArt-α-like pipeline: PixArtTransformer2DModel (8×8 latents, learned σ, adaLN-single; no resolution
-    conditions below sample size 128), a T5 encoder of width 16 and its tokenizer, VAE, PixArt-α's
+def pixart_pipeline(folder: Path, sample_size: int = 8) -> Path:
+    """A PixArt-α-like pipeline: PixArtTransformer2DModel (8×8 latents, learned σ, adaLN-single, width 24: its
+    size conditions take a third each; the resolution and aspect-ratio conditions only at sample size 128,
+    PixArt-α 1024's), a T5 encoder of width 16 and its tokenizer, VAE, PixArt-α's
     DPMSolverMultistepScheduler config (linear betas, DPM-Solver++ 2M, linspace spacing)."""
     import diffusers
 
     tok = t5_tokenizer()
     torch.manual_seed(0)
-    net = diffusers.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                             out_channels=8, num_layers=2, sample_size=8, patch_size=2,
-                                             cross_attention_dim=16, caption_channels=16, norm_num_groups=8).eval()
+    net = diffusers.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                                             out_channels=8, num_layers=2, sample_size=sample_size, patch_size=2,
+                                             cross_attention_dim=24, caption_channels=16, norm_num_groups=8).eval()
     perturb(net, 7)
     sched = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                                                   num_train_timesteps=1000, solver_order=2,
