@@ -356,11 +356,13 @@ def load_pipeline(path, scheduler: dict | None = None, time_mapping: str | None 
     net = getattr(pipe, facts["component"]).eval()
     c = net.config
     channels = None
-    if c.out_channels != c.in_channels:
-        if c.out_channels == 2 * c.in_channels:  # learned σ (DiT, PixArt): the first half is ε
+    # out_channels null (FLUX.1's saved configs leave it out): the denoiser's output has in_channels channels
+    out_channels = c.out_channels if c.out_channels is not None else c.in_channels
+    if out_channels != c.in_channels:
+        if out_channels == 2 * c.in_channels:  # learned σ (DiT, PixArt): the first half is ε
             channels = int(c.in_channels)
         else:
-            raise ValueError(f"{path}: the denoiser has {c.out_channels} output channels for {c.in_channels} input "
+            raise ValueError(f"{path}: the denoiser has {out_channels} output channels for {c.in_channels} input "
                              f"channels; expected equal, or twice (a learned σ)")
     tally = Tally()
     decoder = None

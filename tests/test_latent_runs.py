@@ -117,6 +117,31 @@ def test_cfg_sweep_on_a_text_model(tmp_path, pipes):
         assert r["forwards_per_sample"] == 6
 
 
+def test_flux_run_through_the_cli(tmp_path):
+    """A FLUX pipeline (CLIP + T5, guidance-embedding transformer, FLUX.1's dynamic-shifting scheduler config)
+    as a grid's model: dynamic shifting off in the section, the shift and FluxPipeline's grid end (eps 1/n)
+    on the sweep; FluxPipeline's default 128×128 latents (packed per call), decoded to 256×256 by the tiny
+    VAE; both text encoders counted once per chunk of prompts; the distilled guidance is the section's."""
+    bench.models._CACHE.clear()
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    folder = tiny_pipelines.flux_pipeline(tmp_path / "flux")
+    model = {"kind": "diffusers", "path": str(folder), "prompts": {"file": str(tmp_path / "p.txt")},
+             "scheduler": {"use_dynamic_shifting": False}, "distilled_guidance": 4.0}
+    sweeps = [{"solver": "pf_euler", "n_steps": 2, "schedule": "uniform", "shift": 3.0, "eps": 0.5}]
+    out = tmp_path / "out"
+    assert main(["--grid", grid(tmp_path, model, sweeps, num_samples=2, save_samples=0), "--out", str(out),
+                 "--no-progress"]) == 0
+    (r,) = read_records(out).values()
+    assert r["status"] == "ok", r["message"]
+    assert r["shape"] == [3, 256, 256] and r["latent_shape"] == [4, 128, 128]
+    assert r["nfe"] == 2 and r["networks"]["denoiser"] == {"calls": 2, "rows": 4, "calls_per_batch": 2.0,
+                                                           "forwards_per_sample": 2.0}
+    assert r["networks"]["text_encoder"]["calls"] == 2 and r["networks"]["text_encoder"]["rows"] == 4
+    assert r["networks"]["vae_decoder"]["rows"] == 2
+    assert r["schedule"]["t"] == pytest.approx([1.0, 0.75])  # σ = 1, 3·½/(1 + 2·½); then the final denoise
+    assert r["model_section"]["distilled_guidance"] == 4.0
+
+
 def test_dit_latent_run_with_labels(tmp_path, pipes):
     bench.models._CACHE.clear()
     model = {"kind": "diffusers", "path": str(pipes["dit"]), "label": "random"}

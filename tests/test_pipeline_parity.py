@@ -2,7 +2,10 @@
 nothing downloaded), run by diffusers (``output_type='latent'``, or the latents its VAE gets where the
 pipeline has no latent output: DiT) and by the harness (the folder loaded by
 :func:`models.diffusers_pipelines.load_pipeline`, prompts encoded by the pipeline's own encoders, the
-matching sampler, spacing and time mapping) from the same x_T, in float32.
+matching sampler, spacing and time mapping) from the same x_T, in float32. FLUX: the pipeline takes and
+returns packed latents (``FluxPipeline._pack_latents`` / ``_unpack_latents``), the harness the unpacked
+x_T; its dynamic shift is the sampler's ``shift`` exp(μ) and its grid's end 1/n the run's ``eps``
+(docs/latent.md).
 
 Each case of :data:`CASES` is a row of the parity table in docs/latent.md; the test reads that table and
 asserts the measured relative latent error is within the row's bound and the network calls on both
@@ -12,6 +15,7 @@ counter, CountingScore). Text encoder and VAE decoder calls are counted apart (t
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import torch
 diffusers = pytest.importorskip("diffusers", reason="optional extra scorebench[diffusers] not installed")
 pytest.importorskip("transformers", reason="optional extra scorebench[diffusers] not installed")
 
+from bench.models import RunScore, run_sde  # noqa: E402
 from models.diffusers_pipelines import load_pipeline  # noqa: E402
 from models.guidance import make_guidance  # noqa: E402
 from models.tally import CountedModel, Tally  # noqa: E402
@@ -30,6 +35,14 @@ from tests import tiny_pipelines  # noqa: E402
 DOC = Path(__file__).resolve().parents[1] / "docs" / "latent.md"
 PROMPTS = ["a photo of a cat", "two dog sitting on the grass"]
 
+
+def flux_shift(image_seq_len: int, base_len=256, max_len=4096, base_shift=0.5, max_shift=1.15) -> float:
+    """exp(μ) of FluxPipeline's resolution-dependent shift (μ linear in the packed sequence length, from
+    base_shift at base_len to max_shift at max_len), as docs/latent.md tells a FLUX grid to set it."""
+    m = (max_shift - base_shift) / (max_len - base_len)
+    return math.exp(image_seq_len * m + base_shift - m * base_len)
+
+
 # case -> (pipeline builder, diffusers call kwargs, harness sampler and options, steps)
 CASES = {
     "sd_ddim": (tiny_pipelines.sd_pipeline, {}, ("ddim", dict(eta=0.0, schedule="leading", steps_offset=1,
@@ -38,7 +51,24 @@ CASES = {
         solver_order=2, schedule="linspace_n1", final_sigma="zero", lower_order_final=False, denoise="tweedie")), 8),
     "sd3_flow_euler": (tiny_pipelines.sd3_pipeline, dict(height=16, width=16),
                        ("pf_euler", dict(schedule="uniform", shift=3.0)), 8),
+    # SDXL's EulerDiscreteScheduler (leading, offset 1) keeps x/α; the pipeline scales the given latents by its
+    # init_noise_sigma, 1/α at the first level, so the same x_T is the harness's x at that level
+    "sdxl_euler": (tiny_pipelines.sdxl_pipeline, {}, ("euler", dict(schedule="leading", steps_offset=1)), 10),
+    "pixart_dpmpp_2m": (tiny_pipelines.pixart_pipeline, dict(use_resolution_binning=False, clean_caption=False),
+                        ("dpm_solver_pp", dict(solver_order=2, schedule="linspace_n1", final_sigma="zero",
+                                               lower_order_final=False, denoise="tweedie")), 10),
+    # FluxPipeline: σ = linspace(1, 1/n, n) shifted by exp(μ) (dynamic shifting, μ from the 16 packed tokens),
+    # the last Euler step to σ = 0 = the harness's final denoise: pf_euler, uniform from T = 1 to eps = 1/n
+    "flux_flow_euler": (tiny_pipelines.flux_pipeline, dict(height=16, width=16),
+                        ("pf_euler", dict(schedule="uniform", shift=flux_shift(16))), 8),
 }
+
+
+def harness_setup(name: str, steps: int) -> tuple[dict, float | None]:
+    """(load_pipeline kwargs, the run's eps or None) of a case."""
+    if name.startswith("flux"):  # dynamic shifting off in the model (its shift exp(μ) is on the sampler)
+        return {"scheduler": {"use_dynamic_shifting": False}}, 1.0 / steps
+    return {}, None
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +92,18 @@ def rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-def diffusers_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float = 1.0):
-    """(final latents, denoiser calls) of diffusers' own pipeline at ``guidance_scale`` (1: no CFG)."""
+def diffusers_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float = 1.0, **extra):
+    """(final latents, denoiser calls, denoiser rows) of diffusers' own pipeline at ``guidance_scale`` (1: no
+    CFG; FLUX: ``true_cfg_scale`` with the negative prompt "", its distilled guidance left at 3.5)."""
     pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True, text_encoder_3=None,
                                                        tokenizer_3=None) if name.startswith("sd3") else \
         diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     net = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
     calls = []
-    net.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
-    kwargs = CASES[name][1]
+    net.register_forward_pre_hook(lambda m, a, k: calls.append(int((a[0] if a else k["hidden_states"]).shape[0])),
+                                  with_kwargs=True)
+    kwargs = {**CASES[name][1], **extra}
     with torch.no_grad():
         if name.startswith("dit"):  # DiTPipeline has no latent output: keep what its VAE gets
             seen = {}
@@ -84,16 +116,25 @@ def diffusers_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, sc
             pipe.vae.decode = keep
             pipe([3, 7], num_inference_steps=steps, guidance_scale=scale,
                  generator=torch.Generator().manual_seed(1), output_type="pt")
-            return seen["z"] * pipe.vae.config.scaling_factor, len(calls)
+            return seen["z"] * pipe.vae.config.scaling_factor, len(calls), sum(calls)
+        if name.startswith("flux"):  # packed latents in and out; guidance_scale is the distilled guidance
+            B, C, H, W = x_T.shape
+            if scale != 1.0:
+                kwargs.update(negative_prompt="", true_cfg_scale=scale)
+            out = pipe(PROMPTS, num_inference_steps=steps, latents=pipe._pack_latents(x_T.clone(), B, C, H, W),
+                       output_type="latent", **kwargs)
+            z = pipe._unpack_latents(out.images, kwargs["height"], kwargs["width"], pipe.vae_scale_factor)
+            return z, len(calls), sum(calls)
         out = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=scale, latents=x_T.clone(), output_type="latent",
                    **kwargs)
-    return out.images, len(calls)
+    return out.images, len(calls), sum(calls)
 
 
-def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float | None = None):
+def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float | None = None, **extra):
     """(final latents, NFE, the model's tally, the model, the run's tally) of the harness on the same folder
     from the same x_T; with ``scale``: classifier-free guidance (models.guidance), the denoiser counted."""
-    model = load_pipeline(folder)
+    load, eps = harness_setup(name, steps)
+    model = load_pipeline(folder, **load, **extra)
     cond = torch.tensor([3, 7]) if name.startswith("dit") else model.encode_prompts(PROMPTS)
     solver, options = CASES[name][2]
     sampler = make_sampler(solver, n_steps=steps, **options)
@@ -101,6 +142,8 @@ def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scal
     score = CountedModel(model, tally, "denoiser")
     if scale is not None:
         score = make_guidance("cfg", score, scale)
+    if eps is not None:  # the run's eps (a grid's `eps`), as the executor applies it
+        score = RunScore(score, run_sde(model, None, eps))
     with torch.no_grad():
         sol = sampler.sample(Problem(score).conditioned(cond), x_T.clone(), SeededNoise(range(2)))
     return sol.x, sol.stats.nfe, model.tally.snapshot(), model, tally.snapshot()
@@ -110,7 +153,7 @@ def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scal
 def test_latents_match_diffusers_pipeline(name, folders):
     steps = CASES[name][3]
     x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))  # DiTPipeline's draw with seed 1
-    ref, calls = diffusers_latents(name, folders[name], steps, x_T)
+    ref, calls, _ = diffusers_latents(name, folders[name], steps, x_T)
     x, nfe, tally, model, _ = harness_latents(name, folders[name], steps, x_T)
     err = rel(x, ref)
     print(f"| `{name}` | max rel. latent error {err:.1e} | NFE harness {nfe} | diffusers {calls} |")
@@ -118,7 +161,7 @@ def test_latents_match_diffusers_pipeline(name, folders):
     assert err <= row["bound"] <= 1e-4
     assert nfe == calls == row["nfe_harness"] == row["nfe_diffusers"] == steps
     # text encoders counted apart from NFE: one call per encoder for the batch of prompts
-    encoders = {"sd": 1, "sd3": 2, "dit": 0}[name.split("_")[0]]
+    encoders = {"sd": 1, "sd3": 2, "dit": 0, "sdxl": 2, "pixart": 1, "flux": 2}[name.split("_")[0]]
     assert tally.get("text_encoder", {"calls": 0})["calls"] == encoders
     if encoders:
         assert tally["text_encoder"]["rows"] == encoders * len(PROMPTS)
@@ -128,17 +171,51 @@ def test_latents_match_diffusers_pipeline(name, folders):
 def test_cfg_latents_match_diffusers_pipeline(name, folders):
     """Classifier-free guidance at scale 4: the pipeline's CFG (negative "" / null class, one batched call of
     2B rows per step) against the harness's wrapper (models.guidance, one forward of 2B rows per guided
-    evaluation) around the same model: latents within the table's bound, NFE equal, the denoiser's rows 2B."""
+    evaluation) around the same model: latents within the table's bound, NFE equal, the denoiser's rows 2B.
+    FLUX: FluxPipeline's true CFG (``true_cfg_scale`` 4, negative prompt ""; the distilled guidance 3.5 in
+    both branches) makes two calls of B rows per step, the harness one of 2B rows."""
     steps = CASES[name][3]
     x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    ref, calls = diffusers_latents(name, folders[name], steps, x_T, scale=4.0)
+    ref, calls, rows = diffusers_latents(name, folders[name], steps, x_T, scale=4.0)
     x, nfe, _, _, networks = harness_latents(name, folders[name], steps, x_T, scale=4.0)
     err = rel(x, ref)
     print(f"| `{name}_cfg4` | max rel. latent error {err:.1e} | NFE harness {nfe} | diffusers {calls} |")
     row = doc_rows()[f"{name}_cfg4"]
     assert err <= row["bound"] <= 1e-4
-    assert nfe == calls == row["nfe_harness"] == row["nfe_diffusers"] == steps
-    assert networks["denoiser"] == {"calls": steps, "rows": 2 * 2 * steps}
+    per_step = 2 if name.startswith("flux") else 1
+    assert nfe == row["nfe_harness"] == steps and calls == row["nfe_diffusers"] == per_step * steps
+    assert networks["denoiser"] == {"calls": steps, "rows": 2 * 2 * steps} and rows == 2 * 2 * steps
+
+
+def test_flux_distilled_guidance_is_the_pipelines_guidance_scale(folders):
+    """FLUX's guidance-distilled input at 5 (``distilled_guidance``) is FluxPipeline's ``guidance_scale=5``
+    (one call of B rows per step, no CFG), within the table's bound; it moves the latents away from the
+    default 3.5's by far more than that bound."""
+    name, steps = "flux_flow_euler", CASES["flux_flow_euler"][3]
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref, calls, rows = diffusers_latents(name, folders[name], steps, x_T, guidance_scale=5.0)
+    x, nfe, _, _, networks = harness_latents(name, folders[name], steps, x_T, distilled_guidance=5.0)
+    default, *_ = harness_latents(name, folders[name], steps, x_T)
+    print(f"flux distilled guidance 5: max rel. latent error {rel(x, ref):.1e}; 3.5 vs 5: {rel(default, ref):.1e}")
+    assert rel(x, ref) <= doc_rows()[name]["bound"]
+    assert nfe == calls == steps and rows == networks["denoiser"]["rows"] == 2 * steps
+    assert rel(default, ref) > 1e-3
+
+
+def test_pixart_1024_resolution_conditions(tmp_path):
+    """At sample size 128 (PixArt-α 1024) the transformer also takes the image's resolution and aspect ratio
+    (``PixArtAlphaPipeline`` passes height, width of the image: 256×256 with the tiny VAE): the harness's
+    conditions give the pipeline's latents within the table's bound (the 4096-token latents keep this to
+    3 steps and no CFG)."""
+    name, steps = "pixart_dpmpp_2m", 3
+    folder = tiny_pipelines.pixart_pipeline(tmp_path / "pixart1024", sample_size=128)
+    x_T = torch.randn(2, 4, 128, 128, generator=torch.Generator().manual_seed(1))
+    ref, calls, _ = diffusers_latents(name, folder, steps, x_T)
+    x, nfe, _, model, _ = harness_latents(name, folder, steps, x_T)
+    assert model.image_size == (256, 256) and model.net.network.net.use_additional_conditions
+    print(f"pixart 1024 (size conditions): max rel. latent error {rel(x, ref):.1e}")
+    assert rel(x, ref) <= doc_rows()[name]["bound"]
+    assert nfe == calls == steps
 
 
 def test_decoded_images_match_the_pipeline(folders):
