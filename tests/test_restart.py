@@ -208,6 +208,6 @@ def test_grid_point_nearest_t_min_above_t_max_is_refused():
     """With few steps the grid point nearest t_min can lie above t_max: the re-noising from it up to t_max
     would take the square root of a negative variance. Refused, where a NaN would follow."""
     problem, x_T = gaussian("ve")
-    sampler = make_sampler("restart", n_steps=3, t_min=0.4, t_max=0.45)  # σ grid 5, ~0.5, 0.01
-    with pytest.raises(ValueError, match="not below t_max=0.45"):
+    sampler = make_sampler("restart", n_steps=3, t_min=0.3, t_max=0.35)  # σ grid 5, 0.436, 0.01
+    with pytest.raises(ValueError, match="not below t_max=0.35"):
         sampler.sample(problem, x_T, SeededNoise(range(6)))
