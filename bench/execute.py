@@ -51,6 +51,7 @@ def _classifier_counts(model) -> tuple[int, int] | None:
     calls = getattr(model, "classifier_nfe", None)
     return None if calls is None else (int(calls), int(model.classifier_rows))
 
+
 def schedule_options(run: RunSpec) -> dict:
     """The run's solver options, with schedule 'gits' given the σ values computed before dispatch
     (bench.gits_cache.resolve); ValueError with the reason where they could not be computed."""
