@@ -108,6 +108,7 @@ def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     x = nfe_column(y)
     pts = df[np.isfinite(pd.to_numeric(df[y], errors="coerce")) & (pd.to_numeric(df[x], errors="coerce") > 0)]
@@ -140,6 +141,10 @@ def figure_png(df: pd.DataFrame, model: str, y: str, ylabel: str, styles: dict[s
                         label=label, zorder=3)
         ax.set_title(title, fontsize=10)
         ax.set_xscale("log")
+        # NFE ticks at 1, 2, 5 × 10^k as plain numbers; no minor labels (they overlap within a decade)
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         if log_y:
             ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
