@@ -247,6 +247,28 @@ def test_latents_at_a_size_match_the_pipeline(name, folders):
         assert rel(wrong, ref) > 1e-3
 
 
+def test_size_rules_and_shapes(folders):
+    """What each pipeline's size must be a multiple of (its check_inputs; the tiny VAE's scale factor 2),
+    SD3's position-embedding limit, and the kind's describe() at a size: image and latent shapes."""
+    from bench.kinds.diffusers import describe
+    from models.diffusers_pipelines import check_size, pipeline_facts
+
+    multiples = {name: pipeline_facts(folders[name])["multiple"] for name in CASES}
+    assert multiples == {"sd_ddim": 8, "sdxl_euler": 8, "pixart_dpmpp_2m": 8, "dit_dpmpp_2m": 4,
+                         "sd3_flow_euler": 4, "flux_flow_euler": 4}
+    with pytest.raises(ValueError, match=r"divisible by 4 .*FluxPipeline.check_inputs: the VAE scale factor 2 x 2"):
+        check_size(folders["flux_flow_euler"], [16, 18])
+    with pytest.raises(ValueError, match=r"divisible by 4 .*StableDiffusion3Pipeline.check_inputs: the VAE scale "
+                                         r"factor 2 x the transformer's patch size 2"):
+        check_size(folders["sd3_flow_euler"], [16, 18])
+    with pytest.raises(ValueError, match=r"at most 32 per side .*pos_embed_max_size 8"):
+        check_size(folders["sd3_flow_euler"], [36, 16])
+    flux = {"kind": "diffusers", "path": str(folders["flux_flow_euler"]), "scheduler": {"use_dynamic_shifting": False}}
+    facts = describe({**flux, "size": [16, 24]})
+    assert facts.shape == (3, 16, 24) and facts.sampled == (4, 8, 12)
+    assert describe(flux).shape == (3, 256, 256) and describe(flux).sampled == (4, 128, 128)
+
+
 def test_pixart_1024_conditions_follow_the_size(tmp_path):
     """PixArt-α 1024 (sample size 128) at ``size: [128, 192]``: the resolution and aspect-ratio conditions are
     (128, 192) and 2/3 (``PixArtAlphaPipeline`` without resolution binning); latents within the ``_size``
