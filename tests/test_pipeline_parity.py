@@ -221,7 +221,8 @@ def test_pixart_1024_resolution_conditions(tmp_path):
 
 
 # case -> [height, width] of the decoded image: not the tiny pipelines' default 16×16, not square
-SIZES = {"sdxl_euler": (16, 24), "sd3_flow_euler": (24, 16), "pixart_dpmpp_2m": (24, 16), "flux_flow_euler": (16, 24)}
+SIZES = {"sd_ddim": (24, 16), "sdxl_euler": (16, 24), "sd3_flow_euler": (24, 16), "pixart_dpmpp_2m": (24, 16),
+         "flux_flow_euler": (16, 24)}
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
@@ -267,6 +268,10 @@ def test_size_rules_and_shapes(folders):
     facts = describe({**flux, "size": [16, 24]})
     assert facts.shape == (3, 16, 24) and facts.sampled == (4, 8, 12)
     assert describe(flux).shape == (3, 256, 256) and describe(flux).sampled == (4, 128, 128)
+    # DiT (no size argument in DiTPipeline): a square size runs, its position embedding recomputed for 12×12
+    x_T = torch.randn(2, 4, 12, 12, generator=torch.Generator().manual_seed(1))
+    x, nfe, *_ = harness_latents("dit_dpmpp_2m", folders["dit_dpmpp_2m"], 4, x_T, size=[24, 24])
+    assert x.shape == x_T.shape and nfe == 4 and bool(x.isfinite().all())
 
 
 def test_pixart_1024_conditions_follow_the_size(tmp_path):
