@@ -62,7 +62,8 @@ _LEARNED_VARIANCE = ("learned", "learned_range")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", *_LEARNED_VARIANCE)
 # Config entries that change what the model is, and the value under which the harness honours them.
 _UNSUPPORTED = {
-    "use_dynamic_shifting": (False, "the shift then depends on the image size (mu per call)"),
+    "use_dynamic_shifting": (False, "the shift then depends on the image size (mu per call); put exp(mu) of the "
+                             "size on the sampler as shift, docs/latent.md"),
     "invert_sigmas": (False, "inverted σ's sample backwards"),
     "shift_terminal": (None, "a stretched terminal σ is not part of the path"),
 }

@@ -30,6 +30,11 @@ FLUX's guidance-distilled ``guidance`` input (FLUX.1-dev) is a condition of the 
 unpacked [C, H, W] the pipeline draws its noise in; each network call packs them into 2×2 patches
 and unpacks the output, as ``FluxPipeline`` does.
 
+**Size**: ``size`` ([height, width] of the decoded image, the pipelines' ``height``/``width``;
+default: the pipeline's) sets the latents to height/s × width/s (s: the VAE scale factor), and SDXL's
+time ids, PixArt-α 1024's size conditions and FLUX's packing follow it (:func:`check_size`: the
+multiples each pipeline's ``check_inputs`` asks for).
+
 **Latents** decode through the pipeline's VAE (:class:`models.latent.VAEDecoder`, ``decoder``), with
 the pipeline's ``scaling_factor`` (and ``shift_factor`` for SD3/FLUX). Text encoder calls and VAE
 decoder calls are counted in the model's :class:`~models.tally.Tally` (``tally``), apart from NFE.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +56,8 @@ from models.latent import VAEDecoder, scaled_latents, vae_scale_factor
 from models.parameterisation import PredictionModel
 from models.tally import Tally
 
-__all__ = ["FAMILIES", "PipelineModel", "load_pipeline", "pipeline_facts", "denoiser_class", "is_pipeline"]
+__all__ = ["FAMILIES", "PipelineModel", "load_pipeline", "pipeline_facts", "check_size", "denoiser_class",
+           "is_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -105,9 +112,11 @@ def _family_name(cls: str, config: dict) -> str:
             "FluxTransformer2DModel": "flux"}[cls]
 
 
-def pipeline_facts(folder: Path) -> dict:
+def pipeline_facts(folder: Path, size=None) -> dict:
     """What a pipeline folder's configs say, without loading weights: ``{'family', 'class', 'component',
-    'condition', 'label_dim', 'shape' (latent sample), 'image_shape', 'text'}``."""
+    'condition', 'label_dim', 'shape' (latent sample), 'image_shape', 'text', 'multiple', 'rule'}``, at the
+    pipeline's default size or at ``size`` ([height, width] of the decoded image, pixels; checked by
+    :func:`check_size`). ``multiple``: what a size's height and width must be multiples of, ``rule`` why."""
     folder = Path(folder)
     cls = denoiser_class(folder)
     if cls is None:
@@ -123,17 +132,56 @@ def pipeline_facts(folder: Path) -> dict:
     scale = vae_scale_factor(vae_cfg) if vae_cfg else 8
     if name == "flux":
         # FluxPipeline's default size: default_sample_size (128) latent cells, packed in 2x2 patches.
-        channels, size = int(cfg["in_channels"]) // 4, (128, 128)
+        channels, size_z = int(cfg["in_channels"]) // 4, (128, 128)
     else:
         s = cfg["sample_size"]
-        channels, size = int(cfg["in_channels"]), (s, s) if isinstance(s, int) else tuple(s)
-    shape = (channels, *size)
-    image = (int(vae_cfg["out_channels"]), size[0] * scale, size[1] * scale) if vae_cfg else None
+        channels, size_z = int(cfg["in_channels"]), (s, s) if isinstance(s, int) else tuple(s)
+    if size is not None:
+        size_z = (int(size[0]) // scale, int(size[1]) // scale)
+    shape = (channels, *size_z)
+    image = (int(vae_cfg["out_channels"]), size_z[0] * scale, size_z[1] * scale) if vae_cfg else None
     index = _read_json(folder / "model_index.json")
     return {"family": name, "class": cls, "component": fam.component, "condition": fam.condition,
             "label_dim": int(cfg.get("num_embeds_ada_norm") or 0) if name == "dit" else 0,
             "shape": shape, "image_shape": image, "text": any(k.startswith("text_encoder") and index[k][0]
-                                                             for k in index if isinstance(index[k], list))}
+                                                             for k in index if isinstance(index[k], list)),
+            **_size_rule(name, scale, cfg)}
+
+
+def _size_rule(family: str, scale: int, cfg: dict) -> dict:
+    """What the pipeline's height and width must be multiples of (``multiple``) and why (``rule``): its own
+    ``check_inputs`` and whole latent cells (``patch`` of them per token)."""
+    if family == "flux":
+        return {"multiple": 2 * scale, "rule": f"FluxPipeline.check_inputs: the VAE scale factor {scale} x 2, "
+                                               f"its 2x2 packing"}
+    patch = int(cfg.get("patch_size") or 1)
+    cells = f"the VAE scale factor {scale}" + (f" x the transformer's patch size {patch}" if patch > 1 else "")
+    if family == "sd3":
+        return {"multiple": scale * patch, "rule": f"StableDiffusion3Pipeline.check_inputs: {cells}"}
+    if family == "dit":
+        return {"multiple": scale * patch, "rule": f"{cells}; square: DiT's transformer unpatchifies a square"}
+    pipe = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "pixart": "PixArtAlphaPipeline"}
+    return {"multiple": math.lcm(8, scale * patch), "rule": f"{pipe[family]}.check_inputs: 8, and {cells}"}
+
+
+def check_size(folder: Path, size, where: str = "field 'size'") -> tuple[int, int] | None:
+    """``size`` ([height, width] of the decoded image in pixels, or None: the pipeline's default) checked
+    against the pipeline in ``folder``: ValueError naming the field and the pipeline's rule."""
+    if size is None:
+        return None
+    facts = pipeline_facts(folder)
+    m, rule = facts["multiple"], facts["rule"]
+    if any(s % m for s in size):
+        raise ValueError(f"{where} must be [height, width] divisible by {m} for the {facts['family']} pipeline in "
+                         f"{folder} ({rule}), got {list(size)!r}")
+    if facts["family"] == "dit" and size[0] != size[1]:
+        raise ValueError(f"{where} must be square for a DiT pipeline ({rule}), got {list(size)!r}")
+    cfg = _read_json(folder / facts["component"] / "config.json")
+    most = cfg.get("pos_embed_max_size")
+    if facts["family"] == "sd3" and most and max(size) > most * m:
+        raise ValueError(f"{where} must be at most {most * m} per side for the SD3 pipeline in {folder} (its "
+                         f"transformer's pos_embed_max_size {most} patches of {m} pixels), got {list(size)!r}")
+    return int(size[0]), int(size[1])
 
 
 # ---- the network calls: (x, τ, condition) -> the prediction ---------------------------------------
@@ -334,15 +382,17 @@ class PipelineModel(PredictionModel):
 
 def load_pipeline(path, scheduler: dict | None = None, time_mapping: str | None = None, device: str = "cpu",
                   dtype: torch.dtype = torch.float32, distilled_guidance: float | None = None,
-                  decode_batch: int = 8) -> PipelineModel:
+                  decode_batch: int = 8, size=None) -> PipelineModel:
     """Load a saved pipeline folder (``model_index.json``; module docstring) offline as a
-    :class:`PipelineModel`. ``scheduler`` entries override the saved scheduler config."""
+    :class:`PipelineModel`. ``scheduler`` entries override the saved scheduler config; ``size`` ([height,
+    width] of the decoded image, the pipelines' ``height``/``width``; default: the pipeline's) sets the
+    latents' size and what follows it (SDXL's time ids, PixArt-α 1024's size conditions, FLUX's packing)."""
     from diffusers import DiffusionPipeline
 
     from models.diffusers_adapter import check_scheduler_config, model_spec, read_scheduler_config
 
     path = Path(path)
-    facts = pipeline_facts(path)
+    facts = pipeline_facts(path, check_size(path, size, "size"))
     config = {**(read_scheduler_config(path / "scheduler") if (path / "scheduler").is_dir() else {}),
               **(scheduler or {})}
     check_scheduler_config(config, where=str(path))  # before loading any weights

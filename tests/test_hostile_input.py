@@ -507,13 +507,16 @@ def test_inherited_ignored_signal(tmp_path, sig, stops):
 # --- text-to-image pipelines: prompts files (issue 26) ----------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_pipes(tmp_path_factory):
-    """A tiny Stable-Diffusion-like text pipeline and a DiT (class) pipeline, saved outside each test's tmp_path."""
-    pytest.importorskip("diffusers", reason="optional extra scorebench[diffusers] not installed")
+    """A tiny Stable-Diffusion-like text pipeline, a DiT (class) pipeline and a DDPM (UNet2DModel, pixel space)
+    pipeline, saved outside each test's tmp_path."""
+    diffusers = pytest.importorskip("diffusers", reason="optional extra scorebench[diffusers] not installed")
     pytest.importorskip("transformers", reason="optional extra scorebench[diffusers] not installed")
+    from tests.test_diffusers_adapter import small_unet
     from tests.tiny_pipelines import dit_pipeline, sd_pipeline
 
     root = tmp_path_factory.mktemp("pipes")
-    return {"sd": sd_pipeline(root / "sd"), "dit": dit_pipeline(root / "dit")}
+    diffusers.DDPMPipeline(unet=small_unet(), scheduler=diffusers.DDPMScheduler()).save_pretrained(root / "ddpm")
+    return {"sd": sd_pipeline(root / "sd"), "dit": dit_pipeline(root / "dit"), "ddpm": root / "ddpm"}
 
 
 PROMPT_CASES = {
@@ -541,6 +544,34 @@ def test_prompts_refused_at_load(capsys, tmp_path, tiny_pipes, case):
     model = {"kind": "diffusers", "path": str(tiny_pipes[pipe]), **({"label": 1} if pipe == "dit" else {})}
     if extra is not None:
         model["prompts"] = {"file": str(prompts), **extra}
+    grid = write_grid(tmp_path / "g.yaml", models={"m": model},
+                      sweeps=[{"solver": "ddim", "n_steps": 3, "schedule": "leading"}])
+    assert_refused(capsys, tmp_path, grid, "models.m", *needles)
+
+
+SIZE_CASES = {
+    # case: (model, size, needles)
+    "size not integers": ("sd", [16.0, 16], ["field 'size' must be [height, width]", "two positive integers"]),
+    "size a string": ("sd", "16x16", ["field 'size' must be [height, width]", "two positive integers"]),
+    "size of one side": ("sd", [16], ["field 'size'", "two positive integers"]),
+    "size zero": ("sd", [0, 16], ["field 'size'", "two positive integers"]),
+    "size not divisible": ("sd", [16, 20], ["field 'size' must be [height, width] divisible by 8",
+                                            "StableDiffusionPipeline.check_inputs: 8, and the VAE scale factor 2"]),
+    "size not square for DiT": ("dit", [16, 32], ["field 'size' must be square for a DiT pipeline"]),
+    "size on a UNet2DModel": ("ddpm", [16, 16], ["field 'size' given", "holds a UNet2DModel", "remove it"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SIZE_CASES))
+def test_size_refused_at_load(capsys, tmp_path, tiny_pipes, case):
+    """A model section's ``size`` that is not two positive integers, not divisible as the pipeline's
+    check_inputs asks, or on a pixel-space UNet2DModel folder: exit 2 at load, one line naming the field,
+    nothing written."""
+    pipe, size, needles = SIZE_CASES[case]
+    (tmp_path / "p.txt").write_text("a cat\ntwo dog\na red car\nthe blue table\n")
+    model = {"kind": "diffusers", "path": str(tiny_pipes[pipe]), "size": size,
+             **({"label": 1} if pipe == "dit" else {}), **({"prompts": {"file": str(tmp_path / "p.txt")}}
+                                                          if pipe == "sd" else {})}
     grid = write_grid(tmp_path / "g.yaml", models={"m": model},
                       sweeps=[{"solver": "ddim", "n_steps": 3, "schedule": "leading"}])
     assert_refused(capsys, tmp_path, grid, "models.m", *needles)

@@ -142,6 +142,31 @@ def test_flux_run_through_the_cli(tmp_path):
     assert r["model_section"]["distilled_guidance"] == 4.0
 
 
+def test_flux_run_at_a_size(tmp_path):
+    """``size: [16, 24]`` on a FLUX pipeline: 8×12 latents (24 packed tokens per call), decoded to 16×24;
+    the record's shape and latent_shape say so, and the size is part of the run's identity."""
+    bench.models._CACHE.clear()
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    folder = tiny_pipelines.flux_pipeline(tmp_path / "flux")
+    model = {"kind": "diffusers", "path": str(folder), "prompts": {"file": str(tmp_path / "p.txt")},
+             "scheduler": {"use_dynamic_shifting": False}, "size": [16, 24]}
+    sweeps = [{"solver": "pf_euler", "n_steps": 2, "schedule": "uniform", "shift": 1.585, "eps": 0.5}]
+    path = grid(tmp_path, model, sweeps, num_samples=2, save_samples=2)
+    out = tmp_path / "out"
+    assert main(["--grid", path, "--out", str(out), "--no-progress"]) == 0
+    (r,) = read_records(out).values()
+    assert r["status"] == "ok", r["message"]
+    assert r["shape"] == [3, 16, 24] and r["latent_shape"] == [4, 8, 12] and r["model_section"]["size"] == [16, 24]
+    assert r["nfe"] == 2 and r["networks"]["vae_decoder"]["rows"] == 2
+    (saved,) = (out / "runs").glob("*.samples.pt")
+    assert torch.load(saved, weights_only=True).shape == (2, 3, 16, 24)
+    (a,) = load_grid(path).runs
+    (b,) = load_grid(grid(tmp_path, {**model, "size": [24, 16]}, sweeps, num_samples=2, save_samples=2)).runs
+    (c,) = load_grid(grid(tmp_path, {k: v for k, v in model.items() if k != "size"}, sweeps, num_samples=2,
+                          save_samples=2)).runs
+    assert len({a.run_id, b.run_id, c.run_id}) == 3 and a.run_id == r["run_id"]
+
+
 def test_dit_latent_run_with_labels(tmp_path, pipes):
     bench.models._CACHE.clear()
     model = {"kind": "diffusers", "path": str(pipes["dit"]), "label": "random"}

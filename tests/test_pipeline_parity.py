@@ -130,14 +130,16 @@ def diffusers_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, sc
     return out.images, len(calls), sum(calls)
 
 
-def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float | None = None, **extra):
+def harness_latents(name: str, folder: Path, steps: int, x_T: torch.Tensor, scale: float | None = None,
+                    options: dict | None = None, **extra):
     """(final latents, NFE, the model's tally, the model, the run's tally) of the harness on the same folder
-    from the same x_T; with ``scale``: classifier-free guidance (models.guidance), the denoiser counted."""
+    from the same x_T; with ``scale``: classifier-free guidance (models.guidance), the denoiser counted;
+    ``options`` override the case's sampler options."""
     load, eps = harness_setup(name, steps)
     model = load_pipeline(folder, **load, **extra)
     cond = torch.tensor([3, 7]) if name.startswith("dit") else model.encode_prompts(PROMPTS)
-    solver, options = CASES[name][2]
-    sampler = make_sampler(solver, n_steps=steps, **options)
+    solver, case_options = CASES[name][2]
+    sampler = make_sampler(solver, n_steps=steps, **{**case_options, **(options or {})})
     tally = Tally()
     score = CountedModel(model, tally, "denoiser")
     if scale is not None:
@@ -215,6 +217,77 @@ def test_pixart_1024_resolution_conditions(tmp_path):
     assert model.image_size == (256, 256) and model.net.network.net.use_additional_conditions
     print(f"pixart 1024 (size conditions): max rel. latent error {rel(x, ref):.1e}")
     assert rel(x, ref) <= doc_rows()[name]["bound"]
+    assert nfe == calls == steps
+
+
+# case -> [height, width] of the decoded image: not the tiny pipelines' default 16×16, not square
+SIZES = {"sd_ddim": (24, 16), "sdxl_euler": (16, 24), "sd3_flow_euler": (24, 16), "pixart_dpmpp_2m": (24, 16),
+         "flux_flow_euler": (16, 24)}
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_latents_at_a_size_match_the_pipeline(name, folders):
+    """``size: [height, width]`` is the pipeline's ``height``/``width``: latents of height/8 × width/8 cells
+    (the tiny VAE's scale factor 2 here), SDXL's time ids (original and target size = the image's), FLUX's
+    packing and image ids at that size and its shift exp(μ) from the size's packed sequence length (24
+    tokens): the pipeline's latents within the table's ``_size`` row, the same denoiser calls."""
+    (height, width), steps = SIZES[name], CASES[name][3]
+    x_T = torch.randn(2, 4, height // 2, width // 2, generator=torch.Generator().manual_seed(1))
+    ref, calls, _ = diffusers_latents(name, folders[name], steps, x_T, height=height, width=width)
+    options = {"shift": flux_shift(height // 4 * (width // 4))} if name.startswith("flux") else None
+    x, nfe, _, model, _ = harness_latents(name, folders[name], steps, x_T, options=options, size=[height, width])
+    err = rel(x, ref)
+    print(f"| `{name}_size` | {height}×{width}: max rel. latent error {err:.1e} | NFE {nfe} | diffusers {calls} |")
+    assert model.shape == x_T.shape[1:] and model.image_shape == (3, height, width)
+    assert model.image_size == (height, width)
+    row = doc_rows()[f"{name}_size"]
+    assert err <= row["bound"] <= 1e-4
+    assert nfe == calls == row["nfe_harness"] == row["nfe_diffusers"] == steps
+    if name.startswith("sdxl"):  # the default size's time ids (16, 16) on these latents: far off
+        wrong, *_ = harness_latents(name, folders[name], steps, x_T)
+        assert rel(wrong, ref) > 1e-3
+
+
+def test_size_rules_and_shapes(folders):
+    """What each pipeline's size must be a multiple of (its check_inputs; the tiny VAE's scale factor 2),
+    SD3's position-embedding limit, and the kind's describe() at a size: image and latent shapes."""
+    from bench.kinds.diffusers import describe
+    from models.diffusers_pipelines import check_size, pipeline_facts
+
+    multiples = {name: pipeline_facts(folders[name])["multiple"] for name in CASES}
+    assert multiples == {"sd_ddim": 8, "sdxl_euler": 8, "pixart_dpmpp_2m": 8, "dit_dpmpp_2m": 4,
+                         "sd3_flow_euler": 4, "flux_flow_euler": 4}
+    with pytest.raises(ValueError, match=r"divisible by 4 .*FluxPipeline.check_inputs: the VAE scale factor 2 x 2"):
+        check_size(folders["flux_flow_euler"], [16, 18])
+    with pytest.raises(ValueError, match=r"divisible by 4 .*StableDiffusion3Pipeline.check_inputs: the VAE scale "
+                                         r"factor 2 x the transformer's patch size 2"):
+        check_size(folders["sd3_flow_euler"], [16, 18])
+    with pytest.raises(ValueError, match=r"at most 32 per side .*pos_embed_max_size 8"):
+        check_size(folders["sd3_flow_euler"], [36, 16])
+    flux = {"kind": "diffusers", "path": str(folders["flux_flow_euler"]), "scheduler": {"use_dynamic_shifting": False}}
+    facts = describe({**flux, "size": [16, 24]})
+    assert facts.shape == (3, 16, 24) and facts.sampled == (4, 8, 12)
+    assert describe(flux).shape == (3, 256, 256) and describe(flux).sampled == (4, 128, 128)
+    # DiT (no size argument in DiTPipeline): a square size runs, its position embedding recomputed for 12×12
+    x_T = torch.randn(2, 4, 12, 12, generator=torch.Generator().manual_seed(1))
+    x, nfe, *_ = harness_latents("dit_dpmpp_2m", folders["dit_dpmpp_2m"], 4, x_T, size=[24, 24])
+    assert x.shape == x_T.shape and nfe == 4 and bool(x.isfinite().all())
+
+
+def test_pixart_1024_conditions_follow_the_size(tmp_path):
+    """PixArt-α 1024 (sample size 128) at ``size: [128, 192]``: the resolution and aspect-ratio conditions are
+    (128, 192) and 2/3 (``PixArtAlphaPipeline`` without resolution binning); latents within the ``_size``
+    row's bound, 3 steps (1536 tokens)."""
+    name, steps, (height, width) = "pixart_dpmpp_2m", 3, (128, 192)
+    folder = tiny_pipelines.pixart_pipeline(tmp_path / "pixart1024", sample_size=128)
+    x_T = torch.randn(2, 4, height // 2, width // 2, generator=torch.Generator().manual_seed(1))
+    ref, calls, _ = diffusers_latents(name, folder, steps, x_T, height=height, width=width)
+    x, nfe, _, model, _ = harness_latents(name, folder, steps, x_T, size=[height, width])
+    wrong, *_ = harness_latents(name, folder, steps, x_T)  # the default size's conditions on these latents
+    print(f"pixart 1024 at {height}×{width}: max rel. latent error {rel(x, ref):.1e}; "
+          f"with the default size's conditions {rel(wrong, ref):.1e}")
+    assert model.image_size == (height, width) and model.net.network.net.use_additional_conditions
+    assert rel(x, ref) <= doc_rows()[f"{name}_size"]["bound"] < rel(wrong, ref)
     assert nfe == calls == steps
 
 

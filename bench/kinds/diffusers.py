@@ -8,7 +8,8 @@ the network gets its timestep: a key of :data:`models.discrete.TIME_MAPPINGS`; d
 for flow-matching models 'flow'; written into the section, so every record states it); ``prompts``
 (a text-to-image pipeline's prompts file, :mod:`bench.prompts`; required there, refused elsewhere);
 ``distilled_guidance`` (FLUX.1-dev's guidance-distilled ``guidance`` input, a condition; default 3.5);
-``decode_batch`` (latent rows per VAE decoder call; default 8)."""
+``decode_batch`` (latent rows per VAE decoder call; default 8); ``size`` ([height, width] of a latent
+pipeline's decoded image in pixels, the pipelines' ``height``/``width``; default: the pipeline's own)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,21 @@ import torch
 
 from bench.kinds.base import ModelFacts, ModelKind, check_label, resolve_folder, where_env
 
-KEYS = ("path", "scheduler", "label", "time_mapping", "prompts", "distilled_guidance", "decode_batch")
+KEYS = ("path", "scheduler", "label", "time_mapping", "prompts", "distilled_guidance", "decode_batch", "size")
 
 
-def _pipeline(folder: Path | None) -> dict | None:
-    """The configs' facts of a conditional / latent pipeline folder, None for a UNet2DModel folder."""
+def _pipeline(folder: Path | None, size=None) -> dict | None:
+    """The configs' facts of a conditional / latent pipeline folder (at ``size``), None for a UNet2DModel
+    folder."""
     from models.diffusers_pipelines import is_pipeline, pipeline_facts
 
-    return pipeline_facts(folder) if folder is not None and is_pipeline(folder) else None
+    return pipeline_facts(folder, size) if folder is not None and is_pipeline(folder) else None
 
 
 def check(section: dict, files: bool = True) -> None:
     from bench.prompts import check_prompts_section, read_prompts
     from models.diffusers_adapter import class_label_dim, model_spec, unet_config, unet_folder
+    from models.diffusers_pipelines import check_size
 
     path = section.get("path")
     if not isinstance(path, str):
@@ -52,6 +55,11 @@ def check(section: dict, files: bool = True) -> None:
     guidance = section.get("distilled_guidance")
     if guidance is not None and (not isinstance(guidance, int | float) or isinstance(guidance, bool) or guidance < 0):
         raise ValueError(f"field 'distilled_guidance' must be a number >= 0, got {guidance!r}")
+    size = section.get("size")
+    if size is not None and not (isinstance(size, list | tuple) and len(size) == 2 and all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise ValueError(f"field 'size' must be [height, width] of the decoded image in pixels, two positive "
+                         f"integers, got {size!r}")
     model_spec(_config(folder, overrides), section.get("time_mapping"), where=f"diffusers folder {path!r}")
     if folder is None:
         return
@@ -62,6 +70,9 @@ def check(section: dict, files: bool = True) -> None:
         if "prompts" in section:
             raise ValueError(f"field 'prompts' given, but diffusers folder {path!r} holds a UNet2DModel, which takes "
                              f"no text; remove 'prompts'")
+        if size is not None:
+            raise ValueError(f"field 'size' given, but diffusers folder {path!r} holds a UNet2DModel (pixel space, "
+                             f"its sample_size only); 'size' applies to latent pipelines; remove it")
         return
     check_label(section, facts["label_dim"], where)
     if facts["text"] and "prompts" not in section:
@@ -73,6 +84,7 @@ def check(section: dict, files: bool = True) -> None:
     if guidance is not None and facts["family"] != "flux":
         raise ValueError(f"field 'distilled_guidance' applies to FLUX pipelines; diffusers folder {path!r} holds a "
                          f"{facts['class']}; remove it")
+    check_size(folder, size)
     if "prompts" in section:
         read_prompts(section["prompts"])
 
@@ -110,7 +122,7 @@ def describe(section: dict, files: bool = True) -> ModelFacts | None:
     if folder is None:
         return None
     spec = model_spec(_config(folder, section.get("scheduler", {})), section.get("time_mapping"))
-    facts = _pipeline(folder)
+    facts = _pipeline(folder, section.get("size"))
     if facts is not None:
         return ModelFacts(tuple(facts["image_shape"] or facts["shape"]), spec["path"], tuple(facts["shape"]))
     return ModelFacts(sample_shape(unet_config(unet_folder(folder))), spec["path"])
@@ -124,7 +136,7 @@ def load(section: dict, device: str, dtype: torch.dtype):
     if is_pipeline(folder):
         return load_pipeline(folder, scheduler=section.get("scheduler"), time_mapping=section.get("time_mapping"),
                              device=device, dtype=dtype, distilled_guidance=section.get("distilled_guidance"),
-                             decode_batch=section.get("decode_batch", 8))
+                             decode_batch=section.get("decode_batch", 8), size=section.get("size"))
     return load_diffusers(folder, scheduler=section.get("scheduler"), time_mapping=section.get("time_mapping"),
                           device=device, dtype=dtype)
 
