@@ -15,7 +15,7 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import Denoiser
-from solvers.fixed import ON_GRID, FixedSteps
+from solvers.fixed import GRID_DENOISE, FixedSteps
 
 __all__ = ["LMS"]
 
@@ -45,37 +45,65 @@ class LMS:
     Integrates: the probability-flow ODE, written in σ_ve as EDM's. Order: 2 asymptotically (the
     warm-up takes order min(p, i + 1) at step i, as k-diffusion; the first, Euler, step caps the
     global order; the fitted order is in tests/test_new_samplers.py). NFE per step: 1 (+1 for the
-    final step to σ = 0, ``denoise='tweedie'``). SDEs: VE, VP, sub-VP.
+    final step to σ = 0: ``denoise='tweedie'``, or with ``to_zero`` the method's own). SDEs: VE, VP,
+    sub-VP.
 
     Args:
         solver_order: 1–4 (k-diffusion's default 4).
+        to_zero: k-diffusion's last step: from the grid's last point to σ = 0 with the same multistep
+            rule (one call; then ``denoise`` is 'none'). False (default): the harness's final step to
+            σ = 0 is the Tweedie denoise x̂₀, as for every σ-space sampler here.
     """
 
     solver_order: int = 4
+    to_zero: bool = False
 
     order: ClassVar[float] = 2.0
     nfe_per_step: ClassVar[int] = 1
     batch_invariant: ClassVar[bool] = True
     needs: ClassVar[tuple[str, ...]] = ("alpha_T",)  # f(T), g²(T) or σ_ve(T): finite only where α_T > 0
     controller: ClassVar[FixedSteps] = FixedSteps(schedule="karras")
-    conventions: ClassVar[dict] = ON_GRID
 
     def __post_init__(self) -> None:
         check_choice(type(self).__name__, "solver_order", self.solver_order, (1, 2, 3, 4))
+        check_choice(type(self).__name__, "to_zero", self.to_zero, (False, True))
+
+    @property
+    def conventions(self) -> dict:
+        """The grid convention; with ``to_zero`` the last step is the method's own, so no further denoise."""
+        return {"grid": ("none",) if self.to_zero else GRID_DENOISE["grid"]}
+
+    @property
+    def default_denoise(self) -> str:
+        return "none" if self.to_zero else "tweedie"
+
+    def warmup_nfe(self, n: int) -> int:
+        """Calls beyond one per step on a walk of n steps: the last step to σ = 0's one (``to_zero``)."""
+        del n
+        return int(self.to_zero)
 
     def check(self, problem: Problem) -> None:
         del problem
 
     def init(self, problem: Problem, x: Tensor, walk) -> tuple:
-        del problem, x, walk
-        return ((), ())  # past σ's and derivatives, newest first
+        del problem, x
+        return (), (), walk.grid.shape[0] - 2  # past σ's and derivatives (newest first), steps after this one
 
     def step(self, problem: Problem, x: Tensor, t: Tensor, t_next: Tensor, state, noise) -> Step:
         D = Denoiser(problem)
-        sigma, sigma_next, x_ve = D.sigma(t), D.sigma(t_next), D.to_ve(x, t)
+        sigmas, ds, last = state
+        x_ve, sigmas, ds = self._lms(D, D.to_ve(x, t), t, D.sigma(t_next), sigmas, ds)
+        if self.to_zero and last == 0:  # k-diffusion's last step, to σ = 0: x_ve there is the sample
+            x_ve, _, _ = self._lms(D, x_ve, t_next, torch.zeros_like(D.sigma(t_next)), sigmas, ds)
+            return Step(x_ve, x_ve, (sigmas, ds, last - 1))
+        x = D.from_ve(x_ve, t_next)
+        return Step(x, x, (sigmas, ds, last - 1))
+
+    def _lms(self, D: Denoiser, x_ve: Tensor, t: Tensor, sigma_next: Tensor, sigmas: tuple, ds: tuple):
+        """One step from t to σ_next: the slope at t joins the history (kept to ``solver_order``)."""
+        sigma = D.sigma(t)
         d = (x_ve - D(x_ve, sigma, t)) / expand_like(sigma, x_ve)
-        sigmas, ds = ((sigma, *state[0])[: self.solver_order], (d, *state[1])[: self.solver_order])
+        sigmas, ds = (sigma, *sigmas)[: self.solver_order], (d, *ds)[: self.solver_order]
         for c, dj in zip(lms_coefficients(list(sigmas), sigma_next), ds):
             x_ve = x_ve + expand_like(c, x_ve) * dj
-        x = D.from_ve(x_ve, t_next)
-        return Step(x, x, (sigmas, ds))
+        return x_ve, sigmas, ds

@@ -91,7 +91,7 @@ PAIRS = {
     "sample_heun": ("edm_heun", {}),
     "sample_dpmpp_2m": ("dpm_solver_pp", dict(solver_order=2, lower_order_final=False)),
     "sample_euler_ancestral": ("ddim", dict(eta=1.0)),
-    "sample_lms": ("lms", dict(solver_order=4)),
+    "sample_lms": ("lms", dict(solver_order=4, to_zero=True)),  # k-diffusion's last step to σ = 0
     "sample_dpmpp_2m_sde": ("dpm_solver_pp_sde", dict(solver_order=2, lower_order_final=False,
                                                       solver_type="midpoint")),
     "sample_dpmpp_2m_sde_heun": ("dpm_solver_pp_sde", dict(solver_order=2, lower_order_final=False)),
@@ -102,12 +102,12 @@ KDIFFUSION_OPTIONS = {"sample_lms": {"order": 4}, "sample_dpmpp_2m_sde_heun": {"
 N_STEPS = 8
 
 
-def run_both(name: str, quantize: bool = False):
+def run_both(name: str, quantize: bool = False, **override):
     sampling, external = kdiffusion()
     folder = require_fixture("diffusers/U")
     model = load_diffusers(folder, time_mapping="quantize" if quantize else "log_sigma", dtype=torch.float64)
     solver, options = PAIRS[name]
-    sampler = make_sampler(solver, n_steps=N_STEPS, schedule="karras", **options)
+    sampler = make_sampler(solver, n_steps=N_STEPS, schedule="karras", **{**options, **override})
     problem = Problem(model)
     grid = sampler.controller.grid(problem)
     sigmas = torch.cat([ve_sigma(model.sde, grid), torch.zeros(1, dtype=torch.float64)])
@@ -134,7 +134,7 @@ def rel(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-@pytest.mark.parametrize("name", sorted(set(PAIRS) - {"sample_lms"}))
+@pytest.mark.parametrize("name", sorted(PAIRS))
 def test_same_samples_and_nfe_as_kdiffusion(name):
     sol, ref, calls, _ = run_both(name)
     assert sol.stats.nfe == calls
@@ -142,11 +142,12 @@ def test_same_samples_and_nfe_as_kdiffusion(name):
 
 
 def test_lms_differs_only_in_its_last_step():
-    """k-diffusion's ``sample_lms`` takes its last step to σ = 0 with the order-4 Lagrange integral; the
-    harness's LMS ends, as every σ-space sampler here, with the Euler step to σ = 0 (the x̂₀ prediction,
-    denoise='tweedie'). Up to that step the two are the same method; the last step differs by a few
-    1e-6 of max |x| on this model (measured 1.3e-6, 2026-12-07)."""
-    sol, ref, calls, sigmas = run_both("sample_lms")
+    """k-diffusion's ``sample_lms`` takes its last step to σ = 0 with the order-4 Lagrange integral (the
+    harness's ``to_zero=True``, matched above); the harness's default LMS ends, as every σ-space sampler
+    here, with the Euler step to σ = 0 (the x̂₀ prediction, denoise='tweedie'). Up to that step the two
+    are the same method; the last step differs by a few 1e-6 of max |x| on this model (measured 1.3e-6,
+    2026-12-07)."""
+    sol, ref, calls, sigmas = run_both("sample_lms", to_zero=False)
     assert sol.stats.nfe == calls
     assert 1e-9 < rel(sol.x, ref) < 1e-5
     # the same steps before the last: rerun the reference one step short

@@ -75,6 +75,28 @@ def test_lms_order():
         assert e4 < e2 / 8, (kind, e2, e4)
 
 
+def test_lms_to_zero_is_the_same_rule_one_step_further():
+    """``to_zero``: after the grid, one more LMS step to σ = 0 (k-diffusion's; one call, counted), then no
+    denoise. It is the Tweedie sample's competitor: on the exact Gaussian both end near the data law's
+    flow at σ = 0, and they differ (the last step's rule is not x̂₀). Tweedie is refused with it."""
+    sde = SDES["ve"]
+    problem = Problem(GaussianMixture.isotropic(sde, MU, S0, shape=(1, 4, 4)))
+    noise = SeededNoise(range(8))
+    x_T = problem.prior_sample(8, noise, dtype=torch.float64)
+    problem.counter.reset()
+    own = make_sampler("lms", n_steps=20, to_zero=True).sample(problem, x_T, noise)
+    assert problem.counter.nfe == own.stats.nfe == 20  # 19 steps + the step to σ = 0
+    tweedie = make_sampler("lms", n_steps=20).sample(problem, x_T, noise)
+    assert tweedie.stats.nfe == 20
+    # the exact flow to σ = 0 maps x_T to μ + (s₀/σ̃_T)(x_T − μ) (VE: α = 1)
+    st = (S0**2 + sde.marginal(torch.tensor([sde.T], dtype=torch.float64))[1] ** 2).sqrt()
+    exact = MU + S0 / st * (x_T - MU)
+    err_own, err_tw = ((x - exact).abs().max().item() for x in (own.x, tweedie.x))
+    assert err_own < 1e-2 and err_tw < 1e-2 and (own.x - tweedie.x).abs().max() > 1e-6, (err_own, err_tw)
+    with pytest.raises(ValueError, match="denoise"):
+        make_sampler("lms", n_steps=20, to_zero=True, denoise="tweedie")
+
+
 @pytest.mark.parametrize("kind", ["vp", "ve"])
 def test_euler_in_sigma_order(kind):
     """Euler's method in σ (k-diffusion's sample_euler; diffusers' Euler): declared 1."""
