@@ -38,7 +38,7 @@ from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import Denoiser, ve_sigma
 from solvers.edm import check_churn
-from solvers.fixed import GRID_DENOISE, FixedSteps
+from solvers.fixed import FixedSteps, to_zero_conventions, to_zero_default_denoise, to_zero_warmup_nfe
 
 __all__ = ["EDMAblation", "AblationODE", "ODE_SOLVERS", "SIGMA_SCHEDULES", "SCALINGS"]
 
@@ -140,19 +140,9 @@ class EDMAblation:
     def nfe_per_step(self) -> int:
         return 2 if self.ode_solver == "heun" else 1
 
-    @property
-    def conventions(self) -> dict:
-        """The grid convention; with ``to_zero`` the last step is the method's own, so no further denoise."""
-        return {"grid": ("none",) if self.to_zero else GRID_DENOISE["grid"]}
-
-    @property
-    def default_denoise(self) -> str:
-        return "none" if self.to_zero else "tweedie"
-
-    def warmup_nfe(self, n: int) -> int:
-        """Calls beyond ``nfe_per_step`` per step on a walk of n steps: the last step to σ = 0's one."""
-        del n
-        return int(self.to_zero)
+    conventions = property(to_zero_conventions)
+    default_denoise = property(to_zero_default_denoise)
+    warmup_nfe = to_zero_warmup_nfe
 
     def check(self, problem: Problem) -> None:
         del problem

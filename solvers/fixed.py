@@ -51,13 +51,32 @@ from solvers.grids import SCHEDULE_PARAMS, SCHEDULES, TABLE_INTERP, check_table,
 from solvers.solve import Attempt
 from solvers.spacing import FINAL_SIGMAS, SPACINGS, spacing_sigmas
 
-__all__ = ["FixedSteps", "FixedWalk", "CONVENTIONS", "GRID_DENOISE", "ON_GRID", "GITS_TEACHERS", "GITS_METRICS",
+__all__ = ["FixedSteps", "FixedWalk", "CONVENTIONS", "GRID_DENOISE", "ON_GRID", "to_zero_conventions",
+           "to_zero_default_denoise", "to_zero_warmup_nfe", "GITS_TEACHERS", "GITS_METRICS",
            "GITS_BASES"]
 
 CONVENTIONS = ("grid", "score_sde")
 # The final denoisings each convention allows (a method's ``conventions`` maps its own to them).
 GRID_DENOISE = {"grid": ("tweedie", "ggf", "none"), "score_sde": ("x_mean", "none")}
 ON_GRID = {"grid": GRID_DENOISE["grid"]}  # what most methods declare: the 'grid' convention only
+
+
+# A method with a ``to_zero`` field takes the last step, from the grid's last point to σ = 0, itself
+# (EDM's ablation_sampler, k-diffusion's LMS): one call more and no denoise after it. Its declarations,
+# as properties of the method (``conventions = property(to_zero_conventions)``, ...):
+def to_zero_conventions(method) -> dict:
+    """The grid convention; with ``to_zero`` the last step is the method's own, so no further denoise."""
+    return {"grid": ("none",) if method.to_zero else GRID_DENOISE["grid"]}
+
+
+def to_zero_default_denoise(method) -> str:
+    return "none" if method.to_zero else "tweedie"
+
+
+def to_zero_warmup_nfe(method, n: int) -> int:
+    """Calls beyond one step's on a walk of n steps: the last step to σ = 0's one (``to_zero``)."""
+    del n
+    return int(method.to_zero)
 # GITS (solvers/gits.py): the teacher solvers (registry names of fixed-grid ODE methods), the cost
 # metrics of the reference (zju-pi/diff-sampler gits-main), the teacher's base schedules.
 GITS_TEACHERS = ("ipndm", "euler", "edm_heun", "dpm_solver_pp", "unipc", "deis")

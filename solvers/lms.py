@@ -15,7 +15,7 @@ from torch import Tensor
 from models.sde import expand_like
 from solvers.base import Problem, Step, check_choice
 from solvers.denoiser import Denoiser
-from solvers.fixed import GRID_DENOISE, FixedSteps
+from solvers.fixed import FixedSteps, to_zero_conventions, to_zero_default_denoise, to_zero_warmup_nfe
 
 __all__ = ["LMS"]
 
@@ -66,21 +66,12 @@ class LMS:
 
     def __post_init__(self) -> None:
         check_choice(type(self).__name__, "solver_order", self.solver_order, (1, 2, 3, 4))
-        check_choice(type(self).__name__, "to_zero", self.to_zero, (False, True))
+        if not isinstance(self.to_zero, bool):
+            raise ValueError(f"{type(self).__name__}: to_zero must be True or False, got {self.to_zero!r}")
 
-    @property
-    def conventions(self) -> dict:
-        """The grid convention; with ``to_zero`` the last step is the method's own, so no further denoise."""
-        return {"grid": ("none",) if self.to_zero else GRID_DENOISE["grid"]}
-
-    @property
-    def default_denoise(self) -> str:
-        return "none" if self.to_zero else "tweedie"
-
-    def warmup_nfe(self, n: int) -> int:
-        """Calls beyond one per step on a walk of n steps: the last step to σ = 0's one (``to_zero``)."""
-        del n
-        return int(self.to_zero)
+    conventions = property(to_zero_conventions)
+    default_denoise = property(to_zero_default_denoise)
+    warmup_nfe = to_zero_warmup_nfe
 
     def check(self, problem: Problem) -> None:
         del problem
